@@ -1,0 +1,201 @@
+"""Run ``kiwi-ng system build`` as a child process: progress by phase, a full redacted log,
+typed failures, and a clean stop on SIGINT/SIGTERM.
+
+Step three of the flow.  KIWI runs as a subprocess (it needs root, mounts and global state,
+and ``import kiwi`` replaces Python's logger class).  Its ``--debug`` output is read from a
+pipe rather than left to ``--logfile`` so that every line passes the secret filter before it
+is written anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import cleanup
+from .errors import BuildError, CredentialsError, Interrupted, RepositoryError
+from .repos import Repository
+
+HOSTSHIM = Path(__file__).resolve().parent / "hostshim" / "esp-shim"
+SHIMMED_COMMANDS = ("mount", "umount", "mountpoint")
+
+# KIWI's own INFO messages that open each step of a disk build, in order.
+PHASES = (
+    ("Preparing new root system", "prepare"),
+    ("Installing bootstrap packages", "bootstrap"),
+    ("Installing system (chroot)", "install packages"),
+    ("Calling config.sh script", "configure"),
+    ("Creating system image", "initrd"),
+    ("Creating raw disk image", "partition"),
+    ("Syncing system to image", "write filesystems"),
+    ("Disk Format", "convert"),
+    ("Result files", "done"),
+)
+ERROR_LINE = re.compile(r"\[ ERROR\s*\]: [\d:]+ \| (Kiwi\w+): (.*)")
+# Seconds KIWI gets after SIGINT to unwind its mounts before the process group is killed.
+STOP_GRACE = 120
+
+
+@dataclass
+class KiwiRun:
+    """One KIWI build: the command and everything needed to run and report it."""
+
+    kiwi: str
+    description: Path
+    target_dir: Path
+    cache_dir: Path
+    repositories: list[Repository]
+    profile: str | None = None
+    credentials_file: Path | None = None  # holds "user:password" for authenticated repositories
+    signing_keys: list[Path] = field(default_factory=list)
+    esp_fallback_dir: Path | None = None  # when set, vfat mounts are staged via HOSTSHIM
+
+    def command(self) -> list[str]:
+        command = [self.kiwi, "--debug", "--shared-cache-dir", str(self.cache_dir)]
+        if self.profile:
+            command += ["--profile", self.profile]
+        command += ["system", "build", "--description", str(self.description),
+                    "--target-dir", str(self.target_dir), "--ignore-repos"]
+        for repo in self.repositories:
+            command += ["--add-repo", repo.kiwi_add_repo()]
+        # KIWI pairs --add-repo-credentials with --add-repo by position; it only accepts
+        # them as a leading run, so authenticated repositories are ordered first.
+        if self.credentials_file:
+            for repo in self.repositories:
+                if not repo.authenticated:
+                    break
+                command += ["--add-repo-credentials", str(self.credentials_file)]
+        for key in self.signing_keys:
+            command += ["--signing-key", str(key)]
+        return command
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.esp_fallback_dir:
+            bin_dir = self.esp_fallback_dir / "bin"
+            env["PATH"] = f"{bin_dir}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+            env["TDX_IMAGE_ESP_STATE"] = str(self.esp_fallback_dir / "state")
+        return env
+
+    def prepare_esp_fallback(self) -> None:
+        if not self.esp_fallback_dir:
+            return
+        (self.esp_fallback_dir / "state").mkdir(parents=True, exist_ok=True)
+        (self.esp_fallback_dir / "bin").mkdir(parents=True, exist_ok=True)
+        for name in SHIMMED_COMMANDS:
+            link = self.esp_fallback_dir / "bin" / name
+            if not link.exists():
+                link.symlink_to(HOSTSHIM)
+
+
+class Redactor:
+    def __init__(self, secrets: list[str]):
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def __call__(self, line: str) -> str:
+        for secret in self.secrets:
+            line = line.replace(secret, "***")
+        return line
+
+
+def run(build: KiwiRun, log_path: Path, on_phase: Callable[[str], None],
+        secrets: list[str] = ()) -> float:
+    """Run the build; return its wall time.  Raises a typed error on failure or interrupt."""
+    build.prepare_esp_fallback()
+    redact = Redactor(list(secrets))
+    started = time.monotonic()
+    process = subprocess.Popen(
+        build.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env=build.environment(), start_new_session=True,  # our signal handler decides, not the tty
+    )
+    interrupted: list[int] = []
+
+    def stop(signum, _frame):
+        if not interrupted:
+            interrupted.append(signum)
+            # As a terminal's Ctrl-C would: KIWI unwinds its mounts on KeyboardInterrupt.
+            _signal_group(process, signal.SIGINT)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    error: tuple[str, str] | None = None
+    phase_index = -1
+    try:
+        with open(log_path, "w", encoding="utf-8") as log:
+            for raw in _lines(process.stdout):
+                line = redact(raw)
+                log.write(line + "\n")
+                match = ERROR_LINE.search(line)
+                if match:
+                    error = (match.group(1), match.group(2).strip())
+                for index, (marker, name) in enumerate(PHASES):
+                    if index > phase_index and "[ INFO" in line and marker in line:
+                        phase_index = index
+                        on_phase(name)
+                        break
+        _wait(process, interrupted)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    # Whatever KIWI left (killed mid-step, or a bug), nothing stays mounted or attached.
+    cleanup.release(build.target_dir)
+    if build.esp_fallback_dir:
+        cleanup.release(build.esp_fallback_dir)
+    if interrupted:
+        raise Interrupted(f"build stopped by {signal.Signals(interrupted[0]).name}; "
+                          "KIWI's mounts and loop devices were released and no output was published")
+    if process.returncode != 0:
+        raise classify(error, process.returncode, log_path)
+    return time.monotonic() - started
+
+
+def _lines(stream):
+    """Lines split on \\n and \\r (KIWI's progress bars rewrite one line with \\r)."""
+    pending = b""
+    while chunk := stream.read1(65536):
+        pending += chunk
+        *complete, pending = re.split(rb"[\r\n]", pending)
+        for line in complete:
+            if line:
+                yield line.decode("utf-8", "replace")
+    if pending:
+        yield pending.decode("utf-8", "replace")
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait(process: subprocess.Popen, interrupted: list[int]) -> None:
+    while True:
+        try:
+            process.wait(timeout=STOP_GRACE if interrupted else None)
+            return
+        except subprocess.TimeoutExpired:
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+            return
+
+
+def classify(error: tuple[str, str] | None, returncode: int, log_path: Path) -> Exception:
+    """Map KIWI's exception name (its one ERROR line) to our typed error."""
+    where = f"full log: {log_path}"
+    if not error:
+        return BuildError(f"kiwi-ng exited with {returncode} without an error line", where)
+    name, message = error
+    text = message.lower()
+    if "401" in text or "unauthorized" in text or "403" in text and "forbidden" in text:
+        return CredentialsError(f"{name}: {message}", f"check the repository credentials; {where}")
+    if name in ("KiwiRepositorySetupError", "KiwiUriOpenError", "KiwiDebianBootstrapError") or any(
+            hint in text for hint in ("could not resolve", "failed to fetch", "temporary failure",
+                                      "connection refused", "timed out", "unable to fetch")):
+        return RepositoryError(f"{name}: {message}", f"check --mirror/--repo reachability; {where}")
+    return BuildError(f"{name}: {message}", where)

@@ -1,0 +1,185 @@
+"""Package repositories: what KIWI is given, where Debian mirrors come from, credentials.
+
+Repositories never live in the KIWI descriptions: the driver passes them with
+``--ignore-repos --add-repo`` (the way KIWI's own build tests point descriptions at mirrors),
+so a mirror host is never written into the project and the user can swap or add repositories
+without editing XML.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import os
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CredentialsError, InputError, RepositoryError
+
+APT_SOURCES = "/etc/apt/sources.list"
+APT_SOURCES_DIR = "/etc/apt/sources.list.d"
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+    def secrets(self) -> list[str]:
+        """Strings that must never reach a log."""
+        return [s for s in (self.password, f"{self.username}:{self.password}") if s]
+
+
+@dataclass(frozen=True)
+class Repository:
+    alias: str
+    url: str
+    type: str  # KIWI repository type: "apt-deb" or "rpm-md"
+    distribution: str = ""  # apt suite, e.g. "bookworm-security"
+    components: str = ""  # apt components, space separated
+    signing_keys: tuple[str, ...] = ()  # absolute paths of keys to trust
+    gpgcheck: bool = True
+    authenticated: bool = False  # send the build's repository credentials
+
+    def __post_init__(self):
+        if "," in self.url:
+            # KIWI splits --add-repo on commas.
+            raise InputError(f"repository URL must not contain a comma: {self.url}")
+
+    def kiwi_add_repo(self) -> str:
+        """The value of KIWI's --add-repo: source,type,alias,priority,imageinclude,
+        package_gpgcheck,{keys},components,distribution,repo_gpgcheck,sourcetype."""
+        keys = "{" + ";".join(f"file://{key}" for key in self.signing_keys) + "}" if self.signing_keys else ""
+        check = "true" if self.gpgcheck else "false"
+        # imageinclude=false: the build's repositories (and any credentials) stay out of the image.
+        return ",".join(
+            [self.url, self.type, self.alias, "", "false", check, keys, self.components,
+             self.distribution, check, ""]
+        )
+
+    def probe_url(self) -> str:
+        """A small file that exists in every healthy repository of this type."""
+        base = self.url.rstrip("/")
+        if self.type == "apt-deb":
+            return f"{base}/dists/{self.distribution}/InRelease"
+        return f"{base}/repodata/repomd.xml"
+
+
+def parse_repo_option(value: str) -> Repository:
+    """``--repo`` values: ``URL`` (rpm-md) or ``URL,SUITE[,COMPONENTS]`` (apt)."""
+    url, _, rest = value.partition(",")
+    if not re.match(r"^(https?|ftp|file)://", url):
+        raise InputError(f"--repo {value!r}: expected a URL (http, https, ftp or file)")
+    alias = "user-" + re.sub(r"[^A-Za-z0-9]+", "-", url.split("://", 1)[1]).strip("-")[:60]
+    if not rest:
+        return Repository(alias=alias, url=url, type="rpm-md")
+    suite, _, components = rest.partition(",")
+    return Repository(alias=alias, url=url, type="apt-deb", distribution=suite,
+                      components=components or "main", signing_keys=(DEBIAN_KEYRING,))
+
+
+def host_debian_mirrors(sources_files: list[str] | None = None) -> dict[str, str]:
+    """Suite -> base URL from the build host's apt configuration (deb822 and one-line forms).
+
+    This is how the host reaches Debian's packages; the project never names a mirror itself.
+    """
+    if sources_files is None:
+        sources_files = sorted(glob.glob(os.path.join(APT_SOURCES_DIR, "*.sources")))
+        sources_files += sorted(glob.glob(os.path.join(APT_SOURCES_DIR, "*.list")))
+        sources_files.append(APT_SOURCES)
+    mirrors: dict[str, str] = {}
+    for path in sources_files:
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        if path.endswith(".sources"):
+            for stanza in re.split(r"\n\s*\n", text):
+                fields = _deb822_fields(stanza)
+                if "deb" not in fields.get("types", "").split() or fields.get("enabled") == "no":
+                    continue
+                for uri in fields.get("uris", "").split():
+                    for suite in fields.get("suites", "").split():
+                        mirrors.setdefault(suite, uri.rstrip("/"))
+        else:
+            for line in text.splitlines():
+                match = re.match(r"^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)", line)
+                if match:
+                    mirrors.setdefault(match.group(2), match.group(1).rstrip("/"))
+    return mirrors
+
+
+def _deb822_fields(stanza: str) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for line in stanza.splitlines():
+        if line.startswith("#") or ":" not in line or line[:1].isspace():
+            continue
+        key, _, value = line.partition(":")
+        fields[key.strip().lower()] = value.strip()
+    return fields
+
+
+def load_credentials(path: str | None, environ=os.environ) -> Credentials | None:
+    """Repository credentials from a file or the environment, never from the command line.
+
+    The file is SUSEConnect's format (``/etc/zypp/credentials.d/SCCcredentials``):
+    ``username=...`` and ``password=...`` lines.  The environment alternative is
+    ``TDX_IMAGE_REPO_USER`` + ``TDX_IMAGE_REPO_PASSWORD``.
+    """
+    if path:
+        try:
+            text = Path(path).read_text()
+        except OSError as error:
+            raise CredentialsError(
+                f"cannot read credentials file {path}: {error.strerror}",
+                "give a readable file with username= and password= lines")
+        values = dict(
+            line.split("=", 1) for line in text.splitlines() if "=" in line
+        )
+        username, password = values.get("username", "").strip(), values.get("password", "").strip()
+        if not username or not password:
+            raise CredentialsError(
+                f"credentials file {path} lacks a username= or password= line",
+                "use the format of /etc/zypp/credentials.d/SCCcredentials")
+        return Credentials(username, password)
+    username, password = environ.get("TDX_IMAGE_REPO_USER"), environ.get("TDX_IMAGE_REPO_PASSWORD")
+    if username and password:
+        return Credentials(username, password)
+    return None
+
+
+def check_reachable(repositories: list[Repository], credentials: Credentials | None,
+                    timeout: float = 15) -> None:
+    """Fail early, naming the repository, instead of deep inside a KIWI run."""
+    for repo in repositories:
+        if repo.url.startswith("file://"):
+            path = repo.probe_url()[len("file://"):]
+            if not os.path.exists(path):
+                raise RepositoryError(f"repository {repo.alias} has no {path}",
+                                      "check the --repo/--mirror path")
+            continue
+        request = urllib.request.Request(repo.probe_url(), method="GET",
+                                         headers={"Range": "bytes=0-0"})
+        if repo.authenticated and credentials:
+            token = base64.b64encode(f"{credentials.username}:{credentials.password}".encode())
+            request.add_header("Authorization", "Basic " + token.decode())
+        try:
+            with urllib.request.urlopen(request, timeout=timeout):
+                pass
+        except urllib.error.HTTPError as error:
+            if error.code in (401, 403) and repo.authenticated:
+                raise CredentialsError(
+                    f"repository {repo.alias} refused the credentials (HTTP {error.code})",
+                    "check --credentials or TDX_IMAGE_REPO_USER/TDX_IMAGE_REPO_PASSWORD")
+            raise RepositoryError(
+                f"repository {repo.alias} answered HTTP {error.code} for {repo.probe_url()}",
+                "check the URL, or point --mirror/--repo at a reachable copy")
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise RepositoryError(
+                f"repository {repo.alias} is unreachable at {repo.url}: {reason}",
+                "point --mirror (or --repo) at a reachable copy")
