@@ -1,0 +1,80 @@
+"""Artifacts: pick KIWI's results out of its target directory, add checksums and the build
+record, and move the whole set into ``--out`` in one rename.
+
+Step four of the flow.  Everything is assembled in a staging directory beside ``--out`` (same
+filesystem, so the final ``rename`` is atomic): a failed or interrupted build never leaves a
+half-written artifact in ``--out``, and a previous good build there is only replaced by a
+complete new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .errors import BuildError
+
+# kiwi.result.json keys we publish, under KIWI's own file names.  The raw disk is left out:
+# the qcow2 (disk_format_image) holds the same disk in a fraction of the space.
+PUBLISHED_RESULTS = ("disk_format_image", "image_packages", "image_verified", "image_changes")
+CHUNK = 4 * 1024 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def collect(kiwi_target: Path, publish_dir: Path) -> dict[str, Path]:
+    """Move KIWI's results (per kiwi.result.json) into ``publish_dir``; return key -> path."""
+    try:
+        results = json.loads((kiwi_target / "kiwi.result.json").read_text())
+    except (OSError, ValueError) as error:
+        raise BuildError(f"KIWI left no readable kiwi.result.json in {kiwi_target}: {error}")
+    if "disk_format_image" not in results:
+        raise BuildError("KIWI's result has no disk_format_image (expected the qcow2)")
+    published: dict[str, Path] = {}
+    for key in PUBLISHED_RESULTS:
+        if key in results:
+            source = Path(results[key]["filename"])
+            target = publish_dir / source.name
+            shutil.move(source, target)
+            published[key] = target
+    # Keep KIWI's result file, pointing at the published names.
+    for key, entry in results.items():
+        entry["filename"] = published[key].name if key in published else None
+    (publish_dir / "kiwi.result.json").write_text(json.dumps(results, indent=4, sort_keys=True) + "\n")
+    return published
+
+
+def write_checksum(path: Path) -> str:
+    """``<file>.sha256`` in sha256sum's format, so ``sha256sum -c`` verifies it."""
+    digest = sha256_file(path)
+    Path(f"{path}.sha256").write_text(f"{digest}  {path.name}\n")
+    return digest
+
+
+def artifact_digests(publish_dir: Path) -> dict[str, dict]:
+    return {path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+            for path in sorted(publish_dir.iterdir()) if path.is_file() and path.name != "build.json"}
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def replace_directory(new: Path, destination: Path) -> None:
+    """Put ``new`` at ``destination``; an existing destination is swapped out, then removed."""
+    previous = None
+    if destination.exists():
+        previous = new.parent / (new.name + ".previous")
+        os.rename(destination, previous)
+    os.rename(new, destination)
+    if previous:
+        shutil.rmtree(previous)

@@ -1,0 +1,37 @@
+"""Every description passes KIWI's own schema and runtime checks, offline, per target/profile."""
+
+import shutil
+
+import pytest
+
+from imagebuilder.compose import compose
+from imagebuilder.errors import InputError
+from imagebuilder.kiwicheck import check_description
+from imagebuilder.repos import Repository
+from imagebuilder.targets import SHARED_OVERLAY, TARGETS
+
+MIRROR = "http://mirror.invalid"  # never contacted: the checks are offline
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_composed_description_passes_kiwi_checks(tmp_path, name):
+    target = TARGETS[name]
+    composition = compose(target.description_dir, SHARED_OVERLAY, tmp_path / "d")
+    check_description(composition.path, target.profile, target.repositories(MIRROR))
+
+
+def test_kiwi_schema_rejects_a_broken_description(tmp_path):
+    description = tmp_path / "broken"
+    shutil.copytree(TARGETS["debian"].description_dir, description)
+    config = description / "config.xml"
+    # schema 8.5 replaced console= by output_console=/input_console=
+    config.write_text(config.read_text().replace('output_console="serial"', 'console="serial"'))
+    with pytest.raises(InputError, match="KIWI rejects"):
+        check_description(description, None, TARGETS["debian"].repositories(MIRROR))
+
+
+def test_unknown_profile_is_rejected(tmp_path):
+    composition = compose(TARGETS["leap"].description_dir, SHARED_OVERLAY, tmp_path / "d")
+    with pytest.raises(InputError, match="KIWI rejects"):
+        check_description(composition.path, "Tumbleweed",
+                          [Repository("x", f"{MIRROR}/x/", "rpm-md")])
