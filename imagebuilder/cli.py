@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import sys
+import time
+from pathlib import Path
 
 import click
+from rich.console import Console
 
 from . import __version__
+from . import build as builder
+from .build import DEFAULT_CACHE_DIR, BuildRequest
 from .errors import Interrupted, TdxImageError
+from .repos import parse_repo_option
+from .targets import get_target
 
 
 class Commands(click.Group):
@@ -28,3 +37,96 @@ class Commands(click.Group):
 @click.version_option(__version__, prog_name="tdx-image")
 def main():
     """Build, validate and boot Intel TDX confidential-VM guest images."""
+
+
+class PhaseDisplay:
+    """One line per finished build phase with its duration, a spinner on the running one."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.status = console.status("starting")
+        self.current: tuple[str, float] | None = None
+
+    def __enter__(self):
+        self.status.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.status.stop()
+        if self.current and exc_info[0] is not None:
+            self.console.print(f"[red]✗[/] {self.current[0]}")
+
+    def __call__(self, phase: str) -> None:
+        self._finish_current()
+        if phase == "done":
+            self.current = None
+            return
+        self.current = (phase, time.monotonic())
+        self.status.update(f"{phase} …")
+
+    def _finish_current(self) -> None:
+        if self.current:
+            name, started = self.current
+            self.console.print(f"[green]✓[/] {name} [dim]({time.monotonic() - started:.1f}s)[/]")
+
+
+@main.command()
+@click.argument("target", metavar="TARGET")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the artifacts are published.  [default: out/TARGET]")
+@click.option("--mirror", metavar="URL",
+              help="Base URL of the distribution's repositories (Debian: the archive, its "
+                   "-security twin is used too; Leap: a download.opensuse.org mirror; SLES: an "
+                   "RMT/SMT or SCC base).  [default: Debian from the host's apt sources, Leap "
+                   "download.opensuse.org, SLES updates.suse.com]")
+@click.option("--repo", "repos", multiple=True, metavar="URL[,SUITE[,COMPONENTS]]",
+              help="Add a repository: URL alone is rpm-md; with SUITE it is an apt repository.")
+@click.option("--credentials", "credentials_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Repository credentials file (username=/password= lines, as SUSEConnect's "
+                   "SCCcredentials); or set TDX_IMAGE_REPO_USER and TDX_IMAGE_REPO_PASSWORD.")
+@click.option("--signing-key", "signing_keys", multiple=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Trust this repository signing key (repeatable).")
+@click.option("--ssh-key", type=click.Path(dir_okay=False, path_type=Path),
+              help="Authorize this OpenSSH public key for root.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=DEFAULT_CACHE_DIR, show_default=True,
+              help="Package cache shared by all builds.")
+@click.option("--boot-test", is_flag=True, help="Boot the image in QEMU after validation.")
+@click.option("--dry-run", is_flag=True,
+              help="Compose and check the description, print the kiwi-ng command, build nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def build(target, out_dir, mirror, repos, credentials_file, signing_keys, ssh_key, cache_dir,
+          boot_test, dry_run, as_json):
+    """Build a TDX guest image of TARGET (debian, leap or sles) with KIWI."""
+    request = BuildRequest(
+        target=get_target(target),
+        out_dir=out_dir or Path("out") / target,
+        mirror=mirror,
+        extra_repositories=[parse_repo_option(value) for value in repos],
+        credentials_file=credentials_file,
+        signing_keys=[key.resolve() for key in signing_keys],
+        ssh_key=ssh_key,
+        cache_dir=cache_dir.resolve(),
+        boot_test=boot_test,
+    )
+    if dry_run:
+        plan = builder.dry_run(request)
+        if as_json:
+            click.echo(json.dumps(plan, indent=2))
+        else:
+            click.echo(f"description: {plan['description']}")
+            click.echo("command: " + shlex.join(plan["command"]))
+        return
+    console = Console(stderr=True)
+    if not builder.hostcheck.kernel_mounts_vfat():
+        console.print("[yellow]note[/]: this kernel cannot mount vfat; the EFI partition is "
+                      "written with mtools instead (ESP fallback)")
+    with PhaseDisplay(console) as display:
+        record = builder.build(request, display)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+    else:
+        out = request.out_dir
+        console.print(f"[green]built[/] {out / record['image']} in {record['durations_s']['total']}s "
+                      f"(KIWI {record['durations_s']['kiwi']}s, validation passed)")

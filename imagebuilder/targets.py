@@ -73,6 +73,7 @@ class Target:
     description: str  # directory below kiwi_descriptions/
     profile: str | None
     repositories: Callable[[str | None], list[Repository]]  # from the --mirror value
+    package_manager: str  # KIWI's, as in the description: "apt" or "zypper"
     needs_credentials: bool = False
 
     @property
@@ -84,9 +85,9 @@ TARGETS = {
     target.name: target
     for target in (
         Target("debian", "Debian 12 (bookworm), kernel 6.12 from bookworm-security",
-               "debian", None, _debian_repositories),
-        Target("leap", "openSUSE Leap 15.5", "suse", "Leap", _leap_repositories),
-        Target("sles", "SUSE Linux Enterprise Server 15 SP5", "suse", "SLES", _sles_repositories,
+               "debian", None, _debian_repositories, "apt"),
+        Target("leap", "openSUSE Leap 15.5", "suse", "Leap", _leap_repositories, "zypper"),
+        Target("sles", "SUSE Linux Enterprise Server 15 SP5", "suse", "SLES", _sles_repositories, "zypper",
                needs_credentials=True),
     )
 }

@@ -1,0 +1,41 @@
+#!/bin/bash
+# Set up a Debian 12 build host for tdx-image and build the reference image:
+#   sudo ./setup.sh              host packages + .venv, then `tdx-image build debian` into out/debian
+#   sudo ./setup.sh --no-build   host packages + .venv only
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "error: setup installs Debian packages and builds with KIWI: run it as root (sudo ./setup.sh)" >&2
+    exit 3
+fi
+
+# What KIWI calls for a Debian disk image, the ESP fallback (mtools), the validator
+# (e2fsprogs, mtools, qemu-utils, decompressors, cpio) and the boot test (qemu, OVMF).
+host_packages=(
+    python3 python3-venv debian-archive-keyring ca-certificates
+    apt dpkg gdisk dosfstools e2fsprogs rsync qemu-utils util-linux mount
+    mtools zstd xz-utils gzip cpio
+    qemu-system-x86 ovmf
+)
+missing=()
+for package in "${host_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -x .venv/bin/tdx-image ] || [ pyproject.toml -nt .venv/.installed ]; then
+    echo "setup: creating .venv (kiwi, click, rich, pytest from PyPI)"
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --upgrade pip
+    .venv/bin/pip install --quiet -e '.[test]'
+    touch .venv/.installed
+fi
+
+if [ "${1:-}" != "--no-build" ]; then
+    exec .venv/bin/tdx-image build debian
+fi

@@ -1,0 +1,36 @@
+"""Shared fixtures.  The integration tier builds the real debian image once per run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TDX_IMAGE = [sys.executable, "-m", "imagebuilder"]
+# Developers iterating on validate/boot tests may reuse a published build directory instead of
+# building again; CI never sets this, so there the image is always built for real.
+REUSE_BUILD = "TDX_IMAGE_TEST_BUILD"
+
+
+def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    """Run the real command line, as a user would."""
+    return subprocess.run([*TDX_IMAGE, *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def debian_build(tmp_path_factory) -> Path:
+    """The published output directory of one real `tdx-image build debian --boot-test`."""
+    if os.environ.get(REUSE_BUILD):
+        return Path(os.environ[REUSE_BUILD])
+    out = tmp_path_factory.mktemp("build") / "debian"
+    result = run_cli("build", "debian", "--out", out, "--boot-test", "--json")
+    (out.parent / "build.stderr").write_text(result.stderr)
+    assert result.returncode == 0, f"the debian build failed:\n{result.stderr[-4000:]}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def debian_image(debian_build) -> Path:
+    return debian_build / json.loads((debian_build / "build.json").read_text())["image"]

@@ -1,0 +1,125 @@
+"""Bad input and interrupts, with the real command line and (for Ctrl-C) a real KIWI build.
+
+Named to run before test_build.py: the session's real build then shows that the next build
+after an interrupted one works.
+"""
+
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from imagebuilder import cleanup
+from tests.conftest import TDX_IMAGE, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def assert_one_line_error(result, exit_code: int, fragment: str):
+    assert result.returncode == exit_code, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr
+
+
+def test_not_root(tmp_path):
+    out = tmp_path / "debian"
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *TDX_IMAGE, "build",
+         "debian", "--out", str(out)], capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert_one_line_error(result, 3, "needs root")
+    assert not out.exists()
+
+
+def test_unreachable_repository(tmp_path):
+    out = tmp_path / "debian"
+    result = run_cli("build", "debian", "--mirror", "http://127.0.0.1:9/debian", "--out", out)
+    assert_one_line_error(result, 4, "repository bookworm is unreachable")
+    assert "--mirror" in result.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.fixture
+def refusing_server():
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_wrong_and_missing_credentials(tmp_path, refusing_server):
+    env = dict(os.environ, TDX_IMAGE_REPO_USER="SCC_wrong", TDX_IMAGE_REPO_PASSWORD="not-it")
+    result = run_cli("build", "sles", "--mirror", refusing_server, "--out", tmp_path / "s", env=env)
+    assert_one_line_error(result, 5, "refused the credentials")
+    assert "not-it" not in result.stderr
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TDX_IMAGE_REPO_")}
+    result = run_cli("build", "sles", "--out", tmp_path / "s", env=env)
+    assert_one_line_error(result, 5, "needs repository credentials")
+    assert not (tmp_path / "s").exists()
+
+
+def test_missing_host_tool_names_the_package(tmp_path):
+    # sgdisk and mkfs.* live in /usr/sbin: a PATH without it is a host without gdisk/dosfstools.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:/usr/bin:/bin")
+    result = run_cli("build", "debian", "--out", tmp_path / "d", env=env)
+    assert_one_line_error(result, 3, "host tools missing")
+    assert "apt-get install" in result.stderr and "gdisk" in result.stderr
+
+
+def test_too_little_disk(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    fs = tmp_path / "small.ext4"
+    subprocess.run(["truncate", "-s", "64M", fs], check=True)
+    subprocess.run(["mkfs.ext4", "-q", fs], check=True)
+    subprocess.run(["mount", "-o", "loop", fs, small], check=True)
+    try:
+        result = run_cli("build", "debian", "--out", small / "debian")
+        assert_one_line_error(result, 3, "GiB free")
+        assert list(small.iterdir()) == [small / "lost+found"]
+    finally:
+        subprocess.run(["umount", small], check=True)
+    assert cleanup.leftovers(tmp_path) == ([], [])
+
+
+def test_interrupt_mid_build_leaves_nothing(tmp_path):
+    out = tmp_path / "debian"
+    build = subprocess.Popen([*TDX_IMAGE, "build", "debian", "--out", str(out)],
+                             stderr=subprocess.PIPE, text=True)
+    seen = []
+    # Interrupt while KIWI installs packages in its chroot: /proc, /sys and /dev are bind-mounted.
+    for line in build.stderr:
+        seen.append(line)
+        if "bootstrap" in line:
+            time.sleep(5)
+            break
+    assert [s for s in seen if "bootstrap" in s], "".join(seen)
+    staging = [p for p in tmp_path.iterdir() if ".staging-" in p.name]
+    assert staging and cleanup.mounts() and cleanup.leftovers(staging[0])[0], \
+        "the build should hold mounts at the moment it is interrupted"
+    build.send_signal(signal.SIGINT)
+    rest = build.stderr.read()
+    assert build.wait(timeout=300) == 130, rest
+    assert "Traceback" not in rest and "error: build stopped by SIGINT" in rest
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if ".staging-" in p.name]
+    assert (tmp_path / "debian.failed" / "build.log").is_file()
+    assert cleanup.leftovers(tmp_path) == ([], [])
+    assert not any(str(tmp_path) in point for _, point in cleanup.mounts())
+    leftover = subprocess.run(["pgrep", "-f", f"kiwi-ng.*{tmp_path}"], capture_output=True)
+    assert leftover.returncode == 1, leftover.stdout

@@ -1,0 +1,93 @@
+"""Host checks and publishing: the parts of a build that decide what a user finds on disk."""
+
+import subprocess
+from collections import namedtuple
+
+import pytest
+
+from imagebuilder import hostcheck, publish
+from imagebuilder.errors import BuildError, HostError
+
+Usage = namedtuple("Usage", "total used free")
+
+
+def test_vfat_support_is_read_from_the_kernel(tmp_path, monkeypatch):
+    with_vfat = tmp_path / "with"
+    with_vfat.write_text("nodev\tproc\n\text4\n\tvfat\n")
+    without = tmp_path / "without"
+    without.write_text("nodev\tproc\n\text4\n\tfuseblk\n")
+    assert hostcheck.kernel_mounts_vfat(str(with_vfat))
+    monkeypatch.setattr(hostcheck.platform, "release", lambda: "no-such-kernel")
+    assert not hostcheck.kernel_mounts_vfat(str(without))
+
+
+def test_free_space_is_checked_on_the_nearest_existing_parent(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(hostcheck.shutil, "disk_usage",
+                        lambda path: seen.append(path) or Usage(10, 9, 2 * 1024**3))
+    with pytest.raises(HostError, match=r"only 2.0 GiB free .* needs 8 GiB"):
+        hostcheck.require_free_space(tmp_path / "not" / "yet")
+    assert seen == [tmp_path]
+
+
+def test_missing_tools_name_their_packages(monkeypatch):
+    monkeypatch.setattr(hostcheck.shutil, "which", lambda tool: None if tool == "mcopy" else "/x")
+    with pytest.raises(HostError, match="mcopy") as raised:
+        hostcheck.require_tools(hostcheck.ESP_FALLBACK_TOOLS)
+    assert raised.value.hint == "apt-get install mtools"
+
+
+def test_not_root_is_refused(monkeypatch):
+    monkeypatch.setattr(hostcheck.os, "geteuid", lambda: 1000)
+    with pytest.raises(HostError, match="needs root"):
+        hostcheck.require_root()
+
+
+def kiwi_target(tmp_path, with_qcow2=True):
+    target = tmp_path / "kiwi"
+    target.mkdir()
+    results = {}
+    for key, name in (("disk_format_image", "img.qcow2"), ("disk_image", "img.raw"),
+                      ("image_packages", "img.packages")):
+        if key == "disk_format_image" and not with_qcow2:
+            continue
+        (target / name).write_text(name)
+        results[key] = {"filename": str(target / name), "compress": False, "shasum": True,
+                        "use_for_bundle": True}
+    import json
+    (target / "kiwi.result.json").write_text(json.dumps(results))
+    return target
+
+
+def test_collect_moves_results_and_rewrites_the_result_file(tmp_path):
+    import json
+
+    publish_dir = tmp_path / "publish"
+    publish_dir.mkdir()
+    published = publish.collect(kiwi_target(tmp_path), publish_dir)
+    assert sorted(p.name for p in publish_dir.iterdir()) == ["img.packages", "img.qcow2",
+                                                              "kiwi.result.json"]
+    assert published["disk_format_image"] == publish_dir / "img.qcow2"
+    result = json.loads((publish_dir / "kiwi.result.json").read_text())
+    assert result["disk_format_image"]["filename"] == "img.qcow2"
+    assert result["disk_image"]["filename"] is None  # the raw disk is not published
+    publish.write_checksum(published["disk_format_image"])
+    subprocess.run(["sha256sum", "-c", "img.qcow2.sha256"], cwd=publish_dir, check=True,
+                   capture_output=True)
+
+
+def test_collect_without_disk_image_is_a_build_error(tmp_path):
+    with pytest.raises(BuildError, match="disk_format_image"):
+        publish.collect(kiwi_target(tmp_path, with_qcow2=False), tmp_path)
+
+
+def test_replace_directory_swaps_in_the_new_set_whole(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.qcow2").write_text("old")
+    new = tmp_path / "staging" / "publish"
+    new.mkdir(parents=True)
+    (new / "new.qcow2").write_text("new")
+    publish.replace_directory(new, out)
+    assert [p.name for p in out.iterdir()] == ["new.qcow2"]
+    assert list((tmp_path / "staging").iterdir()) == []
