@@ -1,0 +1,300 @@
+"""The boot test: boot a throwaway copy of an image with UEFI firmware under QEMU and wait for
+the guest's ``TDX-SELFCHECK {json}`` line on the serial console.
+
+Last step of the flow (... artifacts -> validation -> boot). The image is never written: QEMU
+runs a qcow2 overlay backed by it, in a temporary directory. QEMU runs in its own process group,
+which is killed and reaped whatever happens (timeout, error, Ctrl-C, SIGTERM).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from .errors import CheckFailed, HostError, InputError, Interrupted
+from .launch import OVMF_CODE, OVMF_VARS, QEMU, Launch, disk_format, require_tdx_host
+
+SELFCHECK_PREFIX = "TDX-SELFCHECK "
+# CSI sequences (colours, cursor moves) and charset switches that systemd and GRUB print.
+ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-9;?=]*[A-Za-z]|[()][A-Za-z0-9])")
+KVM_FAILURE = "KVM internal error"
+# OVMF prints this on the serial console as soon as it picks a boot option.
+FIRMWARE_STARTED = "BdsDxe:"
+KVM_PROBE_SECONDS = 20.0
+POLL_SECONDS = 0.5
+STOP_SECONDS = 5.0
+TAIL_LINES = 6
+
+# Why a console never reached the self-check, from what it shows last; the first match wins.
+CONSOLE_DIAGNOSES = (
+    ("UEFI Interactive Shell", "the firmware found no EFI boot loader on the disk and started "
+                               "its shell (EFI system partition empty or without EFI/BOOT?)"),
+    ("No bootable option or device was found", "the firmware found no bootable device"),
+    ("grub rescue>", "GRUB stopped at its rescue prompt (configuration or modules not found)"),
+    ("Kernel panic", "the kernel panicked"),
+    ("emergency mode", "the system entered emergency mode"),
+    ("login:", "the guest reached a login prompt without a self-check line "
+               "(is tdx-selfcheck.service enabled in the image?)"),
+)
+
+
+@dataclass(frozen=True)
+class BootResult:
+    accel: str
+    fallback_reason: str  # why auto did not use KVM; "" when it did or was not asked to choose
+    seconds_to_selfcheck: float  # from QEMU's start to the self-check line
+    selfcheck: dict
+    console_log: Path
+
+    def to_dict(self) -> dict:
+        return {"accel": self.accel, "fallback_reason": self.fallback_reason,
+                "seconds_to_selfcheck": round(self.seconds_to_selfcheck, 1),
+                "selfcheck": self.selfcheck, "console_log": str(self.console_log)}
+
+
+def console_text(raw: str) -> str:
+    return ANSI_ESCAPE.sub("", raw).replace("\r", "")
+
+
+def parse_selfcheck(console: str) -> dict | None:
+    """The JSON object of the first complete self-check line, or None (yet)."""
+    text = console_text(console)
+    decoder = json.JSONDecoder()
+    start = text.find(SELFCHECK_PREFIX)
+    while start >= 0:
+        try:
+            value, _ = decoder.raw_decode(text, start + len(SELFCHECK_PREFIX))
+        except ValueError:  # not JSON, or a line QEMU has not finished writing
+            value = None
+        if isinstance(value, dict):
+            return value
+        start = text.find(SELFCHECK_PREFIX, start + 1)
+    return None
+
+
+def diagnose(console: str) -> str:
+    text = console_text(console)
+    last = max(CONSOLE_DIAGNOSES, key=lambda diagnosis: text.rfind(diagnosis[0]))
+    if text.rfind(last[0]) >= 0:
+        return last[1]
+    return "the console shows no known failure" if text.strip() else "the console stayed empty"
+
+
+def last_lines(console: str, count: int = TAIL_LINES) -> list[str]:
+    return [line.strip() for line in console_text(console).splitlines() if line.strip()][-count:]
+
+
+def read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+@contextmanager
+def running(args: list[str], output: Path):
+    """QEMU in its own process group (a Ctrl-C reaches us, not it), stopped and reaped on exit."""
+    with open(output, "wb") as sink:
+        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
+                                   start_new_session=True)
+    try:
+        yield process
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextmanager
+def sigterm_interrupts():
+    """SIGTERM ends a boot like Ctrl-C does, so the cleanup above runs for both."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def kvm_failure() -> str | None:
+    """Why KVM cannot run a UEFI guest on this host, or None when it can.
+
+    /dev/kvm can exist and QEMU still stop at the firmware's first instructions with "KVM
+    internal error" (nested or partial virtualisation), so the firmware alone is started under
+    KVM and must reach its boot manager.
+    """
+    if not os.path.exists("/dev/kvm"):
+        return "/dev/kvm is absent"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is not accessible to this user"
+    with tempfile.TemporaryDirectory(prefix="tdx-image-kvm-") as work:
+        console, output = Path(work) / "console", Path(work) / "qemu.out"
+        probe = Launch(disk=None, memory_mib=256, cpus=1, accel="kvm", serial=f"file:{console}")
+        with running(probe.qemu_args(), output) as process:
+            deadline = time.monotonic() + KVM_PROBE_SECONDS
+            while time.monotonic() < deadline:
+                if FIRMWARE_STARTED in read(console):
+                    return None
+                errors = read(output)
+                if KVM_FAILURE in errors:
+                    first = errors[errors.index(KVM_FAILURE):].splitlines()[0]
+                    return f"QEMU stops with '{first}' (emulation failure)" \
+                        if "emulation failure" in errors else f"QEMU stops with '{first}'"
+                if process.poll() is not None:
+                    return f"QEMU exited: {(errors.strip().splitlines() or ['no output'])[-1]}"
+                time.sleep(POLL_SECONDS)
+    return f"the firmware printed nothing within {KVM_PROBE_SECONDS:.0f} s under KVM"
+
+
+def choose_accel(requested: str, tdx: bool) -> tuple[str, str]:
+    """(accelerator, why auto fell back to software emulation or "")."""
+    if tdx:
+        if requested == "tcg":
+            raise InputError("a TD cannot run under software emulation (--accel tcg)",
+                             "use --accel kvm or auto with --tdx")
+        return "kvm", ""
+    if requested == "auto":
+        reason = kvm_failure()
+        return ("tcg", f"KVM unusable: {reason}") if reason else ("kvm", "")
+    if requested == "kvm" and not os.path.exists("/dev/kvm"):
+        raise HostError("--accel kvm but /dev/kvm is absent", "use --accel auto or tcg")
+    return requested, ""
+
+
+def require_qemu() -> None:
+    if not shutil.which(QEMU):
+        raise HostError(f"{QEMU} is not installed", "apt-get install qemu-system-x86")
+    if not shutil.which("qemu-img"):
+        raise HostError("qemu-img is not installed", "apt-get install qemu-utils")
+    if not (OVMF_CODE.exists() and OVMF_VARS.exists()):
+        raise HostError(f"UEFI firmware {OVMF_CODE} is missing", "apt-get install ovmf")
+
+
+def create_overlay(image: Path, image_format: str, overlay: Path) -> None:
+    result = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format,
+                             "-b", str(image.resolve()), str(overlay)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise InputError(f"cannot create an overlay on {image}: {result.stderr.strip()}")
+
+
+def wait_for_selfcheck(process: subprocess.Popen, console_log: Path, output: Path,
+                       timeout: float, accel: str) -> tuple[dict, float]:
+    started = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - started
+        console = read(console_log)
+        selfcheck = parse_selfcheck(console)
+        if selfcheck is not None:
+            return selfcheck, elapsed
+        errors = read(output)
+        if KVM_FAILURE in errors:
+            raise HostError(f"KVM stopped the guest after {elapsed:.0f} s ({KVM_FAILURE})",
+                            "use --accel auto or tcg")
+        if process.poll() is not None:
+            why = (f"QEMU exited with status {process.returncode} after {elapsed:.0f} s "
+                   "(the guest reset or powered off, or QEMU failed)")
+            qemu_said = errors.strip().splitlines()
+            raise failure(why, console, console_log, qemu_said[-1] if qemu_said else "")
+        if elapsed > timeout:
+            raise failure(f"no self-check line within {timeout:.0f} s under {accel}",
+                          console, console_log)
+        time.sleep(POLL_SECONDS)
+
+
+def failure(what: str, console: str, console_log: Path, qemu_said: str = "") -> CheckFailed:
+    parts = [what, diagnose(console)]
+    if qemu_said:
+        parts.append(f"QEMU: {qemu_said}")
+    parts.append("last console lines: " + " | ".join(last_lines(console)))
+    return CheckFailed("boot test failed: " + "; ".join(parts), f"console log: {console_log}")
+
+
+def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, timeout: float = 300.0,
+               console_log: Path, tdvf: Path | None = None) -> BootResult:
+    """Boot a throwaway copy of ``image`` and return the guest's self-check report.
+
+    With ``tdx`` the image is launched as a TD and passes only if the guest says it is one.
+    """
+    image, console_log = Path(image), Path(console_log)
+    if not image.is_file():
+        raise InputError(f"image {image} does not exist")
+    require_qemu()
+    firmware = require_tdx_host(tdvf) if tdx else None
+    image_format = disk_format(image)
+    chosen, fallback_reason = choose_accel(accel, tdx)
+    console_log.parent.mkdir(parents=True, exist_ok=True)
+    console_log.unlink(missing_ok=True)
+    try:
+        with sigterm_interrupts(), tempfile.TemporaryDirectory(prefix="tdx-image-boot-") as work:
+            overlay = Path(work) / "overlay.qcow2"
+            create_overlay(image, image_format, overlay)
+            launch = Launch(disk=overlay, accel=chosen, tdx=tdx, tdvf=firmware,
+                            serial=f"file:{console_log}")
+            with running(launch.qemu_args(), Path(work) / "qemu.out") as process:
+                selfcheck, seconds = wait_for_selfcheck(process, console_log,
+                                                        Path(work) / "qemu.out", timeout, chosen)
+    except KeyboardInterrupt:
+        raise Interrupted("boot test interrupted; QEMU was stopped") from None
+    if tdx and selfcheck.get("td") is not True:
+        raise CheckFailed(f"the guest booted but is not running as a TD: {selfcheck.get('reason')}",
+                          f"console log: {console_log}")
+    return BootResult(chosen, fallback_reason, seconds, selfcheck, console_log)
+
+
+@click.command("boot")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
+              show_default=True, help="auto: KVM where it works, else software emulation.")
+@click.option("--tdx", is_flag=True, help="Boot as a TD; pass only if the guest says it is one.")
+@click.option("--tdvf", type=click.Path(path_type=Path), help="TDVF firmware for --tdx.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+              help="Seconds to wait for the self-check line.")
+@click.option("--console-log", type=click.Path(dir_okay=False, path_type=Path),
+              help="Serial console log [default: IMAGE.console.log in the current directory].")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def boot_command(image, accel, tdx, tdvf, timeout, console_log, as_json):
+    """Boot a throwaway copy of IMAGE and report the guest's TDX self-check."""
+    result = boot_image(image, accel=accel, tdx=tdx, timeout=timeout, tdvf=tdvf,
+                        console_log=console_log or Path(f"{image.name}.console.log"))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    check = result.selfcheck
+    accel_note = f" ({result.fallback_reason})" if result.fallback_reason else ""
+    click.echo(f"boot: {image} under {result.accel}{accel_note}")
+    click.echo(f"self-check after {result.seconds_to_selfcheck:.1f} s: kernel {check.get('kernel')}, "
+               f"TD: {'yes' if check.get('td') else 'no'}, "
+               f"attestation: {'yes' if check.get('attestation') else 'no'}")
+    click.echo(f"reason: {check.get('reason')}")
+    click.echo(f"console log: {result.console_log}")
