@@ -23,6 +23,7 @@ from pathlib import Path
 
 import click
 
+from . import launch
 from .errors import CheckFailed, HostError, InputError, Interrupted
 from .launch import OVMF_CODE, OVMF_VARS, QEMU, Launch, disk_format, require_tdx_host
 
@@ -153,10 +154,10 @@ def kvm_failure() -> str | None:
     internal error" (nested or partial virtualisation), so the firmware alone is started under
     KVM and must reach its boot manager.
     """
-    if not os.path.exists("/dev/kvm"):
-        return "/dev/kvm is absent"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "/dev/kvm is not accessible to this user"
+    if not os.path.exists(launch.KVM_DEVICE):
+        return f"{launch.KVM_DEVICE} is absent"
+    if not os.access(launch.KVM_DEVICE, os.R_OK | os.W_OK):
+        return f"{launch.KVM_DEVICE} is not accessible to this user"
     with tempfile.TemporaryDirectory(prefix="tdx-image-kvm-") as work:
         console, output = Path(work) / "console", Path(work) / "qemu.out"
         probe = Launch(disk=None, memory_mib=256, cpus=1, accel="kvm", serial=f"file:{console}")
@@ -186,8 +187,8 @@ def choose_accel(requested: str, tdx: bool) -> tuple[str, str]:
     if requested == "auto":
         reason = kvm_failure()
         return ("tcg", f"KVM unusable: {reason}") if reason else ("kvm", "")
-    if requested == "kvm" and not os.path.exists("/dev/kvm"):
-        raise HostError("--accel kvm but /dev/kvm is absent", "use --accel auto or tcg")
+    if requested == "kvm" and not os.path.exists(launch.KVM_DEVICE):
+        raise HostError(f"--accel kvm but {launch.KVM_DEVICE} is absent", "use --accel auto or tcg")
     return requested, ""
 
 

@@ -43,6 +43,7 @@ TDX_OBJECT_ID = "tdx0"
 # default of QEMU's tdx-guest object and the value libvirt documents for <policy>.
 TDX_POLICY = "0x10000000"
 KVM_TDX_PARAMETER = Path("/sys/module/kvm_intel/parameters/tdx")
+KVM_DEVICE = "/dev/kvm"
 
 
 @dataclass(frozen=True)
@@ -181,8 +182,8 @@ def tdx_host_problems(tdvf: Path | None) -> list[str]:
         problems.append("kvm_intel is not loaded (no /sys/module/kvm_intel/parameters/tdx)")
     elif tdx != "Y":
         problems.append(f"kvm_intel has tdx={tdx}, needs tdx=Y (a TDX host kernel and BIOS)")
-    if not os.path.exists("/dev/kvm"):
-        problems.append("/dev/kvm is missing")
+    if not os.path.exists(KVM_DEVICE):
+        problems.append(f"{KVM_DEVICE} is missing")
     if not qemu_has_tdx_guest():
         version = qemu_version()
         problems.append(f"QEMU {version} has no tdx-guest object (needs QEMU >= 10.1)" if version
