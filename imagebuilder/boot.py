@@ -38,16 +38,19 @@ POLL_SECONDS = 0.5
 STOP_SECONDS = 5.0
 TAIL_LINES = 6
 
-# Why a console never reached the self-check, from what it shows last; the first match wins.
+# What a console that does not reach the self-check shows, in order of precedence: (pattern,
+# reason, whether the boot can no longer succeed, so waiting longer is pointless).
+# OVMF names the virtio disk's boot entry "UEFI Misc Device".
 CONSOLE_DIAGNOSES = (
-    ("UEFI Interactive Shell", "the firmware found no EFI boot loader on the disk and started "
-                               "its shell (EFI system partition empty or without EFI/BOOT?)"),
-    ("No bootable option or device was found", "the firmware found no bootable device"),
-    ("grub rescue>", "GRUB stopped at its rescue prompt (configuration or modules not found)"),
-    ("Kernel panic", "the kernel panicked"),
-    ("emergency mode", "the system entered emergency mode"),
-    ("login:", "the guest reached a login prompt without a self-check line "
-               "(is tdx-selfcheck.service enabled in the image?)"),
+    (r'failed to load Boot\w+ "UEFI Misc Device"', "the firmware found no EFI boot loader on the "
+     "disk (EFI system partition empty or without EFI/BOOT?)", True),
+    (r"UEFI Interactive Shell", "the firmware found nothing to boot and started its shell", True),
+    (r"No bootable option or device was found", "the firmware found no bootable device", True),
+    (r"grub rescue>", "GRUB stopped at its rescue prompt (configuration or modules not found)", True),
+    (r"Kernel panic", "the kernel panicked", True),
+    (r"emergency mode", "the system entered emergency mode", True),
+    (r"login:", "the guest reached a login prompt without a self-check line "
+                "(is tdx-selfcheck.service enabled in the image?)", False),
 )
 
 
@@ -85,12 +88,13 @@ def parse_selfcheck(console: str) -> dict | None:
     return None
 
 
-def diagnose(console: str) -> str:
+def diagnose(console: str) -> tuple[str, bool]:
+    """(why the console shows no self-check, whether the boot can no longer succeed)."""
     text = console_text(console)
-    last = max(CONSOLE_DIAGNOSES, key=lambda diagnosis: text.rfind(diagnosis[0]))
-    if text.rfind(last[0]) >= 0:
-        return last[1]
-    return "the console shows no known failure" if text.strip() else "the console stayed empty"
+    for pattern, reason, final in CONSOLE_DIAGNOSES:
+        if re.search(pattern, text):
+            return reason, final
+    return ("the console shows no known failure" if text.strip() else "the console stayed empty"), False
 
 
 def last_lines(console: str, count: int = TAIL_LINES) -> list[str]:
@@ -218,6 +222,9 @@ def wait_for_selfcheck(process: subprocess.Popen, console_log: Path, output: Pat
         selfcheck = parse_selfcheck(console)
         if selfcheck is not None:
             return selfcheck, elapsed
+        reason, final = diagnose(console)
+        if final:
+            raise failure(f"the boot stopped after {elapsed:.0f} s", reason, console, console_log)
         errors = read(output)
         if KVM_FAILURE in errors:
             raise HostError(f"KVM stopped the guest after {elapsed:.0f} s ({KVM_FAILURE})",
@@ -226,15 +233,16 @@ def wait_for_selfcheck(process: subprocess.Popen, console_log: Path, output: Pat
             why = (f"QEMU exited with status {process.returncode} after {elapsed:.0f} s "
                    "(the guest reset or powered off, or QEMU failed)")
             qemu_said = errors.strip().splitlines()
-            raise failure(why, console, console_log, qemu_said[-1] if qemu_said else "")
+            raise failure(why, reason, console, console_log, qemu_said[-1] if qemu_said else "")
         if elapsed > timeout:
-            raise failure(f"no self-check line within {timeout:.0f} s under {accel}",
+            raise failure(f"no self-check line within {timeout:.0f} s under {accel}", reason,
                           console, console_log)
         time.sleep(POLL_SECONDS)
 
 
-def failure(what: str, console: str, console_log: Path, qemu_said: str = "") -> CheckFailed:
-    parts = [what, diagnose(console)]
+def failure(what: str, reason: str, console: str, console_log: Path,
+            qemu_said: str = "") -> CheckFailed:
+    parts = [what, reason]
     if qemu_said:
         parts.append(f"QEMU: {qemu_said}")
     parts.append("last console lines: " + " | ".join(last_lines(console)))

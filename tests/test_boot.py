@@ -1,0 +1,279 @@
+"""The boot test's logic: self-check parsing, the accelerator decision, failure reasons, and that
+QEMU never outlives a boot. QEMU is replaced by a script that behaves as the real one did here
+(writes the serial console file, prints "KVM internal error" and stays paused, or exits)."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from imagebuilder import boot, launch
+from imagebuilder.errors import CheckFailed, HostError, InputError, Interrupted
+
+# The line as the real debian image printed it, with systemd's colour codes around it.
+REAL_LINE = (
+    '[   25.570594] \x1b[0;1;39mtdx-selfcheck\x1b[0m[450]: TDX-SELFCHECK {"version":1,"td":false,'
+    '"attestation":false,"kernel":"6.12.117+deb12-amd64","config_intel_tdx_guest":"y",'
+    '"cpuinfo_flag":false,"dmesg_guest_detected":false,"device":false,"tsm_provider":"",'
+    '"reason":"not a TD: no tdx_guest CPU flag (the VM was not launched as a trust domain)"}\r\n'
+)
+TD_LINE = 'TDX-SELFCHECK {"version":1,"td":true,"attestation":true,"kernel":"6.12","reason":"running as a TD"}\n'
+UEFI_SHELL = ('BdsDxe: loading Boot0001 "EFI Internal Shell"\r\n\x1b[0mUEFI Interactive Shell v2.2\r\n'
+              "map: No mapping found.\r\nShell> ")
+
+FAKE_QEMU = r"""#!/bin/bash
+case "$1" in
+    --version) echo "QEMU emulator version 7.2.22"; exit 0 ;;
+    -object) echo "List of user creatable objects: sev-guest"; exit 0 ;;
+esac
+echo $$ > "$FAKE_QEMU_PID"
+previous=""
+for argument in "$@"; do
+    [ "$previous" = -serial ] && serial="${argument#file:}"
+    previous="$argument"
+done
+[ -f "$FAKE_QEMU_CONSOLE" ] && cat "$FAKE_QEMU_CONSOLE" > "$serial"
+[ -f "$FAKE_QEMU_STDERR" ] && cat "$FAKE_QEMU_STDERR" >&2
+[ -n "$FAKE_QEMU_EXIT" ] && exit "$FAKE_QEMU_EXIT"
+[ -n "$FAKE_QEMU_SIGNAL" ] && { sleep 0.5; kill -"$FAKE_QEMU_SIGNAL" "$PPID"; }
+exec sleep 60
+"""
+
+
+class FakeQemu:
+    def __init__(self, directory: Path, monkeypatch):
+        self.directory, self.monkeypatch = directory, monkeypatch
+        self.pid_file = directory / "pid"
+        monkeypatch.setenv("FAKE_QEMU_PID", str(self.pid_file))
+
+    def behave(self, console: str = "", stderr: str = "", exit_status: int | None = None,
+               signal_parent: str = ""):
+        for name, text in (("CONSOLE", console), ("STDERR", stderr)):
+            path = self.directory / name.lower()
+            path.write_text(text)
+            self.monkeypatch.setenv(f"FAKE_QEMU_{name}", str(path))
+        self.monkeypatch.setenv("FAKE_QEMU_EXIT", "" if exit_status is None else str(exit_status))
+        self.monkeypatch.setenv("FAKE_QEMU_SIGNAL", signal_parent)
+
+    @property
+    def started(self) -> bool:
+        return self.pid_file.exists()
+
+    def assert_gone(self):
+        """The fake QEMU was started and no longer exists (killed and reaped, not a zombie)."""
+        pid = int(self.pid_file.read_text())
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.fixture
+def qemu(tmp_path, monkeypatch) -> FakeQemu:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "qemu-system-x86_64"
+    script.write_text(FAKE_QEMU)
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for name in ("OVMF_CODE", "OVMF_VARS"):
+        firmware = tmp_path / f"{name}.fd"
+        firmware.touch()
+        monkeypatch.setattr(boot, name, firmware)
+    kvm = tmp_path / "kvm"
+    kvm.touch()
+    monkeypatch.setattr(launch, "KVM_DEVICE", str(kvm))
+    monkeypatch.setattr(boot, "POLL_SECONDS", 0.05)
+    return FakeQemu(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    if not shutil.which("qemu-img"):
+        pytest.skip("qemu-utils not installed")
+    path = tmp_path / "image.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "16M"], check=True)
+    return path
+
+
+def test_the_real_console_line_is_parsed():
+    console = "Welcome to GRUB!\r\n\x1b[0;32m  OK  \x1b[0m] Started ssh.\r\n" + REAL_LINE + "login: "
+    selfcheck = boot.parse_selfcheck(console)
+    assert selfcheck["td"] is False
+    assert selfcheck["kernel"] == "6.12.117+deb12-amd64"
+    assert selfcheck["reason"].startswith("not a TD: no tdx_guest CPU flag")
+
+
+@pytest.mark.parametrize("console", ["", "booting...\n", REAL_LINE[:120],
+                                     "tdx-selfcheck: TDX-SELFCHECK not json\n"])
+def test_no_complete_line_is_no_result_yet(console):
+    assert boot.parse_selfcheck(console) is None
+
+
+def test_a_broken_mention_before_the_line_is_skipped():
+    assert boot.parse_selfcheck("TDX-SELFCHECK {oops\n" + TD_LINE)["td"] is True
+
+
+# The first line is what OVMF printed here for the debian image with its ESP emptied.
+DISK_NOT_BOOTABLE = ('BdsDxe: failed to load Boot0001 "UEFI Misc Device" from PciRoot(0x0)/Pci(0x2,0x0)'
+                     ": Not Found\r\n\r\niPXE 1.0.0 -- Open Source Network Boot Firmware\r\n")
+
+
+@pytest.mark.parametrize("console, expected, final", [
+    (DISK_NOT_BOOTABLE, "no EFI boot loader on the disk", True),
+    (UEFI_SHELL, "started its shell", True),
+    ("Welcome to GRUB!\ngrub rescue> ", "rescue prompt", True),
+    ("[ 3.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n", "kernel panicked", True),
+    ("Debian GNU/Linux 12 tdx ttyS0\n\ntdx login: ", "login prompt without a self-check", False),
+    ("", "stayed empty", False),
+    ("random output\n", "no known failure", False),
+])
+def test_a_stuck_console_is_diagnosed(console, expected, final):
+    reason, is_final = boot.diagnose(console)
+    assert expected in reason and is_final == final
+
+
+def test_auto_falls_back_to_software_emulation_when_kvm_fails(monkeypatch):
+    monkeypatch.setattr(boot, "kvm_failure", lambda: "QEMU stops with 'KVM internal error'")
+    assert boot.choose_accel("auto", tdx=False) == ("tcg", "KVM unusable: QEMU stops with 'KVM internal error'")
+
+
+def test_auto_uses_kvm_when_it_works(monkeypatch):
+    monkeypatch.setattr(boot, "kvm_failure", lambda: None)
+    assert boot.choose_accel("auto", tdx=False) == ("kvm", "")
+
+
+def test_a_td_always_uses_kvm_and_refuses_software_emulation(monkeypatch):
+    monkeypatch.setattr(boot, "kvm_failure", lambda: pytest.fail("a TD must not probe for a fallback"))
+    assert boot.choose_accel("auto", tdx=True) == ("kvm", "")
+    with pytest.raises(InputError):
+        boot.choose_accel("tcg", tdx=True)
+
+
+def test_explicit_kvm_without_the_device_is_a_host_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(launch, "KVM_DEVICE", str(tmp_path / "absent"))
+    with pytest.raises(HostError):
+        boot.choose_accel("kvm", tdx=False)
+    assert boot.kvm_failure() == f"{tmp_path / 'absent'} is absent"
+
+
+def test_kvm_probe_sees_the_internal_error_and_stops_qemu(qemu):
+    qemu.behave(stderr="KVM internal error. Suberror: 1\nextra data[0]: 0x1\nemulation failure\n")
+    assert boot.kvm_failure() == "QEMU stops with 'KVM internal error. Suberror: 1' (emulation failure)"
+    qemu.assert_gone()
+
+
+def test_kvm_probe_accepts_firmware_that_reaches_its_boot_manager(qemu):
+    qemu.behave(console='BdsDxe: loading Boot0001 "EFI Internal Shell"\r\n')
+    assert boot.kvm_failure() is None
+    qemu.assert_gone()
+
+
+def test_boot_reports_the_selfcheck(qemu, image, tmp_path):
+    qemu.behave(console="Welcome to GRUB!\n" + REAL_LINE)
+    log = tmp_path / "logs" / "console.log"
+
+    result = boot.boot_image(image, accel="tcg", timeout=30, console_log=log)
+
+    assert result.to_dict()["selfcheck"]["td"] is False
+    assert result.to_dict()["accel"] == "tcg"
+    assert result.to_dict()["console_log"] == str(log)
+    assert "TDX-SELFCHECK" in log.read_text()
+    qemu.assert_gone()
+
+
+def test_a_disk_the_firmware_cannot_boot_fails_at_once_with_the_reason(qemu, image, tmp_path):
+    qemu.behave(console=DISK_NOT_BOOTABLE)
+
+    with pytest.raises(CheckFailed) as raised:
+        boot.boot_image(image, accel="tcg", timeout=300, console_log=tmp_path / "console.log")
+
+    message = str(raised.value)
+    assert "the boot stopped after" in message
+    assert "no EFI boot loader on the disk" in message
+    assert "last console lines: " in message and "iPXE" in message
+    qemu.assert_gone()
+
+
+def test_a_guest_that_never_prints_the_line_times_out(qemu, image, tmp_path):
+    qemu.behave(console="Welcome to GRUB!\n")
+
+    with pytest.raises(CheckFailed) as raised:
+        boot.boot_image(image, accel="tcg", timeout=1, console_log=tmp_path / "console.log")
+
+    message = str(raised.value)
+    assert "no self-check line within 1 s under tcg" in message
+    assert "last console lines: Welcome to GRUB!" in message
+    qemu.assert_gone()
+
+
+def test_qemu_exiting_early_fails_with_what_qemu_said(qemu, image, tmp_path):
+    qemu.behave(stderr="qemu-system-x86_64: -drive file=x: Could not open\n", exit_status=1)
+
+    with pytest.raises(CheckFailed) as raised:
+        boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "console.log")
+
+    assert "QEMU exited with status 1" in str(raised.value)
+    assert "QEMU: qemu-system-x86_64: -drive file=x: Could not open" in str(raised.value)
+
+
+def test_kvm_failing_during_the_boot_is_a_host_error(qemu, image, tmp_path):
+    qemu.behave(stderr="KVM internal error. Suberror: 1\n")
+    with pytest.raises(HostError):
+        boot.boot_image(image, accel="kvm", timeout=30, console_log=tmp_path / "console.log")
+    qemu.assert_gone()
+
+
+@pytest.mark.parametrize("signal_name", ["INT", "TERM"])
+def test_ctrl_c_or_sigterm_stops_qemu(qemu, image, tmp_path, signal_name):
+    qemu.behave(signal_parent=signal_name)
+    with pytest.raises(Interrupted):
+        boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "console.log")
+    qemu.assert_gone()
+
+
+def test_the_image_is_never_written(qemu, image, tmp_path):
+    before = image.read_bytes()
+    qemu.behave(console=REAL_LINE)
+    boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "console.log")
+    assert image.read_bytes() == before
+
+
+def test_tdx_on_a_host_that_cannot_stops_before_qemu(qemu, image, tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "qemu_has_tdx_guest", lambda: False)
+    monkeypatch.setattr(launch, "cpu_vendor", lambda: "AuthenticAMD")
+
+    with pytest.raises(HostError) as raised:
+        boot.boot_image(image, tdx=True, console_log=tmp_path / "console.log")
+
+    assert "cannot run a TD" in str(raised.value) and "AuthenticAMD" in str(raised.value)
+    assert not qemu.started
+
+
+def test_tdx_passes_only_when_the_guest_says_it_is_a_td(qemu, image, tmp_path, monkeypatch):
+    monkeypatch.setattr(boot, "require_tdx_host", lambda tdvf: tmp_path / "tdvf.fd")
+    qemu.behave(console=REAL_LINE)
+    with pytest.raises(CheckFailed) as raised:
+        boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "console.log")
+    assert "not running as a TD: not a TD: no tdx_guest CPU flag" in str(raised.value)
+
+    qemu.behave(console=TD_LINE)
+    result = boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "console.log")
+    assert (result.accel, result.selfcheck["td"]) == ("kvm", True)
+
+
+def test_a_missing_or_corrupt_image_is_an_input_error(qemu, image, tmp_path):
+    corrupt = tmp_path / "corrupt.qcow2"
+    corrupt.write_bytes(b"QFI\xfb" + b"\xff" * 508)  # qcow2 magic, nonsense header
+    for bad in (tmp_path / "missing.qcow2", tmp_path, corrupt):
+        with pytest.raises(InputError):
+            boot.boot_image(bad, accel="tcg", console_log=tmp_path / "console.log")
+    assert not qemu.started
+
+
+def test_the_result_serialises_for_the_build_record(qemu, image, tmp_path):
+    qemu.behave(console=REAL_LINE)
+    result = boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log")
+    assert set(json.loads(json.dumps(result.to_dict()))) == {
+        "accel", "fallback_reason", "seconds_to_selfcheck", "selfcheck", "console_log"}

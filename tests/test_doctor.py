@@ -1,0 +1,110 @@
+"""doctor's decisions with faked probes: statuses, details, JSON and the exit code."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from imagebuilder import doctor, hostcheck
+from imagebuilder.doctor import FAIL, OK, WARN, Check
+from imagebuilder.errors import HostError, RepositoryError
+
+
+def test_no_vfat_with_mtools_is_the_fallback(monkeypatch):
+    monkeypatch.setattr(hostcheck, "kernel_mounts_vfat", lambda: False)
+    monkeypatch.setattr(hostcheck, "missing_tools", lambda tools: {})
+    check = doctor.vfat_check()
+    assert (check.status, check.detail) == (
+        WARN, "the kernel cannot mount vfat: the EFI partition is written with mtools instead")
+
+
+def test_no_vfat_and_no_mtools_fails(monkeypatch):
+    monkeypatch.setattr(hostcheck, "kernel_mounts_vfat", lambda: False)
+    monkeypatch.setattr(hostcheck, "missing_tools", lambda tools: {"mcopy": "mtools"})
+    check = doctor.vfat_check()
+    assert check.status == FAIL and "mcopy" in check.detail
+
+
+def test_a_kernel_with_vfat_needs_no_fallback(monkeypatch):
+    monkeypatch.setattr(hostcheck, "kernel_mounts_vfat", lambda: True)
+    assert doctor.vfat_check().status == OK
+
+
+def test_missing_tools_name_their_packages(monkeypatch):
+    monkeypatch.setattr(hostcheck, "missing_tools", lambda tools: {"sgdisk": "gdisk"})
+    check = doctor.tools_check("host tools", hostcheck.DISK_TOOLS, FAIL)
+    assert (check.status, check.detail) == (FAIL, "missing: sgdisk (gdisk)")
+
+
+def test_an_unreachable_repository_warns_for_that_target(monkeypatch):
+    def unreachable(repositories, credentials, timeout):
+        raise RepositoryError("repository leap-oss is unreachable at https://example.invalid/")
+
+    monkeypatch.setattr(doctor, "check_reachable", unreachable)
+    check = doctor.repository_check("leap")
+    assert check.status == WARN and "leap-oss is unreachable" in check.detail
+
+
+def test_reachable_repositories_are_counted(monkeypatch):
+    monkeypatch.setattr(doctor, "check_reachable", lambda repositories, credentials, timeout: None)
+    check = doctor.repository_check("leap")
+    assert (check.status, check.detail) == (OK, "4 reachable")
+
+
+def fake_tdx_host(monkeypatch, *, vendor, tdx, kvm_problem, qemu_tdx, tdvf):
+    monkeypatch.setattr(doctor, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(doctor, "kvm_tdx_enabled", lambda: tdx)
+    monkeypatch.setattr(doctor, "kvm_failure", lambda: kvm_problem)
+    monkeypatch.setattr(doctor, "qemu_version", lambda: "7.2.22")
+    monkeypatch.setattr(doctor, "qemu_has_tdx_guest", lambda: qemu_tdx)
+    monkeypatch.setattr(doctor, "find_tdvf", lambda: tdvf)
+
+
+def test_a_host_like_the_ci_machines_is_reported_as_it_is(monkeypatch):
+    fake_tdx_host(monkeypatch, vendor="GenuineIntel", tdx="",
+                  kvm_problem="QEMU stops with 'KVM internal error. Suberror: 1'", qemu_tdx=False,
+                  tdvf=None)
+    checks = {check.name: check for check in doctor.tdx_checks()}
+
+    assert checks["CPU"].status == OK
+    assert checks["kvm_intel tdx"].detail.startswith("kvm_intel not loaded")
+    assert checks["KVM"].status == FAIL and "fall back to software emulation" in checks["KVM"].detail
+    assert checks["QEMU tdx-guest"].detail == "QEMU 7.2.22 has no tdx-guest object (needs QEMU >= 10.1)"
+    assert checks["TDVF firmware"].status == FAIL
+
+
+def test_a_tdx_host_passes(monkeypatch, tmp_path):
+    fake_tdx_host(monkeypatch, vendor="GenuineIntel", tdx="Y", kvm_problem=None, qemu_tdx=True,
+                  tdvf=tmp_path / "OVMF.fd")
+    assert {check.status for check in doctor.tdx_checks()} == {OK}
+
+
+@pytest.fixture
+def canned_checks(monkeypatch):
+    def use(build: list[Check], tdx: list[Check]):
+        monkeypatch.setattr(doctor, "build_checks", lambda build_dir: build)
+        monkeypatch.setattr(doctor, "tdx_checks", lambda: tdx)
+    return use
+
+
+def test_json_lists_every_check_and_the_exit_code_follows_failures(canned_checks):
+    canned_checks([Check("build", "root", OK, "running as root")],
+                  [Check("tdx", "CPU", FAIL, "AuthenticAMD")])
+
+    result = CliRunner().invoke(doctor.doctor_command, ["--json"])
+
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert [check["name"] for check in report["checks"]] == ["root", "CPU"]
+    assert isinstance(result.exception, HostError)
+    assert result.exception.exit_code == 3 and "tdx: CPU" in str(result.exception)
+
+
+def test_only_build_ignores_the_tdx_host(canned_checks):
+    canned_checks([Check("build", "vfat (EFI partition)", WARN, "mtools fallback")],
+                  [Check("tdx", "CPU", FAIL, "AuthenticAMD")])
+
+    result = CliRunner().invoke(doctor.doctor_command, ["--only", "build"])
+
+    assert result.exit_code == 0, result.output
+    assert "vfat (EFI partition)" in result.stdout and "CPU" not in result.stdout
