@@ -77,7 +77,9 @@ class KiwiRun:
         return command
 
     def environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # KIWI builds the initrd itself when it creates the disk; the one distribution kernel
+        # hooks would build at package install (Debian's honour INITRD=No) is wasted work.
+        env = dict(os.environ, INITRD="No")
         if self.esp_fallback_dir:
             bin_dir = self.esp_fallback_dir / "bin"
             env["PATH"] = f"{bin_dir}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"

@@ -1,9 +1,11 @@
 """Shared fixtures.  The integration tier builds the real debian image once per run."""
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,28 @@ def debian_build(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def debian_image(debian_build) -> Path:
     return debian_build / json.loads((debian_build / "build.json").read_text())["image"]
+
+
+@pytest.fixture
+def repo_server():
+    """A real HTTP server on loopback standing in for package repositories: 200 below /ok/,
+    401 below /auth/ unless the login is u:right, 404 elsewhere."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/ok/"):
+                self.send_response(200)
+            elif self.path.startswith("/auth/"):
+                good = self.headers.get("Authorization") == "Basic dTpyaWdodA=="  # u:right
+                self.send_response(200 if good else 401)
+            else:
+                self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()

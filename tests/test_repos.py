@@ -1,8 +1,5 @@
 """Repositories: host apt sources, KIWI's --add-repo format, credentials, reachability."""
 
-import http.server
-import threading
-
 import pytest
 
 from imagebuilder.errors import CredentialsError, InputError, RepositoryError
@@ -60,30 +57,6 @@ def test_credentials_from_file_env_and_errors(tmp_path):
         load_credentials(str(half), environ={})
     with pytest.raises(CredentialsError, match="cannot read"):
         load_credentials(str(tmp_path / "missing"), environ={})
-
-
-@pytest.fixture
-def repo_server():
-    """A real HTTP server on loopback: 200 for /ok/, 401 for /auth/ without the right login."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path.startswith("/ok/"):
-                self.send_response(200)
-            elif self.path.startswith("/auth/"):
-                good = self.headers.get("Authorization") == "Basic dTpyaWdodA=="  # u:right
-                self.send_response(200 if good else 401)
-            else:
-                self.send_response(404)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
 
 
 def test_reachability_names_the_failing_repository(repo_server):

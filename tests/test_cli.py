@@ -1,0 +1,53 @@
+"""The command line as users meet it: one-line errors, exit codes, dry runs."""
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def test_unknown_target_is_one_line_with_choices():
+    result = run_cli("build", "fedora", "--dry-run")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: unknown target 'fedora' "
+                                     "(choose one of: debian, leap, sles)")
+
+
+@pytest.mark.parametrize("target, profile, repo_host", [
+    ("leap", "Leap", "https://download.opensuse.org/distribution/leap/15.5/repo/oss/"),
+    ("sles", "SLES", "https://updates.suse.com/SUSE/Products/SLE-Module-Basesystem/15-SP5/"),
+])
+def test_suse_dry_runs_print_description_and_command(target, profile, repo_host):
+    env = dict(os.environ, TDX_IMAGE_REPO_USER="SCC_user", TDX_IMAGE_REPO_PASSWORD="hunter2")
+    result = run_cli("build", target, "--dry-run", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    command = plan["command"]
+    assert command[command.index("--profile") + 1] == profile
+    assert command[command.index("--description") + 1] == plan["description"]
+    assert any(value.startswith(repo_host) for value in command)
+    assert os.path.isfile(os.path.join(plan["description"], "config.xml"))
+    assert "hunter2" not in result.stdout + result.stderr
+    assert ("--add-repo-credentials" in command) == (target == "sles")
+
+
+def test_dry_run_adds_user_repositories_after_the_targets():
+    coco = "https://download.opensuse.org/repositories/devel:/coco:/Leap15.5/15.5/"
+    result = run_cli("build", "leap", "--dry-run", "--json", "--repo", coco)
+    command = json.loads(result.stdout)["command"]
+    repos = [command[i + 1] for i, word in enumerate(command) if word == "--add-repo"]
+    assert repos[-1].startswith(coco + ",rpm-md,") and len(repos) == 5
+
+
+def test_sles_without_credentials_says_how_to_give_them():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TDX_IMAGE_REPO_")}
+    result = run_cli("build", "sles", "--dry-run", env=env)
+    assert result.returncode == 5
+    assert "TDX_IMAGE_REPO_USER" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_repo_option_is_input_error():
+    result = run_cli("build", "leap", "--dry-run", "--repo", "download.opensuse.org/x")
+    assert result.returncode == 2 and result.stderr.startswith("error: --repo")
