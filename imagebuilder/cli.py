@@ -130,3 +130,5 @@ def build(target, out_dir, mirror, repos, credentials_file, signing_keys, ssh_ke
         out = request.out_dir
         console.print(f"[green]built[/] {out / record['image']} in {record['durations_s']['total']}s "
                       f"(KIWI {record['durations_s']['kiwi']}s, validation passed)")
+from .validate import validate_command  # noqa: E402  (the offline image validator)
+main.add_command(validate_command)

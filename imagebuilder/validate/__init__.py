@@ -1,0 +1,39 @@
+"""Offline validation of a TDX guest disk image: no boot, no mount, no root, no network.
+
+``validate_image`` reads a qcow2 or raw image with e2fsprogs, mtools, qemu-img and cpio and
+runs every check in ``checks.CHECKS``; ``validate_command`` is the ``tdx-image validate`` verb.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from .checks import CHECKS, Check
+from .disk import raw_disk
+from .inspection import Inspection, Unavailable
+from .report import CheckResult, Report
+
+__all__ = ["validate_image", "validate_command", "Report", "CheckResult", "CHECKS"]
+
+
+def validate_image(image: Path, manifest: Path | None = None) -> Report:
+    """Run every check on ``image``; raises errors.InputError if the image cannot be read at all."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="tdx-validate-") as workdir:
+        inspection = Inspection(raw_disk(Path(image), Path(workdir)), manifest)
+        results = [_run(check, inspection) for check in CHECKS]
+    return Report(str(image), results, time.monotonic() - started)
+
+
+def _run(check: Check, inspection: Inspection) -> CheckResult:
+    try:
+        finding = check.probe(inspection)
+    except Unavailable as missing:
+        return CheckResult(check.id, check.severity, "skip", check.reason, f"not checked: {missing}")
+    status = "pass" if finding.passed else check.severity
+    return CheckResult(check.id, check.severity, status, check.reason, finding.evidence)
+
+
+from .command import validate_command  # noqa: E402  (the command uses validate_image)

@@ -1,0 +1,32 @@
+"""``tdx-image validate IMAGE``: exit 0 all passed, 1 a check failed, 2 the image is unreadable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from ..errors import CheckFailed
+
+
+@click.command("validate")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Also write a JUnit XML report here.")
+@click.option("--manifest", type=click.Path(path_type=Path),
+              help="The build's published overlay-manifest.json (default: the one inside the image).")
+def validate_command(image: Path, as_json: bool, junit: Path | None, manifest: Path | None):
+    """Check, without booting, that IMAGE will boot as an Intel TDX guest and is safe to ship."""
+    from . import validate_image
+
+    report = validate_image(image, manifest=manifest)
+    if junit:
+        report.write_junit(junit)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        report.render(Console())
+    if not report.ok:
+        raise CheckFailed(f"{image}: {len(report.failed)} check(s) failed: {', '.join(c.id for c in report.failed)}")
