@@ -8,6 +8,7 @@ which is killed and reaped whatever happens (timeout, error, Ctrl-C, SIGTERM).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -37,6 +38,7 @@ KVM_PROBE_SECONDS = 20.0
 POLL_SECONDS = 0.5
 STOP_SECONDS = 5.0
 TAIL_LINES = 6
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 # What a console that does not reach the self-check shows, in order of precedence: (pattern,
 # reason, whether the boot can no longer succeed, so waiting longer is pointless).
@@ -108,12 +110,17 @@ def read(path: Path) -> str:
         return ""
 
 
+def die_with_parent() -> None:
+    """In the child: the kernel kills it if we die without cleaning up (SIGKILL, a crash)."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 @contextmanager
 def running(args: list[str], output: Path):
     """QEMU in its own process group (a Ctrl-C reaches us, not it), stopped and reaped on exit."""
     with open(output, "wb") as sink:
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=die_with_parent)
     try:
         yield process
     finally:

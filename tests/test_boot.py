@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -231,6 +232,37 @@ def test_ctrl_c_or_sigterm_stops_qemu(qemu, image, tmp_path, signal_name):
     with pytest.raises(Interrupted):
         boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "console.log")
     qemu.assert_gone()
+
+
+def running(pid: int) -> bool:
+    """Neither gone nor a zombie (an orphan's zombie waits for whichever init adopts it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_qemu_dies_with_a_killed_boot(qemu, image, tmp_path):
+    qemu.behave()
+    runner = subprocess.Popen([sys.executable, "-c",
+                               "import sys; from pathlib import Path; from imagebuilder import boot; "
+                               "boot.boot_image(Path(sys.argv[1]), accel='tcg', console_log=Path(sys.argv[2]))",
+                               str(image), str(tmp_path / "console.log")])
+    try:
+        for _ in range(200):  # until the fake QEMU has started
+            if qemu.started or runner.poll() is not None:
+                break
+            subprocess.run(["sleep", "0.05"])
+        assert qemu.started, "the boot ended before QEMU started"
+        runner.kill()  # SIGKILL: no finally block runs
+    finally:
+        runner.wait()
+    pid = int(qemu.pid_file.read_text())
+    for _ in range(100):  # the kernel delivers the parent-death signal
+        if not running(pid):
+            return
+        subprocess.run(["sleep", "0.05"])
+    pytest.fail(f"QEMU {pid} outlived its killed parent")
 
 
 def test_the_image_is_never_written(qemu, image, tmp_path):
