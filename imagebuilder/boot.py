@@ -180,8 +180,8 @@ def kvm_failure() -> str | None:
                 errors = read(output)
                 if KVM_FAILURE in errors:
                     first = errors[errors.index(KVM_FAILURE):].splitlines()[0]
-                    return f"QEMU stops with '{first}' (emulation failure)" \
-                        if "emulation failure" in errors else f"QEMU stops with '{first}'"
+                    detail = " (emulation failure)" if "emulation failure" in errors else ""
+                    return f"QEMU stops with '{first}'{detail}"
                 if process.poll() is not None:
                     return f"QEMU exited: {(errors.strip().splitlines() or ['no output'])[-1]}"
                 time.sleep(POLL_SECONDS)

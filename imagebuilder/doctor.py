@@ -57,14 +57,14 @@ def build_checks(build_dir: Path) -> list[Check]:
     checks.append(vfat_check())
     checks.append(free_space_check(build_dir))
     checks.append(tools_check("boot test", {QEMU: "qemu-system-x86", "qemu-img": "qemu-utils"}, WARN,
-                              extra_missing=[] if OVMF_CODE.exists() else [f"{OVMF_CODE} (ovmf)"]))
+                              extra_missing=() if OVMF_CODE.exists() else (f"{OVMF_CODE} (ovmf)",)))
     with ThreadPoolExecutor(max_workers=len(TARGETS)) as pool:
         checks += list(pool.map(repository_check, TARGETS))
     return checks
 
 
 def tools_check(name: str, tools: dict[str, str], status_if_missing: str,
-                extra_missing: list[str] = ()) -> Check:
+                extra_missing: tuple[str, ...] = ()) -> Check:
     missing = hostcheck.missing_tools(tools)
     absent = [f"{tool} ({package})" for tool, package in sorted(missing.items())] + list(extra_missing)
     if absent:

@@ -237,7 +237,7 @@ def run_command(image, tdx, accel, memory_mib, cpus, tdvf, snapshot, libvirt_xml
 
     The serial console is on the terminal (Ctrl-A X quits QEMU); a guest reboot ends QEMU.
     """
-    from .boot import choose_accel
+    from .boot import choose_accel  # here, not at the top: boot builds on this module
 
     if tdx and execute:
         tdvf = require_tdx_host(tdvf)
