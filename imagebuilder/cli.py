@@ -130,5 +130,12 @@ def build(target, out_dir, mirror, repos, credentials_file, signing_keys, ssh_ke
         out = request.out_dir
         console.print(f"[green]built[/] {out / record['image']} in {record['durations_s']['total']}s "
                       f"(KIWI {record['durations_s']['kiwi']}s, validation passed)")
+
+
+from . import boot, doctor, launch  # noqa: E402  (the boot test, TD launch and host checks)
+
+main.add_command(boot.boot_command)
+main.add_command(launch.run_command)
+main.add_command(doctor.doctor_command)
 from .validate import validate_command  # noqa: E402  (the offline image validator)
 main.add_command(validate_command)
