@@ -57,7 +57,11 @@ class Inspection:
 
     @cached_property
     def esp_grub_config(self) -> GrubConfig | None:
-        text = self.esp.read(ESP_GRUB_CONFIG)
+        """The ESP's grub.cfg, which names the root file system; None without one (or without ESP)."""
+        try:
+            text = self.esp.read(ESP_GRUB_CONFIG)
+        except Unavailable:
+            return None
         return parse_grub_config(text.decode(errors="replace")) if text is not None else None
 
     @cached_property

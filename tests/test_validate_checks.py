@@ -1,0 +1,301 @@
+"""Every check against an image broken in exactly its way: that check, and only the expected ones, fail.
+
+The breakages are data (BREAKAGES) applied to a raw disk with the same tools a user has: debugfs -w
+for ext4, mtools for the ESP, sfdisk and plain bytes for the GPT.  Here they break a small synthetic
+image built in seconds; tests/integration/test_validate_integration.py applies them to the real one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from imagebuilder.validate import CHECKS, validate_image
+
+REPO = Path(__file__).resolve().parents[1]
+OVERLAY_ROOT = REPO / "overlays" / "tdx" / "root"
+MANIFEST_IN_IMAGE = "/usr/lib/tdx-image/overlay-manifest.json"
+MiB = 2**20
+BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
+MS_BASIC_DATA = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
+
+
+def sh(*args: str | Path, stdin: bytes | None = None, cwd: Path | None = None) -> bytes:
+    return subprocess.run([str(arg) for arg in args], input=stdin, cwd=cwd, check=True,
+                          capture_output=True).stdout
+
+
+# ---- primitives that break a raw disk -------------------------------------------------------
+
+def partitions(raw: Path) -> list[dict]:
+    return json.loads(sh("sfdisk", "-J", raw))["partitiontable"]["partitions"]
+
+
+def root_device(raw: Path) -> str:
+    root = next(part for part in partitions(raw) if part["type"] == "0FC63DAF-8483-4772-8E79-3D69D8477DE4")
+    return f"{raw}?offset={root['start'] * 512}"
+
+
+def esp_image(raw: Path) -> str:
+    esp = next(part for part in partitions(raw) if part["type"] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
+    return f"{raw}@@{esp['start'] * 512}"
+
+
+def debugfs_write(raw: Path, *requests: str) -> None:
+    device = root_device(raw)
+    for request in requests:  # one at a time: debugfs reports errors on stderr and exits 0
+        result = subprocess.run(["debugfs", "-w", "-R", request, device], capture_output=True, text=True)
+        errors = [line for line in result.stderr.splitlines() if line and not line.startswith("debugfs ")]
+        assert not errors or request.startswith(("mkdir", "rm ")), f"{request}: {errors}"
+
+
+def ext4_read(raw: Path, path: str) -> bytes:
+    return sh("debugfs", "-R", f"cat {path}", root_device(raw))
+
+
+def ext4_write(raw: Path, path: str, content: bytes, mode: int = 0o644) -> None:
+    source = raw.parent / "content"
+    source.write_bytes(content)
+    source.chmod(mode)
+    parents = [str(parent) for parent in reversed(Path(path).parents) if str(parent) != "/"]
+    debugfs_write(raw, *(f"mkdir {parent}" for parent in parents), f"rm {path}", f"write {source} {path}")
+
+
+def ext4_edit(raw: Path, path: str, edit: Callable[[str], str]) -> None:
+    before = ext4_read(raw, path).decode()
+    after = edit(before)
+    assert after != before, f"the edit did not change {path}"
+    ext4_write(raw, path, after.encode())
+
+
+def boot_file(raw: Path, prefix: str) -> str:
+    """/boot/<prefix><version> of the (single) installed kernel."""
+    listing = sh("debugfs", "-R", "ls -p /boot", root_device(raw)).decode()
+    names = [line.split("/")[5] for line in listing.splitlines() if line.count("/") == 7]
+    return "/boot/" + next(name for name in names if name.startswith(prefix))
+
+
+def without_lines(option: str) -> Callable[[str], str]:
+    return lambda text: "".join(line for line in text.splitlines(keepends=True) if not line.startswith(option + "="))
+
+
+def cpio_gzip(tree: dict[str, bytes], workdir: Path) -> bytes:
+    """A gzip-compressed newc archive of {relative path: content}."""
+    for name, content in tree.items():
+        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / name).write_bytes(content)
+    archive = sh("cpio", "-o", "-H", "newc", "--quiet", stdin="\n".join(tree).encode(), cwd=workdir)
+    return sh("gzip", "-9n", stdin=archive)
+
+
+# ---- the breakages ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Breakage:
+    name: str
+    break_image: Callable[[Path], None]
+    expected: dict[str, str]  # check id -> status; every other check must pass
+
+
+def _corrupt_primary_gpt_entries(raw: Path) -> None:
+    with raw.open("r+b") as disk:
+        disk.seek(2 * 512 + 56)  # first entry's name, in the primary entry array at LBA 2
+        disk.write(b"X")
+
+
+def _corrupt_root_superblock(raw: Path) -> None:
+    root = next(part for part in partitions(raw) if part["type"].startswith("0FC63DAF"))
+    with raw.open("r+b") as disk:
+        disk.seek(root["start"] * 512 + 1024)
+        disk.write(bytes(1024))
+
+
+ROOT_DEPENDENT = [check.id for check in CHECKS if check.id.split(".")[0] in ("boot", "kernel", "overlay", "secure")]
+
+BREAKAGES = [
+    Breakage("primary GPT entries damaged", _corrupt_primary_gpt_entries, {"disk.gpt": "fail"}),
+    Breakage("no BOOTX64.EFI on the ESP", lambda raw: sh("mdel", "-i", esp_image(raw), "::/EFI/BOOT/BOOTX64.EFI"),
+             {"disk.esp": "fail"}),
+    Breakage("ESP retyped as basic data", lambda raw: sh("sfdisk", "--part-type", raw, "1", MS_BASIC_DATA),
+             {"disk.esp": "fail"}),
+    Breakage("BIOS boot partition added",
+             lambda raw: sh("sfdisk", "--append", raw, stdin=f"size=1000, type={BIOS_BOOT}\n".encode()),
+             {"disk.no-bios-boot": "fail"}),
+    Breakage("root superblock zeroed", _corrupt_root_superblock,
+             {"disk.root": "fail", **{check_id: "skip" for check_id in ROOT_DEPENDENT}}),
+    Breakage("default kernel deleted", lambda raw: debugfs_write(raw, f"rm {boot_file(raw, 'vmlinuz-')}"),
+             {"boot.default-entry": "fail"}),
+    Breakage("no console= on the kernel command line",
+             lambda raw: ext4_edit(raw, "/boot/grub/grub.cfg", lambda text: text.replace("console=ttyS0,115200", "quiet")),
+             {"boot.serial-console": "fail"}),
+    Breakage("kernel without TDX guest support",
+             lambda raw: ext4_edit(raw, boot_file(raw, "config-"), lambda text: text.replace(
+                 "CONFIG_INTEL_TDX_GUEST=y", "# CONFIG_INTEL_TDX_GUEST is not set")),
+             {"kernel.tdx-guest": "fail"}),
+    Breakage("kernel without TSM reports",
+             lambda raw: ext4_edit(raw, boot_file(raw, "config-"), without_lines("CONFIG_TSM_REPORTS")),
+             {"kernel.attestation": "warn"}),
+    Breakage("kernel without lazy memory acceptance",
+             lambda raw: ext4_edit(raw, boot_file(raw, "config-"), without_lines("CONFIG_UNACCEPTED_MEMORY")),
+             {"kernel.unaccepted-memory": "info"}),
+    Breakage("initrd without virtio modules",
+             lambda raw: ext4_write(raw, boot_file(raw, "initrd"), cpio_gzip({"init": b"#!/bin/sh\n"}, raw.parent)),
+             {"kernel.virtio": "fail"}),
+    Breakage("overlay file changed",
+             lambda raw: ext4_write(raw, "/etc/udev/rules.d/90-tdx-guest.rules", b'KERNEL=="tdx_guest", MODE="0666"\n'),
+             {"overlay.files": "fail"}),
+    Breakage("overlay file mode changed",
+             lambda raw: debugfs_write(raw, "sif /usr/lib/tdx-image/tdx-selfcheck mode 0100644"),
+             {"overlay.files": "fail"}),
+    Breakage("root password set",
+             lambda raw: ext4_edit(raw, "/etc/shadow", lambda text: text.replace("root:!*:", "root:$6$salt$hash:", 1)),
+             {"secure.passwords": "fail"}),
+    Breakage("root password empty",
+             lambda raw: ext4_edit(raw, "/etc/shadow", lambda text: text.replace("root:!*:", "root::", 1)),
+             {"secure.passwords": "fail"}),
+    Breakage("SSH host key baked in",
+             lambda raw: ext4_write(raw, "/etc/ssh/ssh_host_ed25519_key", b"-----BEGIN OPENSSH PRIVATE KEY-----\n", 0o600),
+             {"secure.ssh-host-keys": "fail"}),
+    Breakage("machine-id baked in",
+             lambda raw: ext4_write(raw, "/etc/machine-id", b"0123456789abcdef0123456789abcdef\n"),
+             {"secure.machine-id": "fail"}),
+    Breakage("apt credentials left",
+             lambda raw: ext4_write(raw, "/etc/apt/auth.conf.d/mirror.conf", b"machine mirror login builder password secret\n"),
+             {"secure.repo-credentials": "fail"}),
+    Breakage("password in a repository URL",
+             lambda raw: ext4_write(raw, "/etc/zypp/repos.d/updates.repo", b"[updates]\nbaseurl=https://builder:secret@mirror.invalid/repo\n"),
+             {"secure.repo-credentials": "fail"}),
+    Breakage("apt proxy left",
+             lambda raw: ext4_write(raw, "/etc/apt/apt.conf.d/90proxy", b'Acquire::http::Proxy "http://proxy.build.invalid:3128";\n'),
+             {"secure.proxy": "fail"}),
+    Breakage("proxy in /etc/environment",
+             lambda raw: ext4_write(raw, "/etc/environment", b"https_proxy=http://proxy.build.invalid:3128\n"),
+             {"secure.proxy": "fail"}),
+]
+
+
+def statuses(report) -> dict[str, str]:
+    """The checks that did not pass, by id."""
+    return {check.id: check.status for check in report.checks if check.status != "pass"}
+
+
+def assert_breakage_seen(pristine_raw: Path, breakage: Breakage, workdir: Path, manifest: Path | None = None) -> None:
+    broken = workdir / "broken.raw"
+    sh("cp", "--sparse=always", pristine_raw, broken)
+    breakage.break_image(broken)
+    report = validate_image(broken, manifest=manifest)
+    assert statuses(report) == breakage.expected, json.dumps(report.to_dict(), indent=1)
+    assert report.ok == all(status in ("warn", "info") for status in breakage.expected.values())
+
+
+def test_every_check_has_a_breakage():
+    assert {check.id for check in CHECKS} <= {check_id for b in BREAKAGES for check_id in b.expected}
+
+
+# ---- a small synthetic image, built without root -------------------------------------------
+
+KERNEL = "6.12.0-test-amd64"
+ROOT_UUID = "3c8a2fd4-7b1e-4c55-9a61-0d2f6be1a001"
+GRUB_CFG = f"""\
+set default="0"
+serial --unit=0 --speed=115200
+menuentry 'Test Linux' --class debian $menuentry_id_option 'gnulinux-simple-{ROOT_UUID}' {{
+	search --no-floppy --fs-uuid --set=root {ROOT_UUID}
+	linux	/boot/vmlinuz-{KERNEL} root=UUID={ROOT_UUID} ro  console=ttyS0,115200
+	initrd	/boot/initrd.img-{KERNEL}
+}}
+"""
+KERNEL_CONFIG = """\
+CONFIG_INTEL_TDX_GUEST=y
+CONFIG_TDX_GUEST_DRIVER=m
+CONFIG_TSM_REPORTS=m
+CONFIG_UNACCEPTED_MEMORY=y
+CONFIG_VIRTIO_PCI=y
+CONFIG_VIRTIO_BLK=m
+CONFIG_SCSI_VIRTIO=m
+CONFIG_VIRTIO_NET=m
+"""
+
+
+def _initrd(workdir: Path) -> bytes:
+    """An early-microcode cpio, then a zstd-compressed main archive with the virtio modules."""
+    early_dir, main_dir = workdir / "early", workdir / "main"
+    (early_dir / "kernel/x86/microcode").mkdir(parents=True)
+    (early_dir / "kernel/x86/microcode/GenuineIntel.bin").write_bytes(b"\x01" * 300)
+    early = sh("cpio", "-o", "-H", "newc", "--quiet", stdin=b"kernel/x86/microcode/GenuineIntel.bin\n", cwd=early_dir)
+    modules = [f"usr/lib/modules/{KERNEL}/kernel/drivers/{path}.ko.xz"
+               for path in ("block/virtio_blk", "scsi/virtio_scsi", "net/virtio_net")]
+    for module in modules:
+        (main_dir / module).parent.mkdir(parents=True, exist_ok=True)
+        (main_dir / module).write_bytes(b"module")
+    archive = sh("cpio", "-o", "-H", "newc", "--quiet", stdin="\n".join(modules).encode(), cwd=main_dir)
+    return early + sh("zstd", "-q", "-c", stdin=archive)
+
+
+def _root_tree(tree: Path, workdir: Path) -> None:
+    shutil.copytree(OVERLAY_ROOT, tree, symlinks=True)
+    files = {"/" + path.relative_to(tree).as_posix(): {"sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                                                       "mode": oct(path.stat().st_mode & 0o7777)}
+             for path in sorted(tree.rglob("*")) if path.is_file()}
+    content = {
+        MANIFEST_IN_IMAGE: json.dumps({"overlay": "tdx", "files": files}),
+        "/boot/grub/grub.cfg": GRUB_CFG,
+        f"/boot/vmlinuz-{KERNEL}": "kernel",
+        f"/boot/config-{KERNEL}": KERNEL_CONFIG,
+        "/etc/passwd": "root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1::/:/usr/sbin/nologin\n",
+        "/etc/shadow": "root:!*:20000:0:99999:7:::\ndaemon:*:20000:0:99999:7:::\n",
+        "/etc/ssh/sshd_config": "PermitRootLogin no\n",
+        "/etc/machine-id": "",
+        "/etc/apt/sources.list.d/debian.sources": "Types: deb\nURIs: http://deb.invalid/debian\n",
+    }
+    for path, text in content.items():
+        (tree / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (tree / path.lstrip("/")).write_text(text)
+    (tree / f"boot/initrd.img-{KERNEL}").write_bytes(_initrd(workdir))
+
+
+def build_synthetic_image(workdir: Path) -> Path:
+    """48 MiB GPT disk: 1: ESP (FAT) with shim's path and a grub.cfg naming the root, 2: ext4 root."""
+    tree = workdir / "tree"
+    _root_tree(tree, workdir)
+    esp, root, disk = workdir / "esp.img", workdir / "root.img", workdir / "synthetic.raw"
+    sh("mkfs.fat", "-C", esp, str(8 * 1024))
+    sh("mmd", "-i", esp, "::/EFI", "::/EFI/BOOT")
+    (workdir / "grub.cfg").write_text(f"search --fs-uuid --set=root {ROOT_UUID}\nset prefix=($root)/boot/grub\n"
+                                      "configfile ($root)/boot/grub/grub.cfg\n")
+    (workdir / "shim.efi").write_bytes(b"MZ")
+    sh("mcopy", "-i", esp, workdir / "shim.efi", "::/EFI/BOOT/BOOTX64.EFI")
+    sh("mcopy", "-i", esp, workdir / "grub.cfg", "::/EFI/BOOT/grub.cfg")
+    sh("mkfs.ext4", "-q", "-F", "-U", ROOT_UUID, "-d", tree, root, "32M")
+    with disk.open("wb") as out:
+        out.truncate(48 * MiB)
+        for offset, image in ((1 * MiB, esp), (9 * MiB, root)):
+            out.seek(offset)
+            out.write(image.read_bytes())
+    sh("sfdisk", "-q", disk, stdin=(b"label: gpt\n"
+                                    b"start=2048, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=p.UEFI\n"
+                                    b"start=18432, size=65536, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=p.lxroot\n"))
+    return disk
+
+
+@pytest.fixture(scope="module")
+def synthetic_image(tmp_path_factory) -> Path:
+    return build_synthetic_image(tmp_path_factory.mktemp("synthetic"))
+
+
+def test_intact_synthetic_image_passes_every_check(synthetic_image):
+    report = validate_image(synthetic_image)
+    assert statuses(report) == {}, json.dumps(report.to_dict(), indent=1)
+    assert report.ok
+
+
+@pytest.mark.parametrize("breakage", BREAKAGES, ids=[breakage.name for breakage in BREAKAGES])
+def test_breakage_is_seen_by_its_check(synthetic_image, breakage, tmp_path):
+    assert_breakage_seen(synthetic_image, breakage, tmp_path)
