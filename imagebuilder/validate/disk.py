@@ -38,16 +38,33 @@ def raw_disk(image: Path, workdir: Path) -> Path:
     info = run(["qemu-img", "info", "--output=json", str(image)])
     if info.returncode != 0:
         raise InputError(f"{image}: qemu-img cannot read it: {message(info)}")
-    image_format = json.loads(info.stdout)["format"]
-    if image_format == "raw":
+    details = json.loads(info.stdout)
+    if details["format"] == "raw":
         return image
-    if image_format != "qcow2":
-        raise InputError(f"{image}: {image_format} images are not supported", "give a qcow2 or raw image")
+    if details["format"] != "qcow2":
+        raise InputError(f"{image}: {details['format']} images are not supported", "give a qcow2 or raw image")
+    _check_qcow2(image, details["cluster-size"])
     raw = workdir / "disk.raw"
     converted = run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(raw)])
     if converted.returncode != 0:
         raise InputError(f"{image}: qemu-img cannot read it: {message(converted)}")
     return raw
+
+
+def _check_qcow2(image: Path, cluster_size: int) -> None:
+    """A truncated or damaged qcow2 converts "successfully", with zeros where clusters are lost.
+
+    qemu-img check reports corruptions (exit 2) and where the image should end; a file shorter
+    than that by a cluster or more lost its tail (the last compressed cluster may be partial).
+    """
+    checked = run(["qemu-img", "check", "-f", "qcow2", "--output=json", str(image)])
+    if checked.returncode == 1:  # the check could not run: unreadable header, missing backing file
+        raise InputError(f"{image}: qemu-img cannot read it: {message(checked)}")
+    result = json.loads(checked.stdout)
+    missing = result.get("image-end-offset", 0) - image.stat().st_size
+    if result.get("corruptions") or missing >= cluster_size:
+        raise InputError(f"{image}: damaged qcow2 ({result.get('corruptions', 0)} corruptions, "
+                         f"{max(missing, 0)} bytes missing at the end)", "the file is truncated or corrupt")
 
 
 @dataclass(frozen=True)
