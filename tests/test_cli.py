@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -31,12 +33,15 @@ def test_suse_dry_runs_print_description_and_command(target, profile, repo_host)
     assert os.path.isfile(os.path.join(plan["description"], "config.xml"))
     assert "hunter2" not in result.stdout + result.stderr
     assert ("--add-repo-credentials" in command) == (target == "sles")
+    shutil.rmtree(Path(plan["description"]).parent)  # dry runs keep it for the user to inspect
 
 
 def test_dry_run_adds_user_repositories_after_the_targets():
     coco = "https://download.opensuse.org/repositories/devel:/coco:/Leap15.5/15.5/"
     result = run_cli("build", "leap", "--dry-run", "--json", "--repo", coco)
-    command = json.loads(result.stdout)["command"]
+    plan = json.loads(result.stdout)
+    shutil.rmtree(Path(plan["description"]).parent)
+    command = plan["command"]
     repos = [command[i + 1] for i, word in enumerate(command) if word == "--add-repo"]
     assert repos[-1].startswith(coco + ",rpm-md,") and len(repos) == 5
 
