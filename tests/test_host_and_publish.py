@@ -91,3 +91,18 @@ def test_replace_directory_swaps_in_the_new_set_whole(tmp_path):
     publish.replace_directory(new, out)
     assert [p.name for p in out.iterdir()] == ["new.qcow2"]
     assert list((tmp_path / "staging").iterdir()) == []
+
+
+def test_missing_kiwi_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(hostcheck.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(hostcheck.shutil, "which", lambda tool: None)
+    with pytest.raises(HostError, match="kiwi-ng is not installed") as raised:
+        hostcheck.require_kiwi()
+    assert "setup.sh" in raised.value.hint
+
+
+def test_wrong_kiwi_series_is_refused(monkeypatch):
+    monkeypatch.setattr(hostcheck, "kiwi_command", lambda: "/usr/bin/kiwi-ng")
+    monkeypatch.setattr(hostcheck, "kiwi_version", lambda: "9.24.48")
+    with pytest.raises(HostError, match="kiwi 9.24.48 found"):
+        hostcheck.require_kiwi()
