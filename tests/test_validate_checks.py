@@ -126,7 +126,7 @@ BREAKAGES = [
     Breakage("ESP retyped as basic data", lambda raw: sh("sfdisk", "--part-type", raw, "1", MS_BASIC_DATA),
              {"disk.esp": "fail"}),
     Breakage("BIOS boot partition added",
-             lambda raw: sh("sfdisk", "--append", raw, stdin=f"size=1000, type={BIOS_BOOT}\n".encode()),
+             lambda raw: sh("sfdisk", "--append", raw, stdin=f"start=34, size=2000, type={BIOS_BOOT}\n".encode()),
              {"disk.no-bios-boot": "fail"}),
     Breakage("root superblock zeroed", _corrupt_root_superblock,
              {"disk.root": "fail", **{check_id: "skip" for check_id in ROOT_DEPENDENT}}),
@@ -279,7 +279,8 @@ def build_synthetic_image(workdir: Path) -> Path:
         for offset, image in ((1 * MiB, esp), (9 * MiB, root)):
             out.seek(offset)
             out.write(image.read_bytes())
-    sh("sfdisk", "-q", disk, stdin=(b"label: gpt\n"
+    # first-lba 34 as KIWI writes it, leaving room before partition 1 (for the BIOS boot breakage)
+    sh("sfdisk", "-q", disk, stdin=(b"label: gpt\nfirst-lba: 34\n"
                                     b"start=2048, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=p.UEFI\n"
                                     b"start=18432, size=65536, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=p.lxroot\n"))
     return disk
