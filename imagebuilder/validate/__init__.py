@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from .checks import CHECKS, Check
+from .command import validate_command
 from .disk import raw_disk
 from .inspection import Inspection, Unavailable
 from .report import CheckResult, Report
@@ -35,5 +36,3 @@ def _run(check: Check, inspection: Inspection) -> CheckResult:
     status = "pass" if finding.passed else check.severity
     return CheckResult(check.id, check.severity, status, check.reason, finding.evidence)
 
-
-from .command import validate_command  # noqa: E402  (the command uses validate_image)

@@ -19,7 +19,7 @@ from ..errors import CheckFailed
               help="The build's published overlay-manifest.json (default: the one inside the image).")
 def validate_command(image: Path, as_json: bool, junit: Path | None, manifest: Path | None):
     """Check, without booting, that IMAGE will boot as an Intel TDX guest and is safe to ship."""
-    from . import validate_image
+    from . import validate_image  # here, not at the top: the package imports this module
 
     report = validate_image(image, manifest=manifest)
     if junit:
