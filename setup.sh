@@ -15,7 +15,7 @@ fi
 host_packages=(
     python3 python3-venv debian-archive-keyring ca-certificates
     apt dpkg gdisk dosfstools e2fsprogs rsync qemu-utils util-linux mount
-    mtools zstd xz-utils gzip cpio
+    mtools zstd xz-utils gzip lz4 bzip2 cpio fdisk
     qemu-system-x86 ovmf
 )
 missing=()

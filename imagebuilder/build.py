@@ -165,8 +165,8 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
     report.write_junit(publish_dir / "validation.junit.xml")
     timings["validate"] = time.monotonic() - mark
     if not report.ok:
-        failed = [check["id"] for check in report.to_dict()["checks"] if check["status"] == "fail"]
-        raise CheckFailed(f"the built image failed validation: {', '.join(failed)}",
+        failed = ", ".join(check.id for check in report.failed)
+        raise CheckFailed(f"the built image failed validation: {failed}",
                           "see validation.json in the .failed directory")
 
     boot = None
