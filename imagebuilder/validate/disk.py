@@ -45,7 +45,9 @@ def raw_disk(image: Path, workdir: Path) -> Path:
         raise InputError(f"{image}: {details['format']} images are not supported", "give a qcow2 or raw image")
     _check_qcow2(image, details["cluster-size"])
     raw = workdir / "disk.raw"
-    converted = run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(raw)])
+    # -W lets qemu-img's parallel coroutines write out of order: decompressing a KIWI qcow2
+    # (zlib clusters) takes about 1.5 s instead of 2.5 s here.
+    converted = run(["qemu-img", "convert", "-W", "-f", "qcow2", "-O", "raw", str(image), str(raw)])
     if converted.returncode != 0:
         raise InputError(f"{image}: qemu-img cannot read it: {message(converted)}")
     return raw
