@@ -178,14 +178,11 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
 
 
 def _wait(process: subprocess.Popen, interrupted: list[int]) -> None:
-    while True:
-        try:
-            process.wait(timeout=STOP_GRACE if interrupted else None)
-            return
-        except subprocess.TimeoutExpired:
-            _signal_group(process, signal.SIGKILL)
-            process.wait()
-            return
+    try:
+        process.wait(timeout=STOP_GRACE if interrupted else None)
+    except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
 
 
 def classify(error: tuple[str, str] | None, returncode: int, log_path: Path) -> Exception:
