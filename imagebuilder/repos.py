@@ -13,6 +13,7 @@ import glob
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,9 @@ class Credentials:
     password: str
 
     def secrets(self) -> list[str]:
-        """Strings that must never reach a log."""
-        return [s for s in (self.password, f"{self.username}:{self.password}") if s]
+        """Strings that must never reach a log: the password as given and as URLs quote it."""
+        return sorted({self.password, urllib.parse.quote(self.password, safe=""),
+                       f"{self.username}:{self.password}"} - {""})
 
 
 @dataclass(frozen=True)

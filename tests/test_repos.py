@@ -51,6 +51,8 @@ def test_credentials_from_file_env_and_errors(tmp_path):
     assert load_credentials(None, environ={"TDX_IMAGE_REPO_USER": "u",
                                            "TDX_IMAGE_REPO_PASSWORD": "p"}) == Credentials("u", "p")
     assert load_credentials(None, environ={}) is None
+    assert set(Credentials("u", "p@ss/word").secrets()) == {"p@ss/word", "p%40ss%2Fword",
+                                                             "u:p@ss/word"}
     half = tmp_path / "half"
     half.write_text("username=only\n")
     with pytest.raises(CredentialsError, match="lacks"):
