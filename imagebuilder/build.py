@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -43,6 +44,7 @@ class BuildRequest:
     boot_test: bool = False
     boot_timeout: float = 600.0
 
+    @cached_property
     def repositories(self) -> list[Repository]:
         # Target repositories first: KIWI pairs credentials with the leading --add-repo values.
         return self.target.repositories(self.mirror) + self.extra_repositories
@@ -64,7 +66,7 @@ def kiwi_run(request: BuildRequest, staging: Path, credentials: Credentials | No
         description=staging / "description",
         target_dir=staging / "kiwi",
         cache_dir=request.cache_dir,
-        repositories=request.repositories(),
+        repositories=request.repositories,
         profile=request.target.profile,
         credentials_file=staging / "credentials" if credentials else None,
         signing_keys=request.signing_keys,
@@ -77,7 +79,7 @@ def dry_run(request: BuildRequest) -> dict:
     credentials = request.credentials()
     staging = Path(tempfile.mkdtemp(prefix=f"tdx-image-dry-run-{request.target.name}-"))
     compose(request.target.description_dir, SHARED_OVERLAY, staging / "description", request.ssh_key)
-    kiwicheck.check_description(staging / "description", request.target.profile, request.repositories())
+    kiwicheck.check_description(staging / "description", request.target.profile, request.repositories)
     run = kiwi_run(request, staging, credentials, esp_fallback=not hostcheck.kernel_mounts_vfat())
     return {"target": request.target.name, "description": str(run.description),
             "command": run.command(), "esp_fallback": run.esp_fallback_dir is not None}
@@ -94,7 +96,7 @@ def build(request: BuildRequest, on_phase: Callable[[str], None]) -> dict:
         raise InputError(f"--ssh-key {request.ssh_key}: no such file")
     credentials = request.credentials()
     on_phase("check repositories")
-    check_reachable(request.repositories(), credentials)
+    check_reachable(request.repositories, credentials)
     hostcheck.require_kiwi()
     hostcheck.require_tools(hostcheck.DISK_TOOLS)
     hostcheck.require_tools(hostcheck.PACKAGE_MANAGER_TOOLS[target.package_manager])
@@ -153,7 +155,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
     mark = time.monotonic()
     artifacts = publish.collect(run.target_dir, publish_dir)
     image = artifacts["disk_format_image"]
-    publish.write_checksum(image)
+    image_digest = publish.write_checksum(image)
     shutil.copy(composition.path / "root" / MANIFEST_PATH, publish_dir / "overlay-manifest.json")
     _publish_description(composition.path, run.target_dir, publish_dir / "description", secrets)
     timings["publish"] = time.monotonic() - mark
@@ -187,7 +189,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
             "mirror": request.mirror,
             "repositories": [{"alias": r.alias, "url": r.url, "type": r.type,
                               "distribution": r.distribution, "gpgcheck": r.gpgcheck}
-                             for r in request.repositories()],
+                             for r in request.repositories],
             "overlay": SHARED_OVERLAY.name,
             "overlay_files": composition.overlay_files,
             "ssh_key_authorized": request.ssh_key is not None,
@@ -199,7 +201,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
                   "qemu-img": hostcheck.tool_version(["qemu-img", "--version"])},
         "kiwi_command": run.command(),
         "durations_s": {**{k: round(v, 1) for k, v in timings.items()}, "kiwi_phases": kiwi_phases},
-        "artifacts": publish.artifact_digests(publish_dir),
+        "artifacts": publish.artifact_digests(publish_dir, {image.name: image_digest}),
         "image": image.name,
         "validation": {"ok": report.ok},
         "boot_test": boot,

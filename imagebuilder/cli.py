@@ -132,10 +132,11 @@ def build(target, out_dir, mirror, repos, credentials_file, signing_keys, ssh_ke
                       f"(KIWI {record['durations_s']['kiwi']}s, validation passed)")
 
 
-from . import boot, doctor, launch  # noqa: E402  (the boot test, TD launch and host checks)
+# The other verbs live with the step they drive: validation, the boot test, launch, host checks.
+from . import boot, doctor, launch  # noqa: E402
+from .validate import validate_command  # noqa: E402
 
+main.add_command(validate_command)
 main.add_command(boot.boot_command)
 main.add_command(launch.run_command)
 main.add_command(doctor.doctor_command)
-from .validate import validate_command  # noqa: E402  (the offline image validator)
-main.add_command(validate_command)

@@ -60,8 +60,10 @@ def write_checksum(path: Path) -> str:
     return digest
 
 
-def artifact_digests(publish_dir: Path) -> dict[str, dict]:
-    return {path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+def artifact_digests(publish_dir: Path, known: dict[str, str]) -> dict[str, dict]:
+    """Digest and size of every published file; ``known`` (name -> sha256) spares re-reading
+    the disk image, which write_checksum already hashed."""
+    return {path.name: {"sha256": known.get(path.name) or sha256_file(path), "bytes": path.stat().st_size}
             for path in sorted(publish_dir.iterdir()) if path.is_file() and path.name != "build.json"}
 
 
