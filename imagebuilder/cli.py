@@ -90,8 +90,8 @@ class PhaseDisplay:
 @click.option("--ssh-key", type=click.Path(dir_okay=False, path_type=Path),
               help="Authorize this OpenSSH public key for root.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=DEFAULT_CACHE_DIR, show_default=True,
-              help="Package cache shared by all builds.")
+              default=DEFAULT_CACHE_DIR, show_default=True, envvar="TDX_IMAGE_CACHE_DIR",
+              help="Package cache shared by all builds (or set TDX_IMAGE_CACHE_DIR).")
 @click.option("--boot-test", is_flag=True, help="Boot the image in QEMU after validation.")
 @click.option("--dry-run", is_flag=True,
               help="Compose and check the description, print the kiwi-ng command, build nothing.")
