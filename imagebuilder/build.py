@@ -9,6 +9,7 @@ released (mounts, loop devices) and removed, and only the log and reports are ke
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import shutil
 import sys
@@ -23,7 +24,7 @@ from typing import Callable
 from . import __version__, cleanup, hostcheck, kiwi, kiwicheck, publish
 from .boot import boot_image
 from .compose import MANIFEST_PATH, compose
-from .errors import CheckFailed, CredentialsError, HostError, InputError
+from .errors import CheckFailed, CredentialsError, HostError, InputError, RepositoryError
 from .repos import Credentials, Repository, check_reachable, load_credentials
 from .targets import SHARED_OVERLAY, Target
 from .validate import validate_image
@@ -50,13 +51,23 @@ class BuildRequest:
         return self.target.repositories(self.mirror) + self.extra_repositories
 
     def credentials(self) -> Credentials | None:
-        credentials = load_credentials(str(self.credentials_file) if self.credentials_file else None)
-        if self.target.needs_credentials and not credentials:
-            raise CredentialsError(
-                f"target {self.target.name} needs repository credentials",
-                "pass --credentials FILE (SCCcredentials format) or set "
-                "TDX_IMAGE_REPO_USER and TDX_IMAGE_REPO_PASSWORD")
-        return credentials
+        """The user's (--credentials, environment), or those the host's repositories name."""
+        given = load_credentials(str(self.credentials_file) if self.credentials_file else None)
+        carried = {repo.credentials for repo in self.repositories if repo.credentials}
+        if given and carried:
+            raise InputError("repository credentials were given, but the host's repositories "
+                             "name their own credentials files",
+                             "credentials go with --mirror (an SMT that wants a login)")
+        if len(carried) > 1:
+            # KIWI takes one credentials file per build for the leading --add-repo values.
+            raise CredentialsError("the host's repositories name different credentials files",
+                                   "give an RMT/SMT with --mirror instead")
+        return given or (carried.pop() if carried else None)
+
+    def secrets(self, credentials: Credentials | None) -> list[str]:
+        """What never reaches a log or a report: passwords and SCC's repository tokens."""
+        return (credentials.secrets() if credentials else []) + [
+            repo.token for repo in self.repositories if repo.token]
 
 
 def kiwi_run(request: BuildRequest, staging: Path, credentials: Credentials | None,
@@ -74,15 +85,34 @@ def kiwi_run(request: BuildRequest, staging: Path, credentials: Credentials | No
     )
 
 
+def compose_description(request: BuildRequest, destination: Path):
+    """The target's description for the chosen release, plus the shared overlay."""
+    composition = compose(request.target.description_dir, SHARED_OVERLAY, destination,
+                          request.ssh_key)
+    request.target.apply_release(destination)
+    return composition
+
+
 def dry_run(request: BuildRequest) -> dict:
     """Compose the description (kept for inspection), let KIWI check it, return the command."""
+    note = None
+    try:
+        request.repositories
+    except RepositoryError as error:
+        # sles off a registered host: check the description against an RMT's layout.
+        if not request.target.check_mirror or request.mirror:
+            raise
+        note = f"{error.message}; checked with an RMT layout under {request.target.check_mirror}"
+        request = dataclasses.replace(request, mirror=request.target.check_mirror)
     credentials = request.credentials()
     staging = Path(tempfile.mkdtemp(prefix=f"tdx-image-dry-run-{request.target.name}-"))
-    compose(request.target.description_dir, SHARED_OVERLAY, staging / "description", request.ssh_key)
+    compose_description(request, staging / "description")
     kiwicheck.check_description(staging / "description", request.target.profile, request.repositories)
     run = kiwi_run(request, staging, credentials, esp_fallback=not hostcheck.kernel_mounts_vfat())
-    return {"target": request.target.name, "description": str(run.description),
-            "command": run.command(), "esp_fallback": run.esp_fallback_dir is not None}
+    redact = kiwi.Redactor(request.secrets(credentials))
+    return {"target": request.target.name, "release": request.target.chosen.name,
+            "description": str(run.description), "command": [redact(word) for word in run.command()],
+            "esp_fallback": run.esp_fallback_dir is not None, "note": note}
 
 
 def build(request: BuildRequest, on_phase: Callable[[str], None]) -> dict:
@@ -90,7 +120,8 @@ def build(request: BuildRequest, on_phase: Callable[[str], None]) -> dict:
     started = time.monotonic()
     target = request.target
     out_dir = request.out_dir.resolve()
-    # Cheapest and most likely mistakes first: the user's inputs, then the host.
+    # A host that cannot build this target at all says so first; then the user's inputs.
+    hostcheck.require_build_host(target)
     hostcheck.require_root()
     if request.ssh_key and not request.ssh_key.is_file():
         raise InputError(f"--ssh-key {request.ssh_key}: no such file")
@@ -130,8 +161,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
     on_phase("compose")
     mark = time.monotonic()
     # No separate kiwicheck here: `kiwi-ng system build` runs the same checks as it starts.
-    composition = compose(target.description_dir, SHARED_OVERLAY, staging / "description",
-                          request.ssh_key)
+    composition = compose_description(request, staging / "description")
     if credentials:
         secret = staging / "credentials"
         secret.touch(mode=0o600)
@@ -145,7 +175,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
         phase_started[name] = time.monotonic()
         on_phase(name)
 
-    secrets = credentials.secrets() if credentials else []
+    secrets = request.secrets(credentials)
     timings["kiwi"] = kiwi.run(run, publish_dir / "build.log", kiwi_phase, secrets)
     names = list(phase_started)
     kiwi_phases = {name: round(phase_started[after] - phase_started[name], 1)
@@ -184,7 +214,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
         "tdx_image_version": __version__,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "target": {"name": target.name, "title": target.title, "description": target.description,
-                   "profile": target.profile},
+                   "profile": target.profile, "release": target.chosen.name},
         "inputs": {
             "mirror": request.mirror,
             "repositories": [{"alias": r.alias, "url": r.url, "type": r.type,
@@ -199,7 +229,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
                  "esp_fallback": esp_fallback},
         "tools": {"kiwi": hostcheck.kiwi_version(),
                   "qemu-img": hostcheck.tool_version(["qemu-img", "--version"])},
-        "kiwi_command": run.command(),
+        "kiwi_command": [kiwi.Redactor(secrets)(word) for word in run.command()],
         "durations_s": {**{k: round(v, 1) for k, v in timings.items()}, "kiwi_phases": kiwi_phases},
         "artifacts": publish.artifact_digests(publish_dir, {image.name: image_digest}),
         "image": image.name,

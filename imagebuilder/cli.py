@@ -72,6 +72,16 @@ class PhaseDisplay:
 
 @main.command()
 @click.argument("target", metavar="TARGET")
+@click.option("--release", metavar="RELEASE",
+              help="The distribution release: leap 15.5 (default) or 15.6; sles 15-SP5 "
+                   "(default), 15-SP6 or 15-SP7; debian 12.")
+@click.option("--container", is_flag=True,
+              help="Build inside the target's own container image (podman or docker): how "
+                   "Leap and SLES are built on a non-SUSE host.")
+@click.option("--container-image", metavar="IMAGE",
+              help="The container image for --container.  [default: openSUSE Leap or SLE BCI "
+                   "of the release; debian: localhost/tdx-image-debian:12 from "
+                   "containers/make-debian-12-image]")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the artifacts are published.  [default: out/TARGET]")
 @click.option("--mirror", metavar="URL",
@@ -96,11 +106,11 @@ class PhaseDisplay:
 @click.option("--dry-run", is_flag=True,
               help="Compose and check the description, print the kiwi-ng command, build nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def build(target, out_dir, mirror, repos, credentials_file, signing_keys, ssh_key, cache_dir,
-          boot_test, dry_run, as_json):
+def build(target, release, container, container_image, out_dir, mirror, repos, credentials_file,
+          signing_keys, ssh_key, cache_dir, boot_test, dry_run, as_json):
     """Build a TDX guest image of TARGET (debian, leap or sles) with KIWI."""
     request = BuildRequest(
-        target=get_target(target),
+        target=get_target(target, release),
         out_dir=out_dir or Path("out") / target,
         mirror=mirror,
         extra_repositories=[parse_repo_option(value) for value in repos],
@@ -117,7 +127,15 @@ def build(target, out_dir, mirror, repos, credentials_file, signing_keys, ssh_ke
         else:
             click.echo(f"description: {plan['description']}")
             click.echo("command: " + shlex.join(plan["command"]))
+            if plan["note"]:
+                click.echo(f"note: {plan['note']}", err=True)
         return
+    if container or container_image:
+        from . import container as containers  # only this path needs the engine
+
+        containers.build(request, container_image, as_json)
+        return
+    builder.hostcheck.require_build_host(request.target)  # refused before anything else
     console = Console(stderr=True)
     if not builder.hostcheck.kernel_mounts_vfat():
         console.print("[yellow]note[/]: this kernel cannot mount vfat; the EFI partition is "

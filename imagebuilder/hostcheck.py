@@ -36,6 +36,53 @@ PACKAGE_MANAGER_TOOLS = {
 }
 ESP_FALLBACK_TOOLS = {"mcopy": "mtools", "mdir": "mtools", "mdeltree": "mtools"}
 
+# Hosts that can bootstrap a zypper image: KIWI installs the image's first packages with the
+# host's own rpm and zypper, so the host's rpm must write the database format the image's rpm
+# reads.  SUSE 15 (Leap 15.x, SLES/SLED 15) has rpm 4.14 with the ndb backend and no sqlite;
+# rpm >= 4.16 elsewhere (Debian 12: 4.18) writes sqlite only ("invalid %_db_backend: ndb").
+# KIWI's doc/source/troubleshooting/buildhost_constraints.rst: the build host should match
+# the target; OSInside/kiwi#1834 is an Ubuntu host failing on Leap.
+SUSE_15_HOSTS = ("opensuse-leap", "sles", "sled")
+OS_RELEASE = "/etc/os-release"
+
+
+def os_release(path: str = OS_RELEASE) -> dict[str, str]:
+    fields = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return fields
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            fields[key.strip()] = value.strip().strip('"\'')
+    return fields
+
+
+def build_host_problem(target, os_release_path: str = OS_RELEASE) -> str | None:
+    """Why this host cannot build ``target`` natively, or None when it can."""
+    if target.package_manager != "zypper":
+        return None
+    host = os_release(os_release_path)
+    if host.get("ID") in SUSE_15_HOSTS and host.get("VERSION_ID", "").split(".")[0] == "15":
+        return None
+    here = tool_version(["rpm", "--version"]).replace("RPM version ", "") if shutil.which("rpm") else ""
+    return (f"{target.title} builds on a SUSE 15 host (Leap 15.x, SLES 15), not on "
+            f"{host.get('PRETTY_NAME', 'this host')}: KIWI installs the image's packages with the "
+            "host's rpm, and SUSE 15's rpm 4.14 reads only ndb databases, which rpm 4.16 and later "
+            f"(Debian 12: 4.18{', here: ' + here if here else ''}) cannot write")
+
+
+def container_command(target) -> str:
+    release = f" --release {target.release.name}" if target.release else ""
+    return f"sudo tdx-image build {target.name}{release} --container"
+
+
+def require_build_host(target, os_release_path: str = OS_RELEASE) -> None:
+    problem = build_host_problem(target, os_release_path)
+    if problem:
+        raise HostError(problem, f"build in the target's own container: {container_command(target)}")
+
 
 def require_root() -> None:
     if os.geteuid() != 0:

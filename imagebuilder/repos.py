@@ -9,18 +9,22 @@ without editing XML.
 from __future__ import annotations
 
 import base64
+import configparser
 import glob
 import os
 import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CredentialsError, InputError, RepositoryError
 
 APT_SOURCES = "/etc/apt/sources.list"
+# Where zypper's configuration lives: "/" on a SUSE host; the --container path mounts the
+# host's /etc/zypp elsewhere and says so here.  Tests point it at sample files.
+ZYPP_ROOT_ENV = "TDX_IMAGE_ZYPP_ROOT"
 APT_SOURCES_DIR = "/etc/apt/sources.list.d"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
@@ -46,11 +50,19 @@ class Repository:
     signing_keys: tuple[str, ...] = ()  # absolute paths of keys to trust
     gpgcheck: bool = True
     authenticated: bool = False  # send the build's repository credentials
+    # A registered SLES host's repositories: SCC's access token (the URL's query, a secret kept
+    # out of ``url`` so that ``url`` may be logged) or zypper's credentials file, read.
+    token: str = ""
+    credentials: Credentials | None = field(default=None, repr=False)
 
     def __post_init__(self):
-        if "," in self.url:
+        if "," in self.full_url:
             # KIWI splits --add-repo on commas.
             raise InputError(f"repository URL must not contain a comma: {self.url}")
+
+    @property
+    def full_url(self) -> str:
+        return f"{self.url}?{self.token}" if self.token else self.url
 
     def kiwi_add_repo(self) -> str:
         """The value of KIWI's --add-repo: source,type,alias,priority,imageinclude,
@@ -59,7 +71,7 @@ class Repository:
         check = "true" if self.gpgcheck else "false"
         # imageinclude=false: the build's repositories (and any credentials) stay out of the image.
         return ",".join(
-            [self.url, self.type, self.alias, "", "false", check, keys, self.components,
+            [self.full_url, self.type, self.alias, "", "false", check, keys, self.components,
              self.distribution, check, ""]
         )
 
@@ -68,7 +80,7 @@ class Repository:
         base = self.url.rstrip("/")
         if self.type == "apt-deb":
             return f"{base}/dists/{self.distribution}/InRelease"
-        return f"{base}/repodata/repomd.xml"
+        return f"{base}/repodata/repomd.xml" + (f"?{self.token}" if self.token else "")
 
 
 def parse_repo_option(value: str) -> Repository:
@@ -123,6 +135,51 @@ def _deb822_fields(stanza: str) -> dict[str, str]:
         key, _, value = line.partition(":")
         fields[key.strip().lower()] = value.strip()
     return fields
+
+
+def host_zypper_repositories(release: str, root: str | None = None
+                             ) -> tuple[list[Repository], list[str]]:
+    """A registered SUSE host's enabled zypper repositories for ``release`` (e.g. "15-SP5").
+
+    Reads ``/etc/zypp/repos.d/*.repo`` (INI: ``[alias]``, ``baseurl=``, ``enabled=``,
+    ``type=``) the way ``debian`` reads the host's apt sources.  SUSEConnect writes SCC
+    repositories with an access token as the URL's query, and RMT/SMT ones with
+    ``?credentials=NAME``, naming ``/etc/zypp/credentials.d/NAME`` (``username=``/``password=``).
+    Returns the matching repositories (those with credentials first: KIWI pairs credentials
+    with the leading --add-repo values) and the releases the other repositories are for.
+    """
+    root = root if root is not None else os.environ.get(ZYPP_ROOT_ENV, "/")
+    zypp = Path(root) / "etc" / "zypp"
+    matching: list[Repository] = []
+    others: set[str] = set()
+    for repo_file in sorted((zypp / "repos.d").glob("*.repo")):
+        parser = configparser.RawConfigParser(strict=False, interpolation=None)
+        try:
+            parser.read_string(repo_file.read_text(), source=str(repo_file))
+        except (OSError, UnicodeDecodeError, configparser.Error) as error:
+            raise InputError(f"cannot read zypper repository file {repo_file}: {error}")
+        for alias in parser.sections():
+            section = parser[alias]
+            urls = section.get("baseurl", "").split()
+            url = urls[0] if urls else ""
+            if not url or section.get("enabled", "1").strip() != "1":
+                continue
+            release_match = re.search(r"/(1\d-SP\d+)/", url)
+            if not release_match or release_match.group(1) != release:
+                if release_match:
+                    others.add(release_match.group(1))
+                continue
+            base, _, query = url.partition("?")
+            parts = [part for part in query.split("&") if part]
+            names = [part.partition("=")[2] for part in parts if part.startswith("credentials=")]
+            token = "&".join(part for part in parts if not part.startswith("credentials="))
+            credentials = (load_credentials(str(zypp / "credentials.d" / os.path.basename(names[0])))
+                           if names else None)
+            matching.append(Repository(
+                alias=re.sub(r"[^A-Za-z0-9._-]+", "-", alias), url=base, type="rpm-md",
+                token=token, credentials=credentials, authenticated=credentials is not None))
+    matching.sort(key=lambda repo: repo.credentials is None)
+    return matching, sorted(others)
 
 
 def load_credentials(path: str | None, environ=os.environ) -> Credentials | None:

@@ -1,0 +1,184 @@
+"""``tdx-image build TARGET --container``: the same build, run inside the target's own
+container image (openSUSE Leap, SLE BCI, or a Debian 12 image made locally).
+
+KIWI bootstraps an image with the build host's package manager, so a SUSE image wants a SUSE
+host; a container of the target's distribution is one.  This module makes a builder image once
+(the base image plus the host tools and KIWI; cached by a tag that names its inputs), then runs
+``python -m imagebuilder build`` in it with the project mounted read-only, ``--out``'s parent
+and the package cache mounted read-write at the same paths, and the privileges KIWI needs
+(loop devices: ``--privileged`` and the host's ``/dev``).  The build inside publishes into
+``--out`` exactly as a native build does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+from . import hostcheck
+from .build import BuildRequest
+from .errors import HostError, InputError, Interrupted, RepositoryError, TdxImageError
+from .repos import ZYPP_ROOT_ENV, Repository
+from .targets import PROJECT_ROOT
+
+ENGINE_ENV = "TDX_IMAGE_CONTAINER_ENGINE"
+ENGINES = ("podman", "docker")
+PROVISION = Path(__file__).resolve().parent / "container-provision.sh"
+VENV_PYTHON = "/opt/tdx-image/bin/python"
+HOST_ZYPP_MOUNT = "/run/tdx-image/host"  # the host's /etc/zypp appears below this
+RESTRICTED_HOST_HINT = ("on hosts with cgroups v1 or a fixed RLIMIT_NOFILE (Debian 12 here) "
+                        "set CONTAINERS_CONF=containers/containers.conf (runc, no default ulimits)")
+
+
+class ContainerBuildFailed(TdxImageError):
+    """The build inside the container failed; its own error line was printed above."""
+
+    def __init__(self, returncode: int):
+        super().__init__(f"the build in the container failed (exit {returncode})",
+                         "its error line is above")
+        self.exit_code = returncode
+
+
+def engine() -> str:
+    wanted = os.environ.get(ENGINE_ENV)
+    for name in ([wanted] if wanted else ENGINES):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise HostError(f"--container needs {wanted or 'podman or docker'}",
+                    "apt-get install podman runc (or zypper install podman)")
+
+
+def requirements() -> list[str]:
+    """The project's Python dependencies, as pyproject.toml states them."""
+    with open(PROJECT_ROOT / "pyproject.toml", "rb") as pyproject:
+        return tomllib.load(pyproject)["project"]["dependencies"]
+
+
+def builder_tag(base_image: str) -> str:
+    """Names every input of the builder image, so a changed input makes a new one."""
+    digest = hashlib.sha256("\n".join([base_image, PROVISION.read_text(), *requirements()])
+                            .encode()).hexdigest()[:16]
+    return f"localhost/tdx-image-builder:{digest}"
+
+
+def image_exists(engine_path: str, image: str) -> bool:
+    return subprocess.run([engine_path, "image", "inspect", image], capture_output=True).returncode == 0
+
+
+def ensure_builder(engine_path: str, base_image: str, on_progress=print) -> str:
+    """The builder image for ``base_image``: reused when it exists, made otherwise."""
+    tag = builder_tag(base_image)
+    if image_exists(engine_path, tag):
+        return tag
+    on_progress(f"making the builder image {tag} from {base_image} (once)")
+    with tempfile.TemporaryDirectory(prefix="tdx-image-builder-") as context_dir:
+        context = Path(context_dir)
+        shutil.copy(PROVISION, context / "provision")
+        (context / "requirements.txt").write_text("\n".join(requirements()) + "\n")
+        # Wheels are made by this host's pip, which already reaches PyPI (proxies, CAs).
+        wheels = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(context / "wheels"),
+             "-r", str(context / "requirements.txt")], capture_output=True, text=True)
+        if wheels.returncode != 0:
+            raise RepositoryError("pip could not fetch KIWI and the driver's dependencies for the "
+                                  f"builder image: {_last_line(wheels.stderr)}",
+                                  "check this host's access to PyPI")
+        (context / "Containerfile").write_text(
+            f"FROM {base_image}\n"
+            "COPY . /tmp/tdx-image-builder/\n"
+            "RUN sh /tmp/tdx-image-builder/provision && rm -rf /tmp/tdx-image-builder\n")
+        result = subprocess.run([engine_path, "build", "--network", "host", "--tag", tag,
+                                 "--file", str(context / "Containerfile"), str(context)],
+                                stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        message = _last_line(result.stderr)
+        if not image_exists(engine_path, base_image):
+            raise RepositoryError(f"cannot get the container image {base_image}: {message}",
+                                  "make it reachable, or name a local image with --container-image")
+        raise HostError(f"making the builder image from {base_image} failed: {message}",
+                        RESTRICTED_HOST_HINT)
+    return tag
+
+
+def run_command(engine_path: str, image: str, request: BuildRequest, as_json: bool) -> list[str]:
+    """The engine command running ``tdx-image build`` inside ``image`` for ``request``."""
+    out_dir = request.out_dir.resolve()
+    cache_dir = request.cache_dir.resolve()
+    command = [engine_path, "run", "--rm", "--privileged", "--network", "host",
+               "--volume", "/dev:/dev",
+               "--volume", f"{PROJECT_ROOT}:{PROJECT_ROOT}:ro",
+               "--volume", f"{out_dir.parent}:{out_dir.parent}",
+               "--volume", f"{cache_dir}:{cache_dir}",
+               "--env", f"PYTHONPATH={PROJECT_ROOT}", "--workdir", str(PROJECT_ROOT)]
+    inputs = [request.ssh_key, request.credentials_file, *request.signing_keys]
+    for path in (Path(p).resolve() for p in inputs if p):
+        command += ["--volume", f"{path}:{path}:ro"]
+    if request.target.package_manager == "zypper" and Path("/etc/zypp").is_dir():
+        # A registered SLES host's repositories and credentials, read-only, beside the
+        # container's own zypper configuration.
+        command += ["--volume", f"/etc/zypp:{HOST_ZYPP_MOUNT}/etc/zypp:ro",
+                    "--env", f"{ZYPP_ROOT_ENV}={HOST_ZYPP_MOUNT}"]
+    for name in ("TDX_IMAGE_REPO_USER", "TDX_IMAGE_REPO_PASSWORD"):
+        if os.environ.get(name):
+            command += ["--env", name]  # the value comes from this environment, never argv
+    inner = [VENV_PYTHON, "-m", "imagebuilder", "build", request.target.name,
+             "--release", request.target.chosen.name, "--out", str(out_dir),
+             "--cache-dir", str(cache_dir)]
+    if request.mirror:
+        inner += ["--mirror", request.mirror]
+    for repo in request.extra_repositories:
+        inner += ["--repo", _repo_option(repo)]
+    if request.credentials_file:
+        inner += ["--credentials", str(Path(request.credentials_file).resolve())]
+    for key in request.signing_keys:
+        inner += ["--signing-key", str(Path(key).resolve())]
+    if request.ssh_key:
+        inner += ["--ssh-key", str(Path(request.ssh_key).resolve())]
+    if as_json:
+        inner.append("--json")
+    return command + [image] + inner
+
+
+def build(request: BuildRequest, container_image: str | None, as_json: bool) -> None:
+    """Run the build in a container; its output and exit status are the build's."""
+    if request.boot_test:
+        raise InputError("--boot-test is not run inside the container",
+                         "boot the published image on this host: tdx-image boot OUT/IMAGE.qcow2")
+    hostcheck.require_root()
+    engine_path = engine()
+    base = container_image or request.target.chosen.container_image
+    image = ensure_builder(engine_path, base, lambda text: print(text, file=sys.stderr))
+    process = subprocess.Popen(run_command(engine_path, image, request, as_json),
+                               stdin=subprocess.DEVNULL)
+    try:
+        returncode = process.wait()
+    except KeyboardInterrupt:
+        # The engine forwards the signal to the build, which releases its mounts; wait for it.
+        process.send_signal(signal.SIGINT)
+        process.wait()
+        raise Interrupted("the build in the container was stopped; nothing was published")
+    if returncode in (125, 126, 127):
+        raise HostError(f"{Path(engine_path).name} could not run the build container "
+                        f"(exit {returncode})", RESTRICTED_HOST_HINT)
+    if returncode != 0:
+        raise ContainerBuildFailed(returncode)
+
+
+def _repo_option(repo: Repository) -> str:
+    """A ``--repo`` value that parses back to ``repo``."""
+    if repo.type == "apt-deb":
+        return f"{repo.url},{repo.distribution},{repo.components}"
+    return repo.url
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no message"
