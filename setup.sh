@@ -10,13 +10,15 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 3
 fi
 
-# What KIWI calls for a Debian disk image, the ESP fallback (mtools), the validator
-# (e2fsprogs, mtools, qemu-utils, decompressors, cpio) and the boot test (qemu, OVMF).
+# What KIWI calls for a Debian disk image (binutils: strings), the ESP fallback (mtools), the
+# validator (e2fsprogs, mtools, qemu-utils, decompressors, cpio), the boot test (qemu, OVMF)
+# and --container (podman with runc; mmdebstrap makes the local Debian 12 container image).
 host_packages=(
     python3 python3-venv debian-archive-keyring ca-certificates
-    apt dpkg gdisk dosfstools e2fsprogs rsync qemu-utils util-linux mount
+    apt dpkg binutils gdisk dosfstools e2fsprogs rsync qemu-utils util-linux mount
     mtools zstd xz-utils gzip lz4 bzip2 cpio fdisk
     qemu-system-x86 ovmf
+    podman runc mmdebstrap
 )
 missing=()
 for package in "${host_packages[@]}"; do

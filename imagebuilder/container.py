@@ -53,7 +53,7 @@ def engine() -> str:
         if found:
             return found
     raise HostError(f"--container needs {wanted or 'podman or docker'}",
-                    "apt-get install podman runc (or zypper install podman)")
+                    "apt-get install podman runc, or zypper install podman")
 
 
 def requirements() -> list[str]:
@@ -156,6 +156,8 @@ def build(request: BuildRequest, container_image: str | None, as_json: bool) -> 
     engine_path = engine()
     base = container_image or request.target.chosen.container_image
     image = ensure_builder(engine_path, base, lambda text: print(text, file=sys.stderr))
+    for directory in (request.out_dir.resolve().parent, request.cache_dir.resolve()):
+        directory.mkdir(parents=True, exist_ok=True)  # the engine mounts only what exists
     process = subprocess.Popen(run_command(engine_path, image, request, as_json),
                                stdin=subprocess.DEVNULL)
     try:

@@ -50,11 +50,14 @@ def build_checks(build_dir: Path) -> list[Check]:
     checks.append(tools_check("host tools", hostcheck.DISK_TOOLS, FAIL))
     for manager, tools in hostcheck.PACKAGE_MANAGER_TOOLS.items():
         users = [name for name, target in TARGETS.items() if target.package_manager == manager]
+        if any(hostcheck.build_host_problem(TARGETS[name]) for name in users):
+            continue  # not a host for these targets at all: the SUSE targets check says why
         checks.append(tools_check(f"{manager} tools ({', '.join(users)})", tools, WARN))
     checks.append(check("loop devices", OK, "/dev/loop-control present")
                   if os.path.exists("/dev/loop-control")
                   else check("loop devices", FAIL, "no /dev/loop-control: the kernel has no loop devices"))
     checks.append(vfat_check())
+    checks.append(suse_host_check())
     checks.append(free_space_check(build_dir))
     checks.append(tools_check("boot test", {QEMU: "qemu-system-x86", "qemu-img": "qemu-utils"}, WARN,
                               extra_missing=() if OVMF_CODE.exists() else (f"{OVMF_CODE} (ovmf)",)))
@@ -82,6 +85,19 @@ def vfat_check() -> Check:
                      + ", ".join(sorted(missing)) + " (apt-get install mtools)")
     return Check("build", "vfat (EFI partition)", WARN,
                  "the kernel cannot mount vfat: the EFI partition is written with mtools instead")
+
+
+def suse_host_check() -> Check:
+    """Leap and SLES build natively only on SUSE 15; elsewhere in their own container."""
+    name = "SUSE targets (leap, sles)"
+    problem = hostcheck.build_host_problem(TARGETS["leap"])
+    if problem is None:
+        return Check("build", name, OK, "a SUSE 15 host: leap and sles build natively")
+    engines = [engine for engine in ("podman", "docker") if shutil.which(engine)]
+    how = (f"build with --container ({engines[0]} is installed): "
+           f"{hostcheck.container_command(TARGETS['leap'])}" if engines
+           else "install podman (apt-get install podman runc) and build with --container")
+    return Check("build", name, WARN, f"{problem}; {how}")
 
 
 def free_space_check(build_dir: Path) -> Check:

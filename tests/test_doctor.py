@@ -108,3 +108,17 @@ def test_only_build_ignores_the_tdx_host(canned_checks):
 
     assert result.exit_code == 0, result.output
     assert "vfat (EFI partition)" in result.stdout and "CPU" not in result.stdout
+
+
+def test_suse_targets_on_another_host_point_at_the_container(monkeypatch):
+    monkeypatch.setattr(hostcheck, "build_host_problem", lambda target: "not a SUSE 15 host")
+    monkeypatch.setattr(doctor.shutil, "which", lambda name: "/usr/bin/podman" if name == "podman" else None)
+    check = doctor.suse_host_check()
+    assert (check.status, check.detail) == (
+        WARN, "not a SUSE 15 host; build with --container (podman is installed): "
+              "sudo tdx-image build leap --container")
+
+
+def test_suse_targets_on_a_suse_15_host_build_natively(monkeypatch):
+    monkeypatch.setattr(hostcheck, "build_host_problem", lambda target: None)
+    assert doctor.suse_host_check().status == OK

@@ -4,20 +4,23 @@ import shutil
 
 import pytest
 
+from imagebuilder.build import BuildRequest, compose_description
 from imagebuilder.compose import compose
 from imagebuilder.errors import InputError
 from imagebuilder.kiwicheck import check_description
 from imagebuilder.repos import Repository
-from imagebuilder.targets import SHARED_OVERLAY, TARGETS
+from imagebuilder.targets import SHARED_OVERLAY, TARGETS, get_target
 
 MIRROR = "http://mirror.invalid"  # never contacted: the checks are offline
 
 
-@pytest.mark.parametrize("name", sorted(TARGETS))
-def test_composed_description_passes_kiwi_checks(tmp_path, name):
-    target = TARGETS[name]
-    composition = compose(target.description_dir, SHARED_OVERLAY, tmp_path / "d")
-    check_description(composition.path, target.profile, target.repositories(MIRROR))
+@pytest.mark.parametrize("name, release", [(name, release.name) for name, target in
+                                           sorted(TARGETS.items()) for release in target.releases])
+def test_composed_description_passes_kiwi_checks(tmp_path, name, release):
+    """Every target x release x profile, composed as a build composes it."""
+    request = BuildRequest(target=get_target(name, release), out_dir=tmp_path / "out")
+    composition = compose_description(request, tmp_path / "d")
+    check_description(composition.path, request.target.profile, request.target.repositories(MIRROR))
 
 
 def test_kiwi_schema_rejects_a_broken_description(tmp_path):

@@ -1,0 +1,68 @@
+"""--container: the engine command a build runs, and its refusals.  The real run through
+podman with a locally made Debian 12 image is tests/integration/test_container.py."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from imagebuilder import container
+from imagebuilder.build import BuildRequest
+from imagebuilder.repos import parse_repo_option
+from imagebuilder.targets import PROJECT_ROOT, get_target
+from tests.conftest import run_cli
+
+
+def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, monkeypatch):
+    monkeypatch.setenv("TDX_IMAGE_REPO_PASSWORD", "hunter2")
+    monkeypatch.setenv("TDX_IMAGE_REPO_USER", "u")
+    key = tmp_path / "id.pub"
+    key.write_text("ssh-ed25519 AAAA test\n")
+    request = BuildRequest(target=get_target("leap", "15.6"), out_dir=tmp_path / "out" / "leap",
+                           mirror="https://mirror.example/opensuse", ssh_key=key,
+                           extra_repositories=[parse_repo_option("http://r.example/x,bookworm,main contrib")],
+                           cache_dir=tmp_path / "cache")
+    command = container.run_command("/usr/bin/podman", "builder:tag", request, as_json=True)
+    engine_part, inner = command[:command.index("builder:tag")], command[command.index("builder:tag") + 1:]
+    volumes = [engine_part[i + 1] for i, word in enumerate(engine_part) if word == "--volume"]
+    assert "--privileged" in engine_part and "/dev:/dev" in volumes
+    assert f"{PROJECT_ROOT}:{PROJECT_ROOT}:ro" in volumes
+    assert f"{tmp_path / 'out'}:{tmp_path / 'out'}" in volumes
+    assert f"{key}:{key}:ro" in volumes
+    assert inner[:5] == [container.VENV_PYTHON, "-m", "imagebuilder", "build", "leap"]
+    assert inner[inner.index("--release") + 1] == "15.6"
+    assert inner[inner.index("--out") + 1] == str(tmp_path / "out" / "leap")
+    assert inner[inner.index("--repo") + 1] == "http://r.example/x,bookworm,main contrib"
+    assert "--json" in inner
+    # Secrets travel by name through the environment, never on the command line.
+    assert "TDX_IMAGE_REPO_PASSWORD" in command and not any("hunter2" in word for word in command)
+
+
+def test_a_zypper_target_sees_the_hosts_zypper_configuration_read_only(tmp_path):
+    request = BuildRequest(target=get_target("sles"), out_dir=tmp_path / "sles")
+    command = container.run_command("podman", "img", request, as_json=False)
+    has_zypp = Path("/etc/zypp").is_dir()
+    assert (f"/etc/zypp:{container.HOST_ZYPP_MOUNT}/etc/zypp:ro" in command) == has_zypp
+    debian = container.run_command("podman", "img", BuildRequest(target=get_target("debian"),
+                                                                 out_dir=tmp_path / "d"), False)
+    assert not any("/etc/zypp" in word for word in debian)
+
+
+def test_builder_images_are_named_by_their_inputs():
+    assert container.builder_tag("a:1") == container.builder_tag("a:1")
+    assert container.builder_tag("a:1") != container.builder_tag("a:2")
+
+
+def test_boot_test_is_not_run_in_the_container():
+    result = run_cli("build", "leap", "--container", "--boot-test")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --boot-test is not run inside the container")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the engine check comes after the root check")
+def test_a_missing_engine_is_named(tmp_path):
+    result = run_cli("build", "debian", "--container", "--out", tmp_path / "d",
+                     env=dict(os.environ, TDX_IMAGE_CONTAINER_ENGINE="no-such-engine"))
+    assert result.returncode == 3
+    assert result.stderr == "error: --container needs no-such-engine (apt-get install podman runc, or zypper install podman)\n"
+    assert list(tmp_path.iterdir()) == []

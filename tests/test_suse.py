@@ -1,0 +1,189 @@
+"""The SUSE targets: releases as data, the host model, a registered host's zypper
+repositories, SCC refusal, and secrets kept out of every output."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from imagebuilder import hostcheck
+from imagebuilder.errors import CredentialsError, InputError, RepositoryError
+from imagebuilder.repos import Credentials, host_zypper_repositories
+from imagebuilder.targets import TARGETS, get_target
+from tests.conftest import run_cli
+
+ZYPP_SAMPLE = Path(__file__).parent / "data" / "zypp"  # files as SUSEConnect writes them
+RMT_PASSWORD = "rmt-pass:w/rd@1"
+SCC_TOKEN = "exampleToken_AbC123-xyz"
+
+
+def plan_of(result) -> dict:
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    shutil.rmtree(Path(plan["description"]).parent)  # dry runs keep it for the user to inspect
+    return plan
+
+
+def added_repos(command: list[str]) -> list[str]:
+    return [command[i + 1] for i, word in enumerate(command) if word == "--add-repo"]
+
+
+@pytest.mark.parametrize("target, release, version, repo", [
+    ("leap", None, "15.5.0", "https://download.opensuse.org/distribution/leap/15.5/repo/oss/"),
+    ("leap", "15.6", "15.6.0", "https://download.opensuse.org/update/leap/15.6/sle/"),
+    ("sles", "15-SP7", "15.7.0", "https://m.example/SUSE/Updates/SLE-Product-SLES/15-SP7/"),
+])
+def test_a_release_picks_repositories_version_and_image_name(target, release, version, repo):
+    args = ["--release", release] if release else []
+    plan = plan_of(run_cli("build", target, *args, "--dry-run", "--json",
+                           "--mirror", "https://m.example" if target == "sles" else
+                           "https://download.opensuse.org"))
+    assert any(value.startswith(repo) for value in added_repos(plan["command"]))
+    assert plan["release"] == (release or get_target(target).chosen.name)
+
+
+def test_the_composed_description_names_the_release(tmp_path):
+    from imagebuilder.build import BuildRequest, compose_description
+
+    request = BuildRequest(target=get_target("sles", "15-SP6"), out_dir=tmp_path / "out")
+    compose_description(request, tmp_path / "d")
+    config = (tmp_path / "d" / "config.xml").read_text()
+    assert 'name="tdx-guest-sles-15-SP6"' in config and "<version>15.6.0</version>" in config
+
+
+@pytest.mark.parametrize("target, release, known", [
+    ("leap", "16.0", "15.5, 15.6"),
+    ("sles", "15-SP4", "15-SP5, 15-SP6, 15-SP7"),
+    ("debian", "13", "12"),
+])
+def test_unknown_release_is_one_line_naming_the_known_ones(target, release, known):
+    result = run_cli("build", target, "--release", release, "--dry-run")
+    assert result.returncode == 2
+    assert result.stderr == f"error: unknown release '{release}' for {target} (known: {known})\n"
+
+
+def test_debian_takes_its_one_release():
+    assert plan_of(run_cli("build", "debian", "--release", "12", "--dry-run", "--json",
+                           "--mirror", "http://deb.example/debian"))["release"] == "12"
+
+
+def write_os_release(tmp_path, text: str) -> str:
+    path = tmp_path / "os-release"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("os_release, ok", [
+    ('NAME="openSUSE Leap"\nVERSION_ID="15.5"\nID="opensuse-leap"\nPRETTY_NAME="openSUSE Leap 15.5"\n', True),
+    ('NAME="SLES"\nVERSION_ID="15.6"\nID="sles"\nPRETTY_NAME="SUSE Linux Enterprise Server 15 SP6"\n', True),
+    ('NAME="openSUSE Tumbleweed"\nVERSION_ID="20260101"\nID="opensuse-tumbleweed"\n', False),
+    ('NAME="openSUSE Leap"\nVERSION_ID="16.0"\nID="opensuse-leap"\n', False),
+    ('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n', False),
+])
+def test_suse_targets_build_only_on_suse_15_hosts(tmp_path, os_release, ok):
+    path = write_os_release(tmp_path, os_release)
+    for name in ("leap", "sles"):
+        assert (hostcheck.build_host_problem(TARGETS[name], path) is None) == ok
+    assert hostcheck.build_host_problem(TARGETS["debian"], path) is None
+
+
+def test_a_suse_build_on_this_debian_host_is_refused_at_once(tmp_path):
+    if hostcheck.build_host_problem(TARGETS["leap"]) is None:
+        pytest.skip("this host is a SUSE 15 host")
+    out = tmp_path / "leap"
+    result = run_cli("build", "leap", "--release", "15.6", "--out", out)
+    assert result.returncode == 3
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: openSUSE Leap 15.6 builds on a SUSE 15 host")
+    assert "ndb" in lines[0] and lines[0].endswith(
+        "(build in the target's own container: sudo tdx-image build leap --release 15.6 --container)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_registered_host_repositories_are_read_with_tokens_and_credentials():
+    repositories, others = host_zypper_repositories("15-SP5", root=str(ZYPP_SAMPLE))
+    assert others == ["15-SP4"]  # the disabled debug repository and non-SLE ones are left out
+    rmt, scc = repositories  # credentials first: KIWI pairs them with the leading repositories
+    assert rmt.url == ("https://rmt.example.com/repo/SUSE/Updates/SLE-Module-Basesystem/15-SP5/"
+                       "x86_64/update/")
+    assert (rmt.token, rmt.authenticated) == ("", True)
+    assert rmt.credentials == Credentials("SCC_0123456789abcdef", RMT_PASSWORD)
+    assert scc.url == "https://updates.suse.com/SUSE/Products/SLE-Product-SLES/15-SP5/x86_64/product"
+    assert (scc.token, scc.credentials, scc.authenticated) == (SCC_TOKEN, None, False)
+    assert scc.kiwi_add_repo().startswith(f"{scc.url}?{SCC_TOKEN},rpm-md,")
+    assert scc.probe_url().endswith(f"/product/repodata/repomd.xml?{SCC_TOKEN}")
+    assert SCC_TOKEN not in repr(scc.url) and RMT_PASSWORD not in repr(rmt)
+
+
+def test_a_repository_naming_a_missing_credentials_file_is_a_credentials_error(tmp_path):
+    shutil.copytree(ZYPP_SAMPLE, tmp_path / "root")
+    (tmp_path / "root/etc/zypp/credentials.d/Basesystem_Module_15_SP5_x86_64").unlink()
+    with pytest.raises(CredentialsError, match="cannot read credentials file"):
+        host_zypper_repositories("15-SP5", root=str(tmp_path / "root"))
+
+
+def test_a_broken_repo_file_is_named(tmp_path):
+    (tmp_path / "etc/zypp/repos.d").mkdir(parents=True)
+    (tmp_path / "etc/zypp/repos.d/broken.repo").write_text("baseurl=https://x/15-SP5/\n")
+    with pytest.raises(InputError, match="broken.repo"):
+        host_zypper_repositories("15-SP5", root=str(tmp_path))
+
+
+def test_sles_uses_the_registered_hosts_repositories_and_logs_no_secret():
+    env = dict(os.environ, TDX_IMAGE_ZYPP_ROOT=str(ZYPP_SAMPLE))
+    plan = plan_of(run_cli("build", "sles", "--dry-run", "--json", env=env))
+    command = plan["command"]
+    repos = added_repos(command)
+    assert repos[0].startswith("https://rmt.example.com/repo/SUSE/Updates/SLE-Module-Basesystem/")
+    assert repos[1].startswith("https://updates.suse.com/SUSE/Products/SLE-Product-SLES/15-SP5/"
+                               "x86_64/product?***,")
+    assert command.count("--add-repo-credentials") == 1 and plan["note"] is None
+    text = json.dumps(plan)
+    assert SCC_TOKEN not in text and RMT_PASSWORD not in text
+
+
+def test_sles_off_a_registered_host_is_checked_against_an_rmt_layout_and_says_so(tmp_path):
+    env = dict(os.environ, TDX_IMAGE_ZYPP_ROOT=str(tmp_path))
+    plan = plan_of(run_cli("build", "sles", "--release", "15-SP6", "--dry-run", "--json", env=env))
+    assert plan["note"].startswith("this host has no registered SLES 15-SP6 repositories")
+    assert all(repo.startswith("https://rmt.invalid/repo/SUSE/") for repo in added_repos(plan["command"]))
+
+
+def test_sles_without_a_registered_release_says_what_works(monkeypatch):
+    monkeypatch.setenv("TDX_IMAGE_ZYPP_ROOT", str(ZYPP_SAMPLE))
+    with pytest.raises(RepositoryError,
+                       match=r"no registered SLES 15-SP6 .*\(it has 15-SP4, 15-SP5\)") as raised:
+        get_target("sles", "15-SP6").repositories(None)
+    assert "--mirror https://rmt.example.com/repo" in raised.value.hint
+
+
+@pytest.mark.parametrize("mirror", ["https://updates.suse.com", "https://updates.suse.com/SUSE/"])
+def test_plain_scc_login_against_updates_suse_com_is_refused(mirror):
+    env = dict(os.environ, TDX_IMAGE_REPO_USER="SCC_user", TDX_IMAGE_REPO_PASSWORD="hunter2")
+    result = run_cli("build", "sles", "--mirror", mirror, "--dry-run", env=env)
+    assert result.returncode == 5
+    assert result.stderr.startswith(f"error: {mirror} does not take SCC username/password")
+    assert "registered SLES host" in result.stderr and "RMT" in result.stderr
+    assert "hunter2" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_user_credentials_do_not_mix_with_the_hosts():
+    env = dict(os.environ, TDX_IMAGE_ZYPP_ROOT=str(ZYPP_SAMPLE), TDX_IMAGE_REPO_USER="u",
+               TDX_IMAGE_REPO_PASSWORD="p")
+    result = run_cli("build", "sles", "--dry-run", env=env)
+    assert result.returncode == 2 and "with --mirror" in result.stderr
+
+
+def test_suse_description_carries_keys_registration_product_and_nic_naming():
+    description = TARGETS["leap"].description_dir
+    config = (description / "config.xml").read_text()
+    for package in ("openSUSE-build-key", "suse-build-key", "SUSEConnect"):
+        assert f'<package name="{package}"/>' in config
+    assert "net.ifnames" not in config  # the measured command line stays free of NIC policy
+    script = (description / "config.sh").read_text()
+    assert "suseSetupProduct" in script and "suseImportBuildKey" in script
+    rule = (description / "root/etc/udev/rules.d/70-tdx-lan.rules").read_text()
+    assert 'NAME="lan%n"' in rule
+    assert "BOOTPROTO='dhcp'" in (description / "root/etc/sysconfig/network/ifcfg-lan0").read_text()
