@@ -117,7 +117,8 @@ def repository_check(target_name: str) -> Check:
     target = TARGETS[target_name]
     try:
         repositories = target.repositories(None)
-        check_reachable(repositories, load_credentials(None), REPOSITORY_TIMEOUT)
+        carried = next((repo.credentials for repo in repositories if repo.credentials), None)
+        check_reachable(repositories, carried or load_credentials(None), REPOSITORY_TIMEOUT)
     except TdxImageError as error:
         # A target whose repositories are out of reach can still be built with --mirror.
         return Check("build", name, WARN, str(error))

@@ -187,3 +187,19 @@ def test_suse_description_carries_keys_registration_product_and_nic_naming():
     rule = (description / "root/etc/udev/rules.d/70-tdx-lan.rules").read_text()
     assert 'NAME="lan%n"' in rule
     assert "BOOTPROTO='dhcp'" in (description / "root/etc/sysconfig/network/ifcfg-lan0").read_text()
+
+
+def test_tokens_and_passwords_of_the_hosts_repositories_are_secrets(monkeypatch, tmp_path):
+    from imagebuilder.build import BuildRequest
+    from imagebuilder.kiwi import Redactor
+
+    monkeypatch.setenv("TDX_IMAGE_ZYPP_ROOT", str(ZYPP_SAMPLE))
+    request = BuildRequest(target=get_target("sles"), out_dir=tmp_path / "sles")
+    credentials = request.credentials()
+    assert credentials == Credentials("SCC_0123456789abcdef", RMT_PASSWORD)
+    secrets = request.secrets(credentials)
+    assert SCC_TOKEN in secrets and RMT_PASSWORD in secrets
+    # What KIWI writes once it has put the login into the URL, and the token URL.
+    line = (f"https://SCC_0123456789abcdef:{RMT_PASSWORD}@rmt.example.com/repo "
+            f"{request.repositories[1].full_url}")
+    assert RMT_PASSWORD not in Redactor(secrets)(line) and SCC_TOKEN not in Redactor(secrets)(line)
