@@ -79,6 +79,13 @@ def ensure_builder(engine_path: str, base_image: str, on_progress=print) -> str:
     if image_exists(engine_path, tag):
         return tag
     on_progress(f"making the builder image {tag} from {base_image} (once)")
+    if not image_exists(engine_path, base_image):
+        pulled = subprocess.run([engine_path, "pull", base_image], capture_output=True, text=True)
+        if pulled.returncode != 0:
+            raise RepositoryError(f"cannot get the container image {base_image}: "
+                                  f"{_last_line(pulled.stderr)}",
+                                  "make its registry reachable, or name a local image with "
+                                  "--container-image")
     with tempfile.TemporaryDirectory(prefix="tdx-image-builder-") as context_dir:
         context = Path(context_dir)
         shutil.copy(PROVISION, context / "provision")
@@ -99,12 +106,8 @@ def ensure_builder(engine_path: str, base_image: str, on_progress=print) -> str:
                                  "--file", str(context / "Containerfile"), str(context)],
                                 stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
-        message = _last_line(result.stderr)
-        if not image_exists(engine_path, base_image):
-            raise RepositoryError(f"cannot get the container image {base_image}: {message}",
-                                  "make it reachable, or name a local image with --container-image")
-        raise HostError(f"making the builder image from {base_image} failed: {message}",
-                        RESTRICTED_HOST_HINT)
+        raise HostError(f"making the builder image from {base_image} failed: "
+                        f"{_last_line(result.stderr)}", RESTRICTED_HOST_HINT)
     return tag
 
 

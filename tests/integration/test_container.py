@@ -61,3 +61,13 @@ def test_a_failing_build_inside_keeps_its_exit_code(debian_container_image, tmp_
     assert result.returncode == 4, result.stderr[-2000:]
     assert "error: repository bookworm is unreachable" in result.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_an_image_that_cannot_be_pulled_is_named(tmp_path):
+    result = run_cli("build", "leap", "--container", "--out", tmp_path / "leap",
+                     "--container-image", "localhost/tdx-image-no-such-image:1", env=ENV)
+    assert result.returncode == 4, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: cannot get the container image localhost/tdx-image-no-such-image:1")
+    assert list(tmp_path.iterdir()) == []
