@@ -84,8 +84,9 @@ def ensure_builder(engine_path: str, base_image: str, on_progress=print) -> str:
         if pulled.returncode != 0:
             raise RepositoryError(f"cannot get the container image {base_image}: "
                                   f"{_last_line(pulled.stderr)}",
-                                  "make its registry reachable, or name a local image with "
-                                  "--container-image")
+                                  "make its registry reachable or name a local image with "
+                                  "--container-image; debian's is made by "
+                                  "containers/make-debian-12-image")
     with tempfile.TemporaryDirectory(prefix="tdx-image-builder-") as context_dir:
         context = Path(context_dir)
         shutil.copy(PROVISION, context / "provision")
