@@ -32,6 +32,8 @@ ENGINE_ENV = "TDX_IMAGE_CONTAINER_ENGINE"
 ENGINES = ("podman", "docker")
 PROVISION = Path(__file__).resolve().parent / "container-provision.sh"
 VENV_PYTHON = "/opt/tdx-image/bin/python"
+CONTAINER_PYTHON = "3.11"  # Debian 12's python3; python311 on SUSE 15 (container-provision.sh)
+GLIBC_MINOR = 31  # the oldest glibc among the builder images: Leap 15.5 / SLE 15 SP5, 2.31
 HOST_ZYPP_MOUNT = "/run/tdx-image/host"  # the host's /etc/zypp appears below this
 RESTRICTED_HOST_HINT = ("on hosts with cgroups v1 or a fixed RLIMIT_NOFILE (Debian 12 here) "
                         "set CONTAINERS_CONF=containers/containers.conf (runc, no default ulimits)")
@@ -91,14 +93,7 @@ def ensure_builder(engine_path: str, base_image: str, on_progress=print) -> str:
         context = Path(context_dir)
         shutil.copy(PROVISION, context / "provision")
         (context / "requirements.txt").write_text("\n".join(requirements()) + "\n")
-        # Wheels are made by this host's pip, which already reaches PyPI (proxies, CAs).
-        wheels = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(context / "wheels"),
-             "-r", str(context / "requirements.txt")], capture_output=True, text=True)
-        if wheels.returncode != 0:
-            raise RepositoryError("pip could not fetch KIWI and the driver's dependencies for the "
-                                  f"builder image: {_last_line(wheels.stderr)}",
-                                  "check this host's access to PyPI")
+        _fetch_wheels(context / "requirements.txt", context / "wheels")
         (context / "Containerfile").write_text(
             f"FROM {base_image}\n"
             "COPY . /tmp/tdx-image-builder/\n"
@@ -110,6 +105,29 @@ def ensure_builder(engine_path: str, base_image: str, on_progress=print) -> str:
         raise HostError(f"making the builder image from {base_image} failed: "
                         f"{_last_line(result.stderr)}", RESTRICTED_HOST_HINT)
     return tag
+
+
+def _fetch_wheels(requirements_file: Path, wheels: Path) -> None:
+    """Wheels for the builder's Python, made by this host's pip, which already reaches PyPI
+    (its proxies, CAs, indexes).  The top-level requirements are pure Python (KIWI comes as
+    an sdist: built here); their dependencies are fetched for the container's CPython and the
+    oldest glibc among the builder images, whatever Python this host runs."""
+    pip = [sys.executable, "-m", "pip"]
+    platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(17, GLIBC_MINOR + 1)]
+    platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "any"]
+    abi = "cp" + CONTAINER_PYTHON.replace(".", "")
+    for command in (
+        [*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), "-r", str(requirements_file)],
+        [*pip, "download", "--quiet", "--only-binary=:all:", "--python-version", CONTAINER_PYTHON,
+         "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none",
+         *[f"--platform={platform}" for platform in platforms], "--find-links", str(wheels),
+         "--dest", str(wheels), "-r", str(requirements_file)],
+    ):
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RepositoryError("pip could not fetch KIWI and the driver's dependencies for the "
+                                  f"builder image: {_last_line(result.stderr)}",
+                                  "check this host's access to PyPI")
 
 
 def run_command(engine_path: str, image: str, request: BuildRequest, as_json: bool) -> list[str]:
