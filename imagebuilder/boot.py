@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,8 @@ POLL_SECONDS = 0.5
 STOP_SECONDS = 5.0
 TAIL_LINES = 6
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+SWTPM = "swtpm"
+SWTPM_START_SECONDS = 10.0
 
 # What a console that does not reach the self-check shows, in order of precedence: (pattern,
 # reason, whether the boot can no longer succeed, so waiting longer is pointless).
@@ -63,11 +65,14 @@ class BootResult:
     seconds_to_selfcheck: float  # from QEMU's start to the self-check line
     selfcheck: dict
     console_log: Path
+    # With --tpm (PCRs) or --tdx (RTMRs): register -> {"predicted", "guest"}, all equal
+    measurements: dict | None = None
 
     def to_dict(self) -> dict:
         return {"accel": self.accel, "fallback_reason": self.fallback_reason,
                 "seconds_to_selfcheck": round(self.seconds_to_selfcheck, 1),
-                "selfcheck": self.selfcheck, "console_log": str(self.console_log)}
+                "selfcheck": self.selfcheck, "console_log": str(self.console_log),
+                "measurements": self.measurements}
 
 
 def console_text(raw: str) -> str:
@@ -256,27 +261,81 @@ def failure(what: str, reason: str, console: str, console_log: Path,
     return CheckFailed("boot test failed: " + "; ".join(parts), f"console log: {console_log}")
 
 
-def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, timeout: float = 300.0,
-               console_log: Path, tdvf: Path | None = None) -> BootResult:
+@contextmanager
+def software_tpm(work: Path):
+    """swtpm (TPM 2.0) with a fresh state in ``work``; yields its control socket for QEMU.
+
+    ``--terminate`` ends it when QEMU disconnects; it is stopped and reaped like QEMU anyway,
+    and its state goes with ``work``.
+    """
+    state = work / "swtpm"
+    state.mkdir()
+    socket = state / "swtpm.sock"
+    args = [SWTPM, "socket", "--tpm2", "--tpmstate", f"dir={state}", "--terminate",
+            "--ctrl", f"type=unixio,path={socket}", "--log", f"file={state / 'swtpm.log'}"]
+    with running(args, state / "swtpm.out") as process:
+        deadline = time.monotonic() + SWTPM_START_SECONDS
+        while not socket.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                said = (read(state / "swtpm.out") + read(state / "swtpm.log")).strip().splitlines()
+                raise HostError(f"swtpm did not start: {said[-1] if said else 'no output'}")
+            time.sleep(0.05)
+        yield socket
+
+
+def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: str) -> dict:
+    """register -> {"predicted", "guest"}; a CheckFailed naming every register that differs."""
+    compared = {index: {"predicted": value, "guest": guest.get(index)}
+                for index, value in predicted.items()}
+    wrong = []
+    for index, pair in compared.items():
+        if pair["predicted"] is None:
+            wrong.append(f"{kind} {index} (unpredicted)")
+        elif pair["guest"] is None:
+            wrong.append(f"{kind} {index} (not reported by the guest)")
+        elif pair["guest"] != pair["predicted"]:
+            wrong.append(f"{kind} {index} (guest {pair['guest'][:12]}…, "
+                         f"predicted {pair['predicted'][:12]}…)")
+    if wrong:
+        raise CheckFailed(f"boot test failed: the guest's {kind}s differ from "
+                          f"`tdx-image measure`: {', '.join(wrong)}",
+                          "compare with tdx-image measure --json IMAGE")
+    return compared
+
+
+def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool = False,
+               timeout: float = 300.0, console_log: Path, tdvf: Path | None = None) -> BootResult:
     """Boot a throwaway copy of ``image`` and return the guest's self-check report.
 
-    With ``tdx`` the image is launched as a TD and passes only if the guest says it is one.
+    With ``tdx`` the image is launched as a TD and passes only if the guest says it is one (and,
+    where its kernel exposes RTMRs, only if RTMR1/2 equal the prediction). With ``tpm`` it boots
+    in the reference VM with a software TPM and passes only if the guest's PCR 4, 5, 8, 9 and 14
+    equal what ``tdx-image measure`` predicts.
     """
+    from .measure import predict  # here: measure reads images with the validator's readers
+
     image, console_log = Path(image), Path(console_log)
     if not image.is_file():
         raise InputError(f"image {image} does not exist")
+    if tpm and tdx:
+        raise InputError("--tpm and --tdx are different VMs", "boot once with each")
     require_qemu()
+    if tpm and not shutil.which(SWTPM):
+        raise HostError("swtpm is not installed", "apt-get install swtpm")
     firmware = require_tdx_host(tdvf) if tdx else None
     image_format = disk_format(image)
     chosen, fallback_reason = choose_accel(accel, tdx)
+    prediction = predict(image).to_dict() if tpm else None  # offline, before a long boot
     console_log.parent.mkdir(parents=True, exist_ok=True)
     console_log.unlink(missing_ok=True)
     try:
-        with sigterm_interrupts(), tempfile.TemporaryDirectory(prefix="tdx-image-boot-") as work:
+        with sigterm_interrupts(), tempfile.TemporaryDirectory(prefix="tdx-image-boot-") as work, \
+                ExitStack() as stack:
             overlay = Path(work) / "overlay.qcow2"
             create_overlay(image, image_format, overlay)
+            socket = stack.enter_context(software_tpm(Path(work))) if tpm else None
             launch = Launch(disk=overlay, accel=chosen, tdx=tdx, tdvf=firmware,
-                            serial=f"file:{console_log}")
+                            serial=f"file:{console_log}", tpm_socket=socket)
             with running(launch.qemu_args(), Path(work) / "qemu.out") as process:
                 selfcheck, seconds = wait_for_selfcheck(process, console_log,
                                                         Path(work) / "qemu.out", timeout, chosen)
@@ -285,7 +344,14 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, timeout: 
     if tdx and selfcheck.get("td") is not True:
         raise CheckFailed(f"the guest booted but is not running as a TD: {selfcheck.get('reason')}",
                           f"console log: {console_log}")
-    return BootResult(chosen, fallback_reason, seconds, selfcheck, console_log)
+    measurements = None
+    if tpm:
+        measurements = compare_measurements(prediction["pcr_sha384"],
+                                            selfcheck.get("pcr_sha384") or {}, "PCR")
+    elif tdx and selfcheck.get("rtmr"):  # kernels before 6.16 do not expose RTMRs
+        measurements = compare_measurements(predict(image).to_dict()["rtmr"], selfcheck["rtmr"],
+                                            "RTMR")
+    return BootResult(chosen, fallback_reason, seconds, selfcheck, console_log, measurements)
 
 
 @click.command("boot")
@@ -294,14 +360,17 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, timeout: 
               show_default=True, help="auto: KVM where it works, else software emulation.")
 @click.option("--tdx", is_flag=True, help="Boot as a TD; pass only if the guest says it is one.")
 @click.option("--tdvf", type=click.Path(path_type=Path), help="TDVF firmware for --tdx.")
+@click.option("--tpm", is_flag=True,
+              help="Reference VM with a software TPM (swtpm); pass only if the guest's PCRs equal "
+                   "`tdx-image measure`.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
               help="Seconds to wait for the self-check line.")
 @click.option("--console-log", type=click.Path(dir_okay=False, path_type=Path),
               help="Serial console log [default: IMAGE.console.log in the current directory].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def boot_command(image, accel, tdx, tdvf, timeout, console_log, as_json):
+def boot_command(image, accel, tdx, tdvf, tpm, timeout, console_log, as_json):
     """Boot a throwaway copy of IMAGE and report the guest's TDX self-check."""
-    result = boot_image(image, accel=accel, tdx=tdx, timeout=timeout, tdvf=tdvf,
+    result = boot_image(image, accel=accel, tdx=tdx, tpm=tpm, timeout=timeout, tdvf=tdvf,
                         console_log=console_log or Path(f"{image.name}.console.log"))
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -313,4 +382,6 @@ def boot_command(image, accel, tdx, tdvf, timeout, console_log, as_json):
                f"TD: {'yes' if check.get('td') else 'no'}, "
                f"attestation: {'yes' if check.get('attestation') else 'no'}")
     click.echo(f"reason: {check.get('reason')}")
+    for index, pair in (result.measurements or {}).items():
+        click.echo(f"{'PCR' if tpm else 'RTMR'} {index}: {pair['guest']} (as predicted)")
     click.echo(f"console log: {result.console_log}")

@@ -152,9 +152,11 @@ def build(target, release, container, container_image, out_dir, mirror, repos, c
 
 # The other verbs live with the step they drive: validation, the boot test, launch, host checks.
 from . import boot, doctor, launch  # noqa: E402
+from .measure.command import measure_command  # noqa: E402
 from .validate import validate_command  # noqa: E402
 
 main.add_command(validate_command)
 main.add_command(boot.boot_command)
 main.add_command(launch.run_command)
 main.add_command(doctor.doctor_command)
+main.add_command(measure_command)

@@ -59,6 +59,9 @@ class Launch:
     tdvf: Path | None = None  # the firmware of a TD; plain VMs use OVMF_CODE/OVMF_VARS
     serial: str = "mon:stdio"  # QEMU -serial backend: the console, or file:LOG for a boot test
     snapshot: bool = False  # write to a temporary layer instead of the disk
+    # A software TPM 2.0 (swtpm's control socket) on tpm-tis: the reference VM for measured
+    # boot, which also has no NIC, so the image is the only boot device.
+    tpm_socket: Path | None = None
 
     def __post_init__(self):
         if self.tdx and (self.accel != "kvm" or self.tdvf is None):
@@ -81,10 +84,14 @@ class Launch:
             args += ["-machine", "q35",
                      "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
                      "-drive", f"if=pflash,format=raw,snapshot=on,file={OVMF_VARS}"]
+        if self.tpm_socket is not None:
+            args += ["-chardev", f"socket,id=chrtpm,path={self.tpm_socket}",
+                     "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
         if self.disk is not None:
             disk = f"file={self.disk},if=virtio,format={self.disk_format}"
-            args += ["-drive", disk + (",snapshot=on" if self.snapshot else ""),
-                     "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
+            args += ["-drive", disk + (",snapshot=on" if self.snapshot else "")]
+            if self.tpm_socket is None:
+                args += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
         return args
 
     def libvirt_xml(self, name: str) -> str:

@@ -202,13 +202,13 @@ def _predict_into(prediction: Prediction, inspection: Inspection, workdir: Path)
     add(4, ev.EV_EFI_ACTION, CALLING_EFI_APPLICATION.decode(), CALLING_EFI_APPLICATION)
     add(4, ev.EV_SEPARATOR, "separator", SEPARATOR)
     add(5, ev.EV_SEPARATOR, "separator", SEPARATOR)
+    inspection.esp  # no intact GPT or no readable ESP: not an image this boot path applies to
     with inspection.raw.open("rb") as disk:
         add(5, ev.EV_EFI_GPT_EVENT, "GPT header and used partition entries", gpt_event_data(disk))
-    loader = PeImage(read_esp_file(inspection, REMOVABLE_LOADER), REMOVABLE_LOADER)
-    add(4, ev.EV_EFI_BOOT_SERVICES_APPLICATION, f"{REMOVABLE_LOADER} (Authenticode)", b"",
-        digest=loader.authenticode_sha384)
-
     try:
+        loader = PeImage(read_esp_file(inspection, REMOVABLE_LOADER), REMOVABLE_LOADER)
+        add(4, ev.EV_EFI_BOOT_SERVICES_APPLICATION, f"{REMOVABLE_LOADER} (Authenticode)", b"",
+            digest=loader.authenticode_sha384)
         grub_td = _boot_loaders(prediction, inspection, loader, workdir, add)
     except (Unpredictable, EfiError) as error:
         # Registers whose events may be missing: grub's always, shim's and grub's application

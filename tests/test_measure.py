@@ -1,0 +1,262 @@
+"""The measurement algorithm on synthetic inputs: register arithmetic, the TCG log reader, the
+PCR -> RTMR view, and the grub script interpreter (what grub measures, in which order).
+
+Expected strings follow the real Debian 12 boot's event log (see imagebuilder/measure/grubscript.py):
+``[ "${x}" ]`` with x unset is measured as ``[  ]``, ``!`` stays in the line, a menuentry carries
+its body verbatim.
+"""
+
+import hashlib
+import struct
+
+import pytest
+
+from imagebuilder.measure import eventlog as ev
+from imagebuilder.measure.efi import EFI_CERT_X509_GUID, SHIM_LOCK_GUID, signature_list
+from imagebuilder.measure.grubscript import GrubSyntaxError, Grub, Unpredictable, loader_cmdline
+from imagebuilder.measure.predict import Prediction, Step
+
+
+def sha384(data: bytes) -> bytes:
+    return hashlib.sha384(data).digest()
+
+
+def test_replay_is_the_sha384_hash_chain_from_zeros():
+    first, second = sha384(b"a"), sha384(b"b")
+    expected = sha384(sha384(bytes(48) + first) + second)
+    assert ev.replay([first, second]) == expected
+    assert ev.replay([]) == bytes(48)
+
+
+@pytest.mark.parametrize("pcr, rtmr", [(0, None), (1, 0), (7, 0), (2, 1), (4, 1), (5, 1), (6, 1),
+                                       (8, 2), (9, 2), (14, 2), (15, 2), (16, None)])
+def test_tdvf_maps_pcrs_to_rtmrs(pcr, rtmr):
+    assert ev.rtmr_of_pcr(pcr) == rtmr
+
+
+def synthetic_log(events: list[tuple[int, int, bytes]]) -> bytes:
+    """A crypto-agile log: the SHA-1-format Spec ID event, then SHA-256 + SHA-384 digests."""
+    spec = (b"Spec ID Event03\0" + struct.pack("<IBBBBI", 0, 0, 2, 0, 2, 2)
+            + struct.pack("<HHHH", ev.TPM_ALG_SHA256, 32, ev.TPM_ALG_SHA384, 48) + b"\0")
+    log = struct.pack("<II20sI", 0, ev.EV_NO_ACTION, bytes(20), len(spec)) + spec
+    for pcr, event_type, data in events:
+        log += struct.pack("<III", pcr, event_type, 2)
+        log += struct.pack("<H", ev.TPM_ALG_SHA256) + hashlib.sha256(data).digest()
+        log += struct.pack("<H", ev.TPM_ALG_SHA384) + sha384(data)
+        log += struct.pack("<I", len(data)) + data
+    return log + bytes(64)  # the zero-filled rest of the log area
+
+
+def test_tcg2_log_is_read_event_by_event():
+    log = synthetic_log([(4, ev.EV_SEPARATOR, b"\0\0\0\0"), (8, ev.EV_IPL, b"grub_cmd: x\0")])
+
+    events = ev.parse_tcg2_log(log)
+
+    assert [(e.pcr, e.event_type, e.data) for e in events] == [
+        (4, ev.EV_SEPARATOR, b"\0\0\0\0"), (8, ev.EV_IPL, b"grub_cmd: x\0")]
+    assert events[0].sha384 == sha384(b"\0\0\0\0")
+    assert events[1].digests[ev.TPM_ALG_SHA256] == hashlib.sha256(b"grub_cmd: x\0").digest()
+
+
+@pytest.mark.parametrize("log", [b"", b"\0" * 64, synthetic_log([])[:40] + b"x" * 40])
+def test_not_a_tcg2_log_is_an_error(log):
+    with pytest.raises(ev.EventLogError):
+        ev.parse_tcg2_log(log)
+
+
+def step(pcr, event_type, data, in_td=True) -> Step:
+    return Step(ev.Event(pcr, event_type, data.decode(errors="replace"), sha384(data)), in_td)
+
+
+def test_td_view_has_one_rtmr1_separator_and_only_events_of_cc_aware_loaders():
+    action = step(4, ev.EV_EFI_ACTION, b"Calling EFI Application from Boot Option")
+    separators = [step(4, ev.EV_SEPARATOR, b"\0\0\0\0"), step(5, ev.EV_SEPARATOR, b"\0\0\0\0")]
+    gpt = step(5, ev.EV_EFI_GPT_EVENT, b"gpt")
+    mok = step(14, ev.EV_IPL, b"moklist")
+    grub_cmd = step(8, ev.EV_IPL, b"set x=1", in_td=False)
+    prediction = Prediction("img", [action, *separators, gpt, mok, grub_cmd])
+
+    digests = lambda steps: [s.event.digest for s in steps]  # noqa: E731
+    assert prediction.pcr(4) == ev.replay(digests([action, separators[0]])).hex()
+    assert prediction.pcr(5) == ev.replay(digests([separators[1], gpt])).hex()
+    assert prediction.pcr(8) == ev.replay(digests([grub_cmd])).hex()
+    # TDVF: one separator, PCR 4 and 5 events interleaved in boot order.
+    assert prediction.rtmr(1) == ev.replay(digests([action, separators[0], gpt])).hex()
+    assert prediction.rtmr(2) == ev.replay(digests([mok])).hex()  # grub's command is not there
+
+
+def test_unpredicted_registers_have_no_value_and_go_tdx_guest_leaves_them_unchecked():
+    prediction = Prediction("img", [step(4, ev.EV_SEPARATOR, b"\0\0\0\0")],
+                            unpredicted={"pcr 8": "why", "rtmr 2": "why"})
+
+    assert prediction.pcr(8) is None and prediction.rtmr(2) is None
+    values = prediction.go_tdx_guest_flags().removeprefix("-rtmrs ").split(",")
+    assert values[0] == values[2] == values[3] == ""
+    assert len(values[1]) == 96 and values[1] == prediction.rtmr(1)
+    document = prediction.to_dict()
+    assert set(document["pcr_sha384"]) == {"4", "5", "8", "9", "14"}
+    assert set(document["rtmr"]) == {"1", "2"} and document["rtmr"]["2"] is None
+
+
+def test_signature_list_is_shims_single_entry_layout():
+    cert = b"\x30\x82\x01\x00" + bytes(256)
+    esl = signature_list(EFI_CERT_X509_GUID, cert)
+    list_size, header_size, signature_size = struct.unpack_from("<III", esl, 16)
+    assert esl[:16] == EFI_CERT_X509_GUID and esl[28:44] == SHIM_LOCK_GUID
+    assert (list_size, header_size, signature_size) == (len(esl), 0, 16 + len(cert))
+    assert esl[44:] == cert
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["/boot/vmlinuz", "root=UUID=1", "ro"], "/boot/vmlinuz root=UUID=1 ro"),
+    (["/k", "a b"], '/k "a b"'),
+    (["/k", 'x="y"', "it's"], "/k x=\\\"y\\\" it\\'s"),
+])
+def test_kernel_command_line_is_quoted_like_grub(args, expected):
+    assert loader_cmdline(args) == expected
+
+
+class FakeVolume:
+    def __init__(self, uuid: str, files: dict[str, bytes]):
+        self.uuid, self.files = uuid, files
+
+    def kind(self, path):
+        if path in self.files:
+            return "file"
+        return "dir" if any(name.startswith(path.rstrip("/") + "/") for name in self.files) else None
+
+    def read(self, path):
+        return self.files.get(path)
+
+
+ROOT_CONFIG = b"""\
+if [ -s $prefix/grubenv ]; then
+  load_env
+fi
+if [ "${next_entry}" ] ; then
+   set default="${next_entry}"
+else
+   set default="0"
+fi
+if [ x"${feature_menuentry_id}" = xy ]; then
+  menuentry_id_option="--id"
+else
+  menuentry_id_option=""
+fi
+export menuentry_id_option
+function load_video {
+  insmod all_video
+}
+set timeout=1
+menuentry 'Linux' --class os $menuentry_id_option 'linux-id' {
+\tload_video
+\tif [ x$grub_platform = xxen ]; then insmod xzio; fi
+\tsearch --no-floppy --fs-uuid --set=root ROOT-UUID
+\techo\t'Loading ...'
+\tlinux\t/boot/vmlinuz root=UUID=ROOT-UUID ro  console=ttyS0 $unset_variable
+\tinitrd\t/boot/initrd.img
+}
+"""
+ESP_CONFIG = b"search --fs-uuid --set=root ROOT-UUID\nset prefix=($root)/boot/grub\nconfigfile ($root)/boot/grub/grub.cfg\n"
+MEMDISK_CONFIG = b"""\
+if [ -z "$prefix" -o ! -e "$prefix" ]; then
+\tif ! search --file --set=root /.disk/info; then
+\t\tsearch --file --set=root /.disk/mini-info
+\tfi
+\tset prefix=($root)/boot/grub
+fi
+source $cmdpath/grub.cfg
+"""
+
+
+def grub(root_config: bytes = ROOT_CONFIG, built_in=("all_video",)) -> Grub:
+    esp = FakeVolume("1234-ABCD", {"/EFI/BOOT/grub.cfg": ESP_CONFIG})
+    root = FakeVolume("ROOT-UUID", {"/boot/grub/grub.cfg": root_config, "/boot/vmlinuz": b"kernel",
+                                    "/boot/initrd.img": b"initrd"})
+    memdisk = FakeVolume("", {"/grub.cfg": MEMDISK_CONFIG})
+    return Grub({"hd0,gpt1": esp, "hd0,gpt2": root}, boot_device="hd0,gpt1", boot_dir="/EFI/BOOT",
+                prefix="/EFI/debian", memdisk=memdisk, features=["feature_menuentry_id"],
+                has_module=lambda name: name in built_in)
+
+
+def test_grub_boot_is_measured_like_the_real_one():
+    events = grub().boot("normal (memdisk)/grub.cfg\n")
+
+    measured = [(e.pcr, e.description) for e in events]
+    body = ROOT_CONFIG.decode().split("{\n", 2)[2].rsplit("}", 1)[0]  # the menuentry's body
+    assert measured == [
+        (8, "grub_cmd: [ -z (hd0,gpt1)/EFI/debian -o ! -e (hd0,gpt1)/EFI/debian ]"),
+        (8, "grub_cmd: ! search --file --set=root /.disk/info"),
+        (8, "grub_cmd: search --file --set=root /.disk/mini-info"),
+        (8, "grub_cmd: set prefix=(hd0,gpt1)/boot/grub"),
+        (8, "grub_cmd: source (hd0,gpt1)/EFI/BOOT/grub.cfg"),
+        (9, "(hd0,gpt1)/EFI/BOOT/grub.cfg"),
+        (8, "grub_cmd: search --fs-uuid --set=root ROOT-UUID"),
+        (8, "grub_cmd: set prefix=(hd0,gpt2)/boot/grub"),
+        (8, "grub_cmd: configfile (hd0,gpt2)/boot/grub/grub.cfg"),
+        (9, "(hd0,gpt2)/boot/grub/grub.cfg"),
+        (8, "grub_cmd: [ -s (hd0,gpt2)/boot/grub/grubenv ]"),
+        (8, "grub_cmd: [  ]"),
+        (8, "grub_cmd: set default=0"),
+        (8, "grub_cmd: [ xy = xy ]"),
+        (8, "grub_cmd: menuentry_id_option=--id"),
+        (8, "grub_cmd: export menuentry_id_option"),
+        (8, "grub_cmd: set timeout=1"),
+        (8, "grub_cmd: menuentry Linux --class os --id linux-id {\n" + body + "}"),
+        (8, "grub_cmd: setparams Linux"),
+        (8, "grub_cmd: load_video"),
+        (8, "grub_cmd: insmod all_video"),
+        (8, "grub_cmd: [ xefi = xxen ]"),
+        (8, "grub_cmd: search --no-floppy --fs-uuid --set=root ROOT-UUID"),
+        (8, "grub_cmd: echo Loading ..."),
+        (8, "grub_cmd: linux /boot/vmlinuz root=UUID=ROOT-UUID ro console=ttyS0"),
+        (9, "/boot/vmlinuz"),
+        (8, "kernel_cmdline: /boot/vmlinuz root=UUID=ROOT-UUID ro console=ttyS0"),
+        (8, "grub_cmd: initrd /boot/initrd.img"),
+        (9, "/boot/initrd.img"),
+    ]
+    # grub hashes the string without its prefix, and a file's content
+    assert events[6].data == b"search --fs-uuid --set=root ROOT-UUID"
+    assert events[5].data == ESP_CONFIG and events[-1].data == b"initrd"
+
+
+def test_configfile_keeps_only_exported_variables():
+    config = ROOT_CONFIG.replace(b"set timeout=1\n", b"set timeout=0\nset kept=$cmdpath lost=$secret\n")
+    interpreter = grub(config)
+    interpreter.context.variables["secret"] = "x"
+
+    events = interpreter.boot("normal (memdisk)/grub.cfg\n")
+
+    assert "grub_cmd: set kept=(hd0,gpt1)/EFI/BOOT lost=" in [e.description for e in events]
+
+
+@pytest.mark.parametrize("change, reason", [
+    ((b"set timeout=1", b"set timeout=-1"), "waits for a key press"),
+    ((b"set timeout=1\n", b""), "waits for a key press"),
+    ((b"load_video\n", b"play 480 440 1\n\tgrub_undocumented_command\n"), "'grub_undocumented_command' is not modelled"),
+    ((b"insmod all_video", b"insmod lvm"), "insmod lvm: the module is not built into grub"),
+    ((b'set default="0"', b'set default="1>2"'), "default entry '1>2'"),
+    ((b"export menuentry_id_option", b"for x in a b; do echo $x; done"), "'for' loop"),
+    ((b"/boot/initrd.img\n", b"/boot/missing.img\n"), "fail to open /boot/missing.img"),
+])
+def test_what_the_interpreter_cannot_know_is_named(change, reason):
+    config = ROOT_CONFIG.replace(*change)
+    assert config != ROOT_CONFIG
+
+    with pytest.raises(Unpredictable, match=reason):
+        grub(config).boot("normal (memdisk)/grub.cfg\n")
+
+
+def test_a_syntax_error_is_unpredictable_with_its_line():
+    with pytest.raises(GrubSyntaxError, match=r"grub.cfg line 4: missing elif or else or fi"):
+        grub(b"set timeout=0\nif true; then\n  echo x\n").boot("normal (memdisk)/grub.cfg\n")
+
+
+def test_without_embedded_config_grub_reads_prefix_grub_cfg():
+    interpreter = grub()
+    interpreter.volumes["hd0,gpt1"].files["/EFI/debian/grub.cfg"] = ESP_CONFIG
+
+    events = interpreter.boot("")
+
+    assert events[0].description == "(hd0,gpt1)/EFI/debian/grub.cfg"
+    assert events[-1].description == "/boot/initrd.img"
