@@ -11,13 +11,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # What KIWI calls for a Debian disk image (binutils: strings), the ESP fallback (mtools), the
-# validator (e2fsprogs, mtools, qemu-utils, decompressors, cpio), the boot test (qemu, OVMF)
-# and --container (podman with runc; mmdebstrap makes the local Debian 12 container image).
+# validator (e2fsprogs, mtools, qemu-utils, decompressors, cpio), the boot test (qemu, OVMF;
+# swtpm for the measured boot of `boot --tpm`) and --container (podman with runc; mmdebstrap
+# makes the local Debian 12 container image).
 host_packages=(
     python3 python3-venv debian-archive-keyring ca-certificates
     apt dpkg binutils gdisk dosfstools e2fsprogs rsync qemu-utils util-linux mount
     mtools zstd xz-utils gzip lz4 bzip2 cpio fdisk
-    qemu-system-x86 ovmf
+    qemu-system-x86 ovmf swtpm
     podman runc mmdebstrap
 )
 missing=()

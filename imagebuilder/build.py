@@ -25,6 +25,7 @@ from . import __version__, cleanup, hostcheck, kiwi, kiwicheck, publish
 from .boot import boot_image
 from .compose import MANIFEST_PATH, compose
 from .errors import CheckFailed, CredentialsError, HostError, InputError, RepositoryError
+from .measure import predict
 from .repos import Credentials, Repository, check_reachable, load_credentials
 from .targets import SHARED_OVERLAY, Target
 from .validate import validate_image
@@ -200,6 +201,12 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
         failed = ", ".join(check.id for check in report.failed)
         raise CheckFailed(f"the built image failed validation: {failed}",
                           "see validation.json in the .failed directory")
+
+    # What a verifier expects this image to measure (RTMR1/2, PCRs); its digest is in build.json.
+    on_phase("measure")
+    mark = time.monotonic()
+    publish.write_json(publish_dir / "measurements.json", predict(image).to_dict())
+    timings["measure"] = time.monotonic() - mark
 
     boot = None
     if request.boot_test:

@@ -16,6 +16,7 @@ loads. Two views of the same boot:
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -178,14 +179,19 @@ def read_esp_file(inspection: Inspection, path: str) -> bytes:
 
 def predict(image: Path) -> Prediction:
     """The measurements a boot of ``image`` produces; InputError if it cannot be read at all."""
-    started = time.monotonic()
-    prediction = Prediction(str(image))
     with tempfile.TemporaryDirectory(prefix="tdx-measure-") as workdir:
-        inspection = Inspection(raw_disk(Path(image), Path(workdir)))
+        return predict_inspected(str(image), Inspection(raw_disk(Path(image), Path(workdir))))
+
+
+def predict_inspected(name: str, inspection: Inspection) -> Prediction:
+    """The same, for an image the validator is already reading."""
+    started = time.monotonic()
+    prediction = Prediction(name)
+    with tempfile.TemporaryDirectory(prefix="tdx-measure-") as workdir:
         try:
             _predict_into(prediction, inspection, Path(workdir))
         except Unavailable as missing:
-            raise InputError(f"{image}: {missing}", "is it a UEFI disk image built by tdx-image?")
+            raise InputError(f"{name}: {missing}", "is it a UEFI disk image built by tdx-image?")
     prediction.seconds = time.monotonic() - started
     return prediction
 
@@ -260,6 +266,27 @@ def _boot_loaders(prediction: Prediction, inspection: Inspection, loader: PeImag
     for event in interpreter.boot(grub.embedded_config):
         add(event.pcr, ev.EV_IPL, event.description, event.data, in_td=grub_td)
     return grub_td
+
+
+def load_registers(path: Path) -> dict:
+    """``rtmr`` and ``pcr_sha384`` of a measurements file (``measure --json``, measurements.json)."""
+    try:
+        document = json.loads(path.read_text())
+        return {"rtmr": {str(i): document["rtmr"][str(i)] for i in PREDICTED_RTMRS},
+                "pcr_sha384": {str(i): document["pcr_sha384"][str(i)] for i in PREDICTED_PCRS}}
+    except OSError as error:
+        raise InputError(f"--measurements {path}: {error.strerror}")
+    except (ValueError, KeyError, TypeError) as error:
+        raise InputError(f"--measurements {path}: not a measurements file ({error!r})",
+                         "give the output of tdx-image measure --json or a build's measurements.json")
+
+
+def registers_differ(expected: dict, prediction: Prediction) -> list[str]:
+    """Registers whose value in ``expected`` (load_registers) is not what the image measures."""
+    actual = prediction.to_dict()
+    return [f"{'RTMR' if kind == 'rtmr' else 'PCR'} {index}"
+            for kind in ("rtmr", "pcr_sha384") for index, value in expected[kind].items()
+            if value is None or value != actual[kind][index]]
 
 
 def file_digests(prediction: Prediction) -> dict[str, str]:

@@ -19,12 +19,18 @@ from .report import CheckResult, Report
 __all__ = ["validate_image", "validate_command", "Report", "CheckResult", "CHECKS"]
 
 
-def validate_image(image: Path, manifest: Path | None = None) -> Report:
+def validate_image(image: Path, manifest: Path | None = None,
+                   measurements: Path | None = None) -> Report:
     """Run every check on ``image``; raises errors.InputError if the image cannot be read at all."""
     started = time.monotonic()
+    checks = list(CHECKS)
+    if measurements is not None:
+        from ..measure.check import measurements_check  # measure reads with this package
+
+        checks.append(measurements_check(measurements))
     with tempfile.TemporaryDirectory(prefix="tdx-validate-") as workdir:
         inspection = Inspection(raw_disk(Path(image), Path(workdir)), manifest)
-        results = [_run(check, inspection) for check in CHECKS]
+        results = [_run(check, inspection) for check in checks]
     return Report(str(image), results, time.monotonic() - started)
 
 

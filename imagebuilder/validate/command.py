@@ -17,11 +17,15 @@ from ..errors import CheckFailed
 @click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Also write a JUnit XML report here.")
 @click.option("--manifest", type=click.Path(path_type=Path),
               help="The build's published overlay-manifest.json (default: the one inside the image).")
-def validate_command(image: Path, as_json: bool, junit: Path | None, manifest: Path | None):
+@click.option("--measurements", type=click.Path(path_type=Path),
+              help="Also check that this measurements file (a build's measurements.json or "
+                   "`measure --json`) holds the registers the image measures.")
+def validate_command(image: Path, as_json: bool, junit: Path | None, manifest: Path | None,
+                     measurements: Path | None):
     """Check, without booting, that IMAGE will boot as an Intel TDX guest and is safe to ship."""
     from . import validate_image  # here, not at the top: the package imports this module
 
-    report = validate_image(image, manifest=manifest)
+    report = validate_image(image, manifest=manifest, measurements=measurements)
     if junit:
         report.write_junit(junit)
     if as_json:
