@@ -14,7 +14,7 @@ import pytest
 from imagebuilder.measure import eventlog as ev
 from imagebuilder.measure.efi import EFI_CERT_X509_GUID, SHIM_LOCK_GUID, signature_list
 from imagebuilder.measure.grubscript import GrubSyntaxError, Grub, Unpredictable, loader_cmdline
-from imagebuilder.measure.predict import Prediction, Step
+from imagebuilder.measure.predict import Prediction, Step, compare_with_log
 
 
 def sha384(data: bytes) -> bytes:
@@ -260,3 +260,19 @@ def test_without_embedded_config_grub_reads_prefix_grub_cfg():
 
     assert events[0].description == "(hd0,gpt1)/EFI/debian/grub.cfg"
     assert events[-1].description == "/boot/initrd.img"
+
+
+def test_a_real_log_is_compared_event_by_event():
+    prediction = Prediction("img", [step(4, ev.EV_SEPARATOR, b"\0\0\0\0"),
+                                    step(8, ev.EV_IPL, b"set a=1"), step(8, ev.EV_IPL, b"set b=2")])
+    same = synthetic_log([(4, ev.EV_SEPARATOR, b"\0\0\0\0"), (8, ev.EV_IPL, b"set a=1"),
+                          (8, ev.EV_IPL, b"set b=2"), (7, ev.EV_SEPARATOR, b"\0\0\0\0")])
+    assert compare_with_log(prediction, ev.parse_tcg2_log(same)) == []
+
+    other = synthetic_log([(4, ev.EV_SEPARATOR, b"\0\0\0\0"), (8, ev.EV_IPL, b"set a=1"),
+                           (8, ev.EV_IPL, b"set b=3")])
+    assert compare_with_log(prediction, ev.parse_tcg2_log(other)) == [
+        "PCR 8 event 2: predicted 'set b=2', the log has EV_IPL 'set b=3'"]
+    shorter = synthetic_log([(4, ev.EV_SEPARATOR, b"\0\0\0\0"), (8, ev.EV_IPL, b"set a=1")])
+    assert compare_with_log(prediction, ev.parse_tcg2_log(shorter)) == [
+        "PCR 8 event 2: predicted 'set b=2', the log has nothing more"]

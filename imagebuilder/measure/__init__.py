@@ -5,8 +5,6 @@ registers they produce: PCR 4, 5, 8, 9, 14 (SHA-384) of the reference VM with a 
 and RTMR1/RTMR2 of a TD booted with TDVF.
 """
 
-from .predict import (Prediction, file_digests, load_registers, predict, predict_inspected,
-                      registers_differ)
+from .predict import Prediction, load_registers, predict, predict_inspected, registers_differ
 
-__all__ = ["Prediction", "predict", "predict_inspected", "file_digests", "load_registers",
-           "registers_differ"]
+__all__ = ["Prediction", "predict", "predict_inspected", "load_registers", "registers_differ"]

@@ -9,8 +9,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import CheckFailed
-from .predict import PREDICTED_PCRS, PREDICTED_RTMRS, Prediction, predict
+from ..errors import CheckFailed, InputError
+from .eventlog import EventLogError, parse_tcg2_log
+from .predict import PREDICTED_PCRS, PREDICTED_RTMRS, Prediction, compare_with_log, predict
 
 
 def render(prediction: Prediction, console: Console) -> None:
@@ -38,7 +39,10 @@ def render(prediction: Prediction, console: Console) -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="Print registers, unpredicted registers and the ordered event list as JSON.")
 @click.option("--events", "show_events", is_flag=True, help="Also list every event (text output).")
-def measure_command(image: Path, as_json: bool, show_events: bool):
+@click.option("--log", "log_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Compare with a real boot's TPM event log (the guest's "
+                   "/sys/kernel/security/tpm0/binary_bios_measurements): name where they part.")
+def measure_command(image: Path, as_json: bool, show_events: bool, log_file: Path | None):
     """Predict IMAGE's boot measurements offline: RTMR1/RTMR2 of a TD booted with TDVF, and
     PCR 4, 5, 8, 9, 14 (SHA-384) of a VM with a software TPM (the `boot --tpm` shape)."""
     prediction = predict(image)
@@ -51,6 +55,14 @@ def measure_command(image: Path, as_json: bool, show_events: bool):
                 console.print(f"PCR {event.pcr:>2} {event.digest.hex()[:16]}… "
                               f"{event.description.splitlines()[0]}", markup=False, highlight=False)
         render(prediction, console)
+    if log_file is not None:
+        try:
+            differences = compare_with_log(prediction, parse_tcg2_log(log_file.read_bytes()))
+        except (OSError, EventLogError) as error:
+            raise InputError(f"--log {log_file}: {error}", "give a TCG2 (crypto-agile) event log")
+        if differences:
+            raise CheckFailed("the event log differs from the prediction: " + "; ".join(differences))
+        click.echo(f"{log_file}: every event of PCR 4, 5, 8, 9 and 14 as predicted", err=True)
     if prediction.unpredicted:
         raise CheckFailed(f"{image}: unpredicted: {', '.join(sorted(prediction.unpredicted))}",
                           "the events named above are outside what measure models")

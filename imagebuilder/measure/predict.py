@@ -20,6 +20,7 @@ import json
 import tempfile
 import time
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 
 from ..errors import InputError
@@ -28,7 +29,7 @@ from ..validate.filesystems import Ext4, Fat, FilesystemError
 from ..validate.inspection import Inspection, Unavailable
 from . import eventlog as ev
 from .efi import EfiError, GrubImage, PeImage, Shim, gpt_event_data
-from .grubscript import GRUB_BINARY_PCR, Grub, Unpredictable
+from .grubscript import Grub, Unpredictable
 
 REMOVABLE_LOADER = "/EFI/BOOT/BOOTX64.EFI"
 SHIM_FALLBACK = "/EFI/BOOT/fbx64.efi"
@@ -289,6 +290,19 @@ def registers_differ(expected: dict, prediction: Prediction) -> list[str]:
             if value is None or value != actual[kind][index]]
 
 
-def file_digests(prediction: Prediction) -> dict[str, str]:
-    """The files grub measures (PCR 9): path -> SHA-384, e.g. to compare two builds."""
-    return {e.description: e.digest.hex() for e in prediction.events if e.pcr == GRUB_BINARY_PCR}
+def compare_with_log(prediction: Prediction, log: list[ev.LoggedEvent]) -> list[str]:
+    """Per predicted PCR, the first event where a real TPM event log (the guest's
+    ``binary_bios_measurements``) and the prediction part ways; empty when they agree."""
+    differences = []
+    for pcr in PREDICTED_PCRS:
+        predicted = [event for event in prediction.events if event.pcr == pcr]
+        logged = [event for event in log if event.pcr == pcr and event.event_type != ev.EV_NO_ACTION]
+        for number, (mine, real) in enumerate(zip_longest(predicted, logged), start=1):
+            if mine is None or real is None or mine.digest != real.sha384:
+                ours = repr(mine.description[:80]) if mine else "nothing more"
+                theirs = (f"{ev.event_type_name(real.event_type)} "
+                          f"{real.data[:80].decode(errors='replace').rstrip(chr(0))!r}"
+                          if real else "nothing more")
+                differences.append(f"PCR {pcr} event {number}: predicted {ours}, the log has {theirs}")
+                break
+    return differences
