@@ -7,10 +7,15 @@ its body verbatim.
 """
 
 import hashlib
+import shutil
 import struct
+from pathlib import Path
 
 import pytest
 
+from imagebuilder import boot
+from imagebuilder.errors import CheckFailed, HostError, InputError
+from imagebuilder.launch import Launch
 from imagebuilder.measure import eventlog as ev
 from imagebuilder.measure.efi import EFI_CERT_X509_GUID, SHIM_LOCK_GUID, signature_list
 from imagebuilder.measure.grubscript import GrubSyntaxError, Grub, Unpredictable, loader_cmdline
@@ -276,3 +281,50 @@ def test_a_real_log_is_compared_event_by_event():
     shorter = synthetic_log([(4, ev.EV_SEPARATOR, b"\0\0\0\0"), (8, ev.EV_IPL, b"set a=1")])
     assert compare_with_log(prediction, ev.parse_tcg2_log(shorter)) == [
         "PCR 8 event 2: predicted 'set b=2', the log has nothing more"]
+
+
+def test_reference_vm_has_a_tpm_and_no_nic():
+    args = Launch(disk=Path("/img/vm.qcow2"), accel="tcg", tpm_socket=Path("/run/swtpm.sock")).qemu_args()
+
+    assert "socket,id=chrtpm,path=/run/swtpm.sock" in args
+    assert args[args.index("-tpmdev") + 1] == "emulator,id=tpm0,chardev=chrtpm"
+    assert args[args.index("-device") + 1] == "tpm-tis,tpmdev=tpm0"
+    assert not any("virtio-net" in arg or arg == "-netdev" for arg in args)
+    assert "file=/img/vm.qcow2,if=virtio,format=qcow2" in args
+
+
+PCR = "a" * 96
+
+
+def test_guest_registers_must_equal_the_prediction_and_each_difference_is_named():
+    assert boot.compare_measurements({"4": PCR}, {"4": PCR, "7": "b" * 96}, "PCR") == {
+        "4": {"predicted": PCR, "guest": PCR}}
+
+    with pytest.raises(CheckFailed) as raised:
+        boot.compare_measurements({"4": PCR, "8": PCR, "9": PCR, "14": None},
+                                  {"4": PCR, "8": "b" * 96, "14": PCR}, "PCR")
+    message = str(raised.value)
+    assert "PCR 8 (guest bbbbbbbbbbbb…, predicted aaaaaaaaaaaa…)" in message
+    assert "PCR 9 (not reported by the guest)" in message and "PCR 14 (unpredicted)" in message
+    assert "PCR 4" not in message
+
+
+@pytest.mark.skipif(not shutil.which("swtpm"), reason="swtpm is not installed (setup.sh installs it)")
+def test_software_tpm_starts_and_is_gone_afterwards(tmp_path):
+    with boot.software_tpm(tmp_path) as socket:
+        assert socket.is_socket()
+        pids = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
+                if str(tmp_path).encode() in p.read_bytes()]
+        assert pids
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
+def test_tpm_boot_refuses_a_td_and_needs_swtpm(tmp_path, monkeypatch):
+    image = tmp_path / "image.qcow2"
+    image.write_bytes(b"")
+    with pytest.raises(InputError, match="--tpm and --tdx"):
+        boot.boot_image(image, tpm=True, tdx=True, console_log=tmp_path / "console.log")
+    monkeypatch.setattr(boot, "require_qemu", lambda: None)
+    monkeypatch.setattr(boot.shutil, "which", lambda name: None)
+    with pytest.raises(HostError, match="swtpm is not installed"):
+        boot.boot_image(image, tpm=True, console_log=tmp_path / "console.log")
