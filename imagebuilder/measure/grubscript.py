@@ -564,10 +564,14 @@ class Grub:
         return 1
 
     def cmd_source(self, args, block) -> int:
-        text = self.open_file(args[0]).decode(errors="replace")
-        self.context.variables["config_file"] = args[0]
-        self.context.variables["config_directory"] = args[0].rsplit("/", 1)[0]
-        return self.run(parse(text, args[0]))
+        measuring, self.measuring = self.measuring, True  # what a config loads is measured
+        try:
+            text = self.open_file(args[0]).decode(errors="replace")
+            self.context.variables["config_file"] = args[0]
+            self.context.variables["config_directory"] = args[0].rsplit("/", 1)[0]
+            return self.run(parse(text, args[0]))
+        finally:
+            self.measuring = measuring
 
     def cmd_configfile(self, args, block) -> int:
         """A new context (exported variables only) whose menu grub shows, then boots from."""
@@ -649,29 +653,14 @@ class Grub:
     cmd_initrdefi = cmd_initrd
 
     def boot(self, embedded_config: str) -> list[GrubEvent]:
-        """Run from grub's start: its embedded config (not measured), else normal mode on
-        $prefix/grub.cfg; return the measurements up to the kernel hand-over."""
+        """Run from grub's start: its embedded config, else normal mode on $prefix/grub.cfg;
+        return the measurements up to the kernel hand-over."""
         try:
             if embedded_config:
-                self.measuring = False
-                nodes = parse(embedded_config, "grub's embedded config")
-                self.measuring = True
-                self.run_unmeasured_then_measured(nodes)
+                self.measuring = False  # the embedded config's own lines are not measured
+                self.run(parse(embedded_config, "grub's embedded config"))
             else:
                 self.cmd_configfile([self.context.variables["prefix"] + "/grub.cfg"], None)
         except Booted:
             return self.events
         raise Unpredictable("grub finished its configuration without booting a kernel")
-
-    def run_unmeasured_then_measured(self, nodes: list) -> None:
-        """The embedded config's own lines are not measured; what they load (normal, configfile)
-        is, like on a real boot."""
-        for node in nodes:
-            if isinstance(node, Command):
-                argv = [field for word in node.words for field in self.expand(word)]
-                if argv:
-                    self.dispatch(argv, node.block)
-            else:
-                self.measuring = False
-                self.run([node])
-                self.measuring = True
