@@ -145,3 +145,26 @@ def test_build_publishes_measurements_that_validate_checks(debian_build, debian_
     assert result.returncode == 1
     check = next(c for c in json.loads(result.stdout)["checks"] if c["id"] == "measurements.match")
     assert check["status"] == "fail" and "PCR 8" in check["evidence"] and "PCR 9" not in check["evidence"]
+
+
+def test_a_menu_that_waits_makes_grubs_registers_unpredicted_not_wrong(debian_image, measured, tmp_path):
+    raw = tmp_path / "waits.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", debian_image, raw], check=True)
+    table = json.loads(subprocess.run(["sfdisk", "--json", raw], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    root = next(p for p in table["partitions"] if p["type"] != ESP_TYPE)
+    device = f"{raw}?offset={root['start'] * 512}"
+    config = subprocess.run(["debugfs", "-R", "cat /boot/grub/grub.cfg", device], capture_output=True,
+                            check=True).stdout
+    (tmp_path / "grub.cfg").write_bytes(config.replace(b"set timeout=", b"set timeout=-1 ignored="))
+    for request in ("rm /boot/grub/grub.cfg", f"write {tmp_path / 'grub.cfg'} /boot/grub/grub.cfg"):
+        subprocess.run(["debugfs", "-w", "-R", request, device], capture_output=True, check=True)
+
+    result = run_cli("measure", raw, "--json")
+
+    assert result.returncode == 1 and "unpredicted: pcr 8, pcr 9, rtmr 2" in result.stderr
+    document = json.loads(result.stdout)
+    assert "waits for a key press" in document["unpredicted"]["pcr 8"]
+    assert document["pcr_sha384"]["8"] is None and document["rtmr"]["2"] is None
+    for pcr in ("4", "5", "14"):  # what comes before grub is still known, and unchanged
+        assert document["pcr_sha384"][pcr] == measured["pcr_sha384"][pcr]
