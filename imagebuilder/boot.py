@@ -27,6 +27,7 @@ import click
 from . import launch
 from .errors import CheckFailed, HostError, InputError, Interrupted
 from .launch import OVMF_CODE, OVMF_VARS, QEMU, Launch, disk_format, require_tdx_host
+from .measure import predict
 
 SELFCHECK_PREFIX = "TDX-SELFCHECK "
 # CSI sequences (colours, cursor moves) and charset switches that systemd and GRUB print.
@@ -312,8 +313,6 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     in the reference VM with a software TPM and passes only if the guest's PCR 4, 5, 8, 9 and 14
     equal what ``tdx-image measure`` predicts.
     """
-    from .measure import predict  # here: measure reads images with the validator's readers
-
     image, console_log = Path(image), Path(console_log)
     if not image.is_file():
         raise InputError(f"image {image} does not exist")

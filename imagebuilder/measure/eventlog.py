@@ -52,9 +52,8 @@ class Event:
     digest: bytes
 
     def to_dict(self) -> dict:
-        return {"pcr": self.pcr, "rtmr": rtmr_of_pcr(self.pcr),
-                "type": event_type_name(self.event_type), "description": self.description,
-                "sha384": self.digest.hex()}
+        return {"pcr": self.pcr, "type": event_type_name(self.event_type),
+                "description": self.description, "sha384": self.digest.hex()}
 
 
 def sha384(data: bytes) -> bytes:

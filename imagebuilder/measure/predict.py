@@ -103,7 +103,8 @@ class Prediction:
                          "not_covered": "MRTD and RTMR0 depend on the TDVF build and the VM "
                                         "shape, not on the image: the verifier supplies them"},
             "notes": self.notes,
-            "events": [event.to_dict() for event in self.events],
+            # TPM order; "in_td": whether the loader also measures it into an RTMR
+            "events": [{**step.event.to_dict(), "in_td": step.in_td} for step in self.steps],
             "rtmr_events": [{**event.to_dict(), "rtmr": rtmr} for rtmr, event in self.td_events],
             "seconds": round(self.seconds, 2),
         }
