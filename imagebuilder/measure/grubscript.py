@@ -29,9 +29,9 @@ NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=(.*)", re.DOTALL)
 DEVICE_PATH = re.compile(r"^\(([^)]*)\)(.*)$", re.DOTALL)
 # Commands that change nothing a later measurement depends on (terminal, video, messages).
-NO_EFFECT = {"echo", "insmod", "serial", "terminal_input", "terminal_output", "terminal",
-             "gfxmode", "set_background_image", "background_color", "loadfont", "true",
-             "export", "play", "sleep", "clear", "cutmem"}
+NO_EFFECT = {"echo", "serial", "terminal_input", "terminal_output", "terminal", "gfxmode",
+             "set_background_image", "background_color", "loadfont", "true", "play", "sleep",
+             "clear"}
 KEYWORDS_UNSUPPORTED = {"while", "until", "for"}
 
 
@@ -468,11 +468,6 @@ class Grub:
         if handler is not None:
             return handler(args, block)
         if name in NO_EFFECT:
-            if name == "export":
-                self.context.exported.update(args)
-            if name == "insmod" and args and not self.has_module(args[0]):
-                raise Unpredictable(f"insmod {args[0]}: the module is not built into grub; "
-                                    "loading it from disk is not modelled")
             return 0
         raise Unpredictable(f"grub command '{name}' is not modelled by the interpreter")
 
@@ -480,6 +475,18 @@ class Grub:
         for arg in args:
             key, _, value = arg.partition("=")
             self.context.variables[key] = value
+        return 0
+
+    def cmd_export(self, args, block) -> int:
+        self.context.exported.update(args)
+        return 0
+
+    def cmd_insmod(self, args, block) -> int:
+        """A module built into the signed image is already there; one from disk would be read
+        (and measured) from $prefix, which is not modelled."""
+        if args and not self.has_module(args[0]):
+            raise Unpredictable(f"insmod {args[0]}: the module is not built into grub; "
+                                "loading it from disk is not modelled")
         return 0
 
     def cmd_unset(self, args, block) -> int:
