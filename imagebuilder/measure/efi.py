@@ -11,12 +11,11 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
-
-import lief
 
 # UEFI 2.10 32.4.1 and shim's SHIM_LOCK_GUID (owner of the signatures shim puts in MokListRT).
 EFI_CERT_X509_GUID = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072").bytes_le
@@ -42,15 +41,17 @@ class PeImage:
     """A PE/COFF file parsed by LIEF, with COFF long section names resolved."""
 
     def __init__(self, data: bytes, name: str):
-        self.data, self.name = data, name
+        import lief  # here, not at the top: it takes half a second, every tdx-image verb would pay
+
+        self.data, self.name, self.lief = data, name, lief
         lief.logging.disable()
-        self.binary = lief.PE.parse(list(data))
+        self.binary = lief.PE.parse(io.BytesIO(data))
         if self.binary is None:
             raise EfiError(f"{name} is not a PE/COFF image")
 
     @cached_property
     def authenticode_sha384(self) -> bytes:
-        return bytes(self.binary.authentihash(lief.PE.ALGORITHMS.SHA_384))
+        return bytes(self.binary.authentihash(self.lief.PE.ALGORITHMS.SHA_384))
 
     def section(self, wanted: str) -> bytes | None:
         """A section's bytes (its virtual size) by name; names longer than 8 characters live in
