@@ -9,7 +9,7 @@ loads. Two views of the same boot:
   files), PCR 14 (shim's MOK lists). Verified against a real measured boot (tests/integration).
 - TD (TDVF, edk2 OvmfPkg/Tcg/TdTcg2Dxe): the same events mapped PCR 2-6 -> RTMR1 and
   PCR 8-15 -> RTMR2, with one RTMR1 separator instead of one per PCR, and only from loaders
-  that measure through EFI_CC_MEASUREMENT_PROTOCOL (shim >= 15.7 does, Debian 12's grub 2.06
+  that measure through EFI_CC_MEASUREMENT_PROTOCOL (shim 16.1 does, Debian 12's grub 2.06
   does not, so then no grub command, kernel or initrd reaches RTMR2). From the sources only: no
   TDX host was available to check it.
 """
