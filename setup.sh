@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # What KIWI calls for a Debian disk image (binutils: strings), the ESP fallback (mtools), the
-# validator (e2fsprogs, mtools, qemu-utils, decompressors, cpio), the boot test (qemu, OVMF;
+# validator (qemu-utils, lz4) and its tests (e2fsprogs, mtools, cpio, compressors), the boot test (qemu, OVMF;
 # swtpm for the measured boot of `boot --tpm`) and --container (podman with runc; mmdebstrap
 # makes the local Debian 12 container image).
 host_packages=(

@@ -12,6 +12,7 @@ import pytest
 from imagebuilder.errors import InputError
 from imagebuilder.validate import CHECKS, validate_image
 from imagebuilder.validate.boot import initrd_members, parse_grub_config
+from imagebuilder.validate.disk import open_disk
 from tests.conftest import run_cli
 from tests.test_validate_checks import build_synthetic_image, sh
 
@@ -90,6 +91,52 @@ def test_unreadable_image_exits_2_with_one_line(tmp_path, synthetic_qcow2, make,
     assert err.startswith("error:") and expected in err and err.count("\n") == 1
     with pytest.raises(InputError):
         validate_image(image)
+
+
+def _encrypted(path: Path, _) -> None:
+    # qcow2's own AES format: LUKS would time its key derivation, which fails on a loaded host
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "--object", "secret,id=s,data=pass", "-o",
+       "encryption=on,encrypt.key-secret=s", path, "48M")
+
+
+@pytest.mark.parametrize("make, expected", [
+    (_encrypted, "encrypted qcow2 images cannot be inspected"),
+    (lambda path, _: sh("qemu-img", "create", "-q", "-f", "qcow2", "-o", "extended_l2=on", path, "48M"),
+     "qcow2 feature not supported by the validator: extended L2 entries"),
+], ids=["encrypted", "extended L2"])
+def test_unsupported_qcow2_exits_2_naming_why(tmp_path, synthetic_qcow2, make, expected):
+    image = tmp_path / "image.qcow2"
+    make(image, synthetic_qcow2)
+    code, _, err = validate(image)
+    assert code == 2
+    assert err.startswith("error:") and expected in err and err.count("\n") == 1
+
+
+def _zstd_copy(path: Path, source: Path) -> None:
+    sh("qemu-img", "convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd", source, path)
+
+
+def _overlay_on(path: Path, source: Path) -> None:
+    """A qcow2 whose unwritten clusters come from its backing file; the free space after the root
+    partition is written over (data, and a zero cluster)."""
+    sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", source, "-F", "qcow2", path)
+    sh("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 42M 1M", "-c", "write -z 44M 64k", path)
+
+
+@pytest.mark.parametrize("make", [lambda path, source: sh("cp", source, path), _zstd_copy, _overlay_on],
+                         ids=["zlib compressed", "zstd compressed", "backing file"])
+def test_qcow2_reader_reads_what_qemu_reads(tmp_path, synthetic_qcow2, make):
+    """Every byte the cluster reader returns is the byte qemu-img gives: the whole disk is compared."""
+    image = tmp_path / "image.qcow2"
+    make(image, synthetic_qcow2)
+    raw = tmp_path / "disk.raw"
+    sh("qemu-img", "convert", "-O", "raw", image, raw)
+    expected = raw.read_bytes()
+    disk = open_disk(image)
+    assert disk.size == len(expected)
+    step = 3 * 2**20 + 12345  # reads that straddle clusters
+    assert all(disk.read(offset, step) == expected[offset:offset + step] for offset in range(0, len(expected), step))
+    assert validate_image(image).ok
 
 
 def test_bad_manifest_option_exits_2(tmp_path, synthetic_qcow2):

@@ -74,13 +74,11 @@ class PeImage:
 
 def gpt_event_data(disk, sector: int = 512) -> bytes:
     """UEFI_GPT_DATA as edk2 measures it: the primary header, the number of used entries, and
-    the used entries (non-zero type GUID) in table order."""
-    disk.seek(sector)
-    header_sector = disk.read(sector)
+    the used entries (non-zero type GUID) in table order.  ``disk``: validate.disk.Disk."""
+    header_sector = disk.read(sector, sector)
     (header_size,) = struct.unpack_from("<I", header_sector, 12)
     entries_lba, count, entry_size = struct.unpack_from("<QII", header_sector, 72)
-    disk.seek(entries_lba * sector)
-    table = disk.read(count * entry_size)
+    table = disk.read(entries_lba * sector, count * entry_size)
     used = [table[i : i + entry_size] for i in range(0, len(table), entry_size)
             if table[i : i + 16] != bytes(16)]
     return header_sector[:header_size] + struct.pack("<Q", len(used)) + b"".join(used)

@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path
 
 from ..errors import InputError
-from ..validate.disk import ESP_TYPE, LINUX_ROOT_TYPES, raw_disk
+from ..validate.disk import ESP_TYPE, LINUX_ROOT_TYPES, Disk, RawDisk, open_disk
 from ..validate.filesystems import Ext4, Fat, FilesystemError
 from ..validate.inspection import Inspection, Unavailable
 from . import eventlog as ev
@@ -137,11 +138,9 @@ class Ext4Volume:
         return self.ext4.read(path)
 
 
-def fat_serial(raw: Path, offset: int) -> str:
+def fat_serial(disk: Disk, offset: int) -> str:
     """The volume serial grub's ``search --fs-uuid`` matches on FAT: XXXX-XXXX."""
-    with raw.open("rb") as disk:
-        disk.seek(offset)
-        boot = disk.read(512)
+    boot = disk.read(offset, 512)
     serial_at = 0x43 if boot[0x52:0x57] == b"FAT32" else 0x27
     serial = int.from_bytes(boot[serial_at : serial_at + 4], "little")
     return f"{serial >> 16:04X}-{serial & 0xFFFF:04X}"
@@ -154,10 +153,10 @@ def grub_volumes(inspection: Inspection) -> dict[str, object]:
         device = f"hd0,gpt{part.number}"
         try:
             if part.type_guid == ESP_TYPE:
-                volumes[device] = FatVolume(Fat(inspection.raw, part.offset),
-                                            fat_serial(inspection.raw, part.offset))
+                volumes[device] = FatVolume(Fat(inspection.disk, part.offset),
+                                            fat_serial(inspection.disk, part.offset))
             elif part.type_guid in LINUX_ROOT_TYPES:
-                volumes[device] = Ext4Volume(Ext4(inspection.raw, part.offset))
+                volumes[device] = Ext4Volume(Ext4(inspection.disk, part.offset))
         except FilesystemError:
             continue  # grub cannot read it either; a search simply does not find it there
     return volumes
@@ -169,7 +168,8 @@ def memdisk_volume(grub: GrubImage, workdir: Path) -> FatVolume | None:
         return None
     path = workdir / "memdisk.img"
     path.write_bytes(image)
-    return FatVolume(Fat(path, 0), fat_serial(path, 0))
+    disk = RawDisk(path)
+    return FatVolume(Fat(disk, 0), fat_serial(disk, 0))
 
 
 def read_esp_file(inspection: Inspection, path: str) -> bytes:
@@ -181,8 +181,8 @@ def read_esp_file(inspection: Inspection, path: str) -> bytes:
 
 def predict(image: Path) -> Prediction:
     """The measurements a boot of ``image`` produces; InputError if it cannot be read at all."""
-    with tempfile.TemporaryDirectory(prefix="tdx-measure-") as workdir:
-        return predict_inspected(str(image), Inspection(raw_disk(Path(image), Path(workdir))))
+    with closing(open_disk(Path(image))) as disk:
+        return predict_inspected(str(image), Inspection(disk))
 
 
 def predict_inspected(name: str, inspection: Inspection) -> Prediction:
@@ -211,8 +211,7 @@ def _predict_into(prediction: Prediction, inspection: Inspection, workdir: Path)
     add(4, ev.EV_SEPARATOR, "separator", SEPARATOR)
     add(5, ev.EV_SEPARATOR, "separator", SEPARATOR)
     inspection.esp  # no intact GPT or no readable ESP: not an image this boot path applies to
-    with inspection.raw.open("rb") as disk:
-        add(5, ev.EV_EFI_GPT_EVENT, "GPT header and used partition entries", gpt_event_data(disk))
+    add(5, ev.EV_EFI_GPT_EVENT, "GPT header and used partition entries", gpt_event_data(inspection.disk))
     try:
         loader = PeImage(read_esp_file(inspection, REMOVABLE_LOADER), REMOVABLE_LOADER)
         add(4, ev.EV_EFI_BOOT_SERVICES_APPLICATION, f"{REMOVABLE_LOADER} (Authenticode)", b"",

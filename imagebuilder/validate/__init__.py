@@ -1,18 +1,19 @@
 """Offline validation of a TDX guest disk image: no boot, no mount, no root, no network.
 
-``validate_image`` reads a qcow2 or raw image with e2fsprogs, mtools, qemu-img and cpio and
-runs every check in ``checks.CHECKS``; ``validate_command`` is the ``tdx-image validate`` verb.
+``validate_image`` reads a qcow2 or raw image in place (qcow2 clusters, ext4, FAT and the initrd's
+cpio archives are parsed here; qemu-img only identifies and checks the file) and runs every check
+in ``checks.CHECKS``; ``validate_command`` is the ``tdx-image validate`` verb.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 from .checks import CHECKS, Check
 from .command import validate_command
-from .disk import raw_disk
+from .disk import open_disk
 from .inspection import Inspection, Unavailable
 from .report import CheckResult, Report
 
@@ -28,8 +29,8 @@ def validate_image(image: Path, manifest: Path | None = None,
         from ..measure.check import measurements_check  # measure reads with this package
 
         checks.append(measurements_check(measurements))
-    with tempfile.TemporaryDirectory(prefix="tdx-validate-") as workdir:
-        inspection = Inspection(raw_disk(Path(image), Path(workdir)), manifest)
+    with closing(open_disk(Path(image))) as disk:
+        inspection = Inspection(disk, manifest)
         results = [_run(check, inspection) for check in checks]
     return Report(str(image), results, time.monotonic() - started)
 

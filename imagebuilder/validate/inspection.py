@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .boot import GrubConfig, InitrdError, MenuEntry, initrd_members, parse_grub_config, parse_grubenv, parse_kernel_config
-from .disk import ESP_TYPE, LINUX_ROOT_TYPES, Gpt, Partition, read_gpt
+from .disk import ESP_TYPE, LINUX_ROOT_TYPES, Disk, Gpt, Partition, read_gpt
 from .filesystems import Ext4, Fat, FilesystemError
 
 MANIFEST_IN_IMAGE = "/usr/lib/tdx-image/overlay-manifest.json"
@@ -25,15 +25,15 @@ class Unavailable(Exception):
 
 
 class Inspection:
-    def __init__(self, raw: Path, manifest: Path | None = None):
-        self.raw = raw
+    def __init__(self, disk: Disk, manifest: Path | None = None):
+        self.disk = disk
         self.manifest_file = manifest
         if manifest is not None:
             self.manifest  # a bad --manifest is the user's input error, reported before any check
 
     @cached_property
     def gpt(self) -> Gpt:
-        return read_gpt(self.raw)
+        return read_gpt(self.disk)
 
     @cached_property
     def partitions(self) -> list[Partition]:
@@ -51,7 +51,7 @@ class Inspection:
     @cached_property
     def esp(self) -> Fat:
         try:
-            return Fat(self.raw, self.esp_partition.offset)
+            return Fat(self.disk, self.esp_partition.offset)
         except FilesystemError as error:
             raise Unavailable(f"EFI system partition is not a readable FAT file system: {error}")
 
@@ -73,7 +73,7 @@ class Inspection:
             if part.type_guid not in LINUX_ROOT_TYPES:
                 continue
             try:
-                candidates.append((part, Ext4(self.raw, part.offset)))
+                candidates.append((part, Ext4(self.disk, part.offset)))
             except FilesystemError as error:
                 problems.append(f"{part.describe()}: {error}")
         for part, fs in candidates:
