@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, cleanup, hostcheck, kiwi, kiwicheck, publish
+from . import __version__, cleanup, hostcheck, incremental, kiwi, kiwicheck, publish
 from .boot import boot_image
 from .compose import MANIFEST_PATH, compose
 from .errors import CheckFailed, CredentialsError, HostError, InputError, RepositoryError
@@ -45,6 +45,7 @@ class BuildRequest:
     cache_dir: Path = DEFAULT_CACHE_DIR
     boot_test: bool = False
     boot_timeout: float = 600.0
+    incremental: bool = True  # reuse a cached prepared root when its key matches (incremental.py)
 
     @cached_property
     def repositories(self) -> list[Repository]:
@@ -177,6 +178,11 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
         on_phase(name)
 
     secrets = request.secrets(credentials)
+    mark = time.monotonic()
+    reuse = incremental.prepare(run, composition.path, target.name, credentials, hostcheck.kiwi_version(),
+                                request.incremental, staging, publish_dir / "prepare.log", kiwi_phase, secrets)
+    run = reuse.run
+    timings["prepared_root"] = time.monotonic() - mark
     timings["kiwi"] = kiwi.run(run, publish_dir / "build.log", kiwi_phase, secrets)
     names = list(phase_started)
     kiwi_phases = {name: round(phase_started[after] - phase_started[name], 1)
@@ -237,6 +243,9 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
         "tools": {"kiwi": hostcheck.kiwi_version(),
                   "qemu-img": hostcheck.tool_version(["qemu-img", "--version"])},
         "kiwi_command": [kiwi.Redactor(secrets)(word) for word in run.command()],
+        "incremental": reuse.incremental,
+        "incremental_reason": reuse.reason,
+        "prepared_root_key": reuse.key,
         "durations_s": {**{k: round(v, 1) for k, v in timings.items()}, "kiwi_phases": kiwi_phases},
         "artifacts": publish.artifact_digests(publish_dir, {image.name: image_digest}),
         "image": image.name,

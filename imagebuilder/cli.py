@@ -103,11 +103,14 @@ class PhaseDisplay:
               default=DEFAULT_CACHE_DIR, show_default=True, envvar="TDX_IMAGE_CACHE_DIR",
               help="Package cache shared by all builds (or set TDX_IMAGE_CACHE_DIR).")
 @click.option("--boot-test", is_flag=True, help="Boot the image in QEMU after validation.")
+@click.option("--no-incremental", is_flag=True,
+              help="Bootstrap and install packages afresh instead of reusing the prepared root "
+                   "cached for the same packages, repositories and repository metadata.")
 @click.option("--dry-run", is_flag=True,
               help="Compose and check the description, print the kiwi-ng command, build nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def build(target, release, container, container_image, out_dir, mirror, repos, credentials_file,
-          signing_keys, ssh_key, cache_dir, boot_test, dry_run, as_json):
+          signing_keys, ssh_key, cache_dir, boot_test, no_incremental, dry_run, as_json):
     """Build a TDX guest image of TARGET (debian, leap or sles) with KIWI."""
     request = BuildRequest(
         target=get_target(target, release),
@@ -119,6 +122,7 @@ def build(target, release, container, container_image, out_dir, mirror, repos, c
         ssh_key=ssh_key,
         cache_dir=cache_dir.resolve(),
         boot_test=boot_test,
+        incremental=not no_incremental,
     )
     if dry_run:
         plan = builder.dry_run(request)

@@ -164,6 +164,8 @@ def run_command(engine_path: str, image: str, request: BuildRequest, as_json: bo
         inner += ["--signing-key", str(Path(key).resolve())]
     if request.ssh_key:
         inner += ["--ssh-key", str(Path(request.ssh_key).resolve())]
+    if not request.incremental:
+        inner.append("--no-incremental")
     if as_json:
         inner.append("--json")
     return command + [image] + inner

@@ -56,13 +56,21 @@ class KiwiRun:
     credentials_file: Path | None = None  # holds "user:password" for authenticated repositories
     signing_keys: list[Path] = field(default_factory=list)
     esp_fallback_dir: Path | None = None  # when set, vfat mounts are staged via HOSTSHIM
+    prepare_root: Path | None = None  # when set: `system prepare` of this root only (incremental.py)
+    allow_existing_root: bool = False  # build on a root already in target_dir/build/image-root
 
     def command(self) -> list[str]:
         command = [self.kiwi, "--debug", "--shared-cache-dir", str(self.cache_dir)]
         if self.profile:
             command += ["--profile", self.profile]
-        command += ["system", "build", "--description", str(self.description),
-                    "--target-dir", str(self.target_dir), "--ignore-repos"]
+        if self.prepare_root:
+            command += ["system", "prepare", "--description", str(self.description),
+                        "--root", str(self.prepare_root), "--ignore-repos"]
+        else:
+            command += ["system", "build", "--description", str(self.description),
+                        "--target-dir", str(self.target_dir), "--ignore-repos"]
+        if self.allow_existing_root:
+            command.append("--allow-existing-root")
         for repo in self.repositories:
             command += ["--add-repo", repo.kiwi_add_repo()]
         # KIWI pairs --add-repo-credentials with --add-repo by position; it only accepts

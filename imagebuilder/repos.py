@@ -211,6 +211,16 @@ def load_credentials(path: str | None, environ=os.environ) -> Credentials | None
     return None
 
 
+def metadata_request(repo: Repository, credentials: Credentials | None,
+                     headers: dict[str, str] | None = None) -> urllib.request.Request:
+    """A GET of the repository's metadata file (``probe_url``), with the build's credentials if it needs them."""
+    request = urllib.request.Request(repo.probe_url(), method="GET", headers=headers or {})
+    if repo.authenticated and credentials:
+        token = base64.b64encode(f"{credentials.username}:{credentials.password}".encode())
+        request.add_header("Authorization", "Basic " + token.decode())
+    return request
+
+
 def check_reachable(repositories: list[Repository], credentials: Credentials | None,
                     timeout: float = 15) -> None:
     """Fail early, naming the repository, instead of deep inside a KIWI run."""
@@ -221,11 +231,7 @@ def check_reachable(repositories: list[Repository], credentials: Credentials | N
                 raise RepositoryError(f"repository {repo.alias} has no {path}",
                                       "check the --repo/--mirror path")
             continue
-        request = urllib.request.Request(repo.probe_url(), method="GET",
-                                         headers={"Range": "bytes=0-0"})
-        if repo.authenticated and credentials:
-            token = base64.b64encode(f"{credentials.username}:{credentials.password}".encode())
-            request.add_header("Authorization", "Basic " + token.decode())
+        request = metadata_request(repo, credentials, headers={"Range": "bytes=0-0"})
         try:
             with urllib.request.urlopen(request, timeout=timeout):
                 pass
