@@ -3,8 +3,9 @@
 
 Both read the same image in the same run; the figures are wall-clock seconds of the whole
 command, as a user would wait for it.  virt-inspector boots its own appliance (here under TCG,
-LIBGUESTFS_BACKEND=direct) to inspect the guest; tdx-image validate reads the disk with
-qemu-img, debugfs and mtools.  Goal: validate <= 5 s and >= 10x faster.
+LIBGUESTFS_BACKEND=direct) to inspect the guest; tdx-image validate reads only the qcow2 clusters
+its checks need and parses GPT, FAT, ext4 and the initrd itself.  Goal: validate <= 1 s and >= 20x
+faster.
 
 Usage: python benchmarks/validate_vs_virt_inspector.py IMAGE.qcow2   (no root needed)
 """
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
-GOAL_SECONDS, GOAL_SPEEDUP = 5.0, 10.0
+GOAL_SECONDS, GOAL_SPEEDUP = 1.0, 20.0
 
 
 def timed(command: list[str], env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:

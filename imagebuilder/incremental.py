@@ -147,6 +147,16 @@ def _copy_tree(source: Path, destination: Path) -> None:
                         "check free space in the cache and output directories")
 
 
+def _show_apt_what_is_installed(root: Path) -> None:
+    """KIWI's apt-get in the root reads package state from ``status.kiwi``, which KIWI leaves empty
+    after bootstrapping: on a prepared root it would unpack every package again.  Given dpkg's
+    real status it installs nothing (the debian config.sh empties the file again, as in a clean build).
+    """
+    status, kiwi_status = root / "var/lib/dpkg/status", root / "var/lib/dpkg/status.kiwi"
+    if kiwi_status.is_file() and status.is_file():
+        shutil.copyfile(status, kiwi_status)
+
+
 class RootCache:
     """``<cache-dir>/prepared-roots/<key>/root``, complete or absent; ``.lock`` serialises writers."""
 
@@ -222,6 +232,7 @@ def prepare(run: kiwi.KiwiRun, description: Path, target: str, credentials: Cred
             os.rename(root, image_root)
             reason = (f"no prepared root for key {key[:12]} (first build, or packages, repositories or "
                       "their metadata changed): prepared one and cached it")
+    _show_apt_what_is_installed(image_root)
     build_description = staging / "description-incremental"
     _without_bootstrap(description, build_description)
     return Decision(cached is not None, reason, key,

@@ -101,6 +101,9 @@ def _fake_prepare(calls: list):
         (build.prepare_root / "etc").mkdir(parents=True)
         (build.prepare_root / "etc/packages").write_text(
             (build.description / "config.xml").read_text())
+        (build.prepare_root / "var/lib/dpkg").mkdir(parents=True)
+        (build.prepare_root / "var/lib/dpkg/status").write_text("Package: dbus\nStatus: install ok installed\n")
+        (build.prepare_root / "var/lib/dpkg/status.kiwi").touch()  # as KIWI's apt bootstrap leaves it
         return 0.0
     return run
 
@@ -131,7 +134,8 @@ def test_a_changed_package_list_never_reuses_the_cached_root(tmp_path, apt_repo,
 
     overlay_only = _prepare(tmp_path, apt_repo, _description(tmp_path, "b", LATER_CHANGES["overlay file added"]))
     assert overlay_only.incremental and overlay_only.key == first.key and len(calls) == 1
-    assert (overlay_only.run.target_dir / "build/image-root/etc/packages").is_file()
+    dpkg = overlay_only.run.target_dir / "build/image-root/var/lib/dpkg"
+    assert (dpkg / "status.kiwi").read_text() == (dpkg / "status").read_text(), "KIWI's apt would reinstall all"
 
     more_packages = _prepare(tmp_path, apt_repo, _description(tmp_path, "c", PACKAGE_CHANGES["package added"]))
     assert not more_packages.incremental and more_packages.key != first.key and len(calls) == 2

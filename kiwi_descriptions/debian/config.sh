@@ -5,3 +5,9 @@ set -euxo pipefail
 systemctl enable systemd-networkd.service
 # Debian's openssh-server unit is ssh.service; SSH must wait for first-boot host keys.
 systemctl enable ssh.service
+
+# KIWI's apt-get reads package state from this file; a clean build leaves it empty, an incremental
+# one fills it so that nothing is installed twice (imagebuilder/incremental.py): ship it empty.
+if [ -f /var/lib/dpkg/status.kiwi ]; then
+    : > /var/lib/dpkg/status.kiwi
+fi

@@ -14,16 +14,27 @@ path-exclude=/usr/share/lintian/*
 path-exclude=/usr/share/locale/*
 path-include=/usr/share/locale/locale.alias
 # and no drivers for hardware a TD cannot have: it sees virtio devices (and passed-through PCI
-# functions) only, never a display, sound, camera, radio or sensor.
+# functions) only, never a display, sound, camera, radio or sensor.  Bookworm's kernel packages
+# ship /lib/modules (the merged /usr makes it /usr/lib/modules): both spellings are excluded.
+path-exclude=/lib/modules/*/kernel/drivers/gpu/*
 path-exclude=/usr/lib/modules/*/kernel/drivers/gpu/*
+path-exclude=/lib/modules/*/kernel/drivers/media/*
 path-exclude=/usr/lib/modules/*/kernel/drivers/media/*
+path-exclude=/lib/modules/*/kernel/drivers/net/wireless/*
 path-exclude=/usr/lib/modules/*/kernel/drivers/net/wireless/*
+path-exclude=/lib/modules/*/kernel/drivers/bluetooth/*
 path-exclude=/usr/lib/modules/*/kernel/drivers/bluetooth/*
+path-exclude=/lib/modules/*/kernel/drivers/iio/*
 path-exclude=/usr/lib/modules/*/kernel/drivers/iio/*
+path-exclude=/lib/modules/*/kernel/drivers/staging/*
 path-exclude=/usr/lib/modules/*/kernel/drivers/staging/*
+path-exclude=/lib/modules/*/kernel/sound/*
 path-exclude=/usr/lib/modules/*/kernel/sound/*
+path-exclude=/lib/modules/*/kernel/net/wireless/*
 path-exclude=/usr/lib/modules/*/kernel/net/wireless/*
+path-exclude=/lib/modules/*/kernel/net/mac80211/*
 path-exclude=/usr/lib/modules/*/kernel/net/mac80211/*
+path-exclude=/lib/modules/*/kernel/net/bluetooth/*
 path-exclude=/usr/lib/modules/*/kernel/net/bluetooth/*
 EXCLUDES
 
