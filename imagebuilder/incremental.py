@@ -217,6 +217,7 @@ def prepare(run: kiwi.KiwiRun, description: Path, target: str, credentials: Cred
     with cache.locked():
         cached = cache.lookup(key)
         if cached is not None:
+            on_phase("copy prepared root")
             _copy_tree(cached, image_root)
             reason = f"reused the prepared root {key[:12]}: packages, repositories and their metadata unchanged"
         else:
@@ -227,6 +228,7 @@ def prepare(run: kiwi.KiwiRun, description: Path, target: str, credentials: Cred
             prepare_run = dataclasses.replace(run, description=reduced, target_dir=root.parent,
                                               prepare_root=root, esp_fallback_dir=None)
             kiwi.run(prepare_run, log, lambda phase: on_phase(f"prepare root: {phase}"), secrets)
+            on_phase("cache prepared root")
             cache.store(key, root)
             image_root.parent.mkdir(parents=True, exist_ok=True)
             os.rename(root, image_root)
