@@ -69,23 +69,26 @@ def boot_phases(image: Path, accel: str, work: Path) -> tuple[dict[str, float], 
     return phases, total
 
 
+def report(images: list[Path], accel: str) -> None:
+    """Boot each image in turn and print its phases; the first is the yardstick for the others."""
+    work = Path(tempfile.mkdtemp(prefix="tdx-image-boot-bench-"))
+    runs = [(image, *boot_phases(image.resolve(), accel, work)) for image in images]
+    print(f"console logs in {work}; accel {accel}; host clock per phase, seconds")
+    print(f"{'phase':<56}" + "".join(f"{image.name[:22]:>24}" for image, *_ in runs))
+    for phase, _ in MARKERS:
+        print(f"{phase:<56}" + "".join(f"{phases[phase]:>24.1f}" for _, phases, _ in runs))
+    print(f"{'total to self-check':<56}" + "".join(f"{total:>24.1f}" for *_, total in runs))
+    base_image, _, base = runs[0]
+    for image, _, total in runs[1:]:
+        print(f"{image}: {total / base:.2f}x the yardstick {base_image} ({total:.1f} s vs {base:.1f} s)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--accel", default="tcg", choices=["tcg", "kvm", "auto"])
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="tdx-image-boot-bench-"))
-    runs = [(image, *boot_phases(image.resolve(), args.accel, work)) for image in args.images]
-    print(f"console logs in {work}; accel {args.accel}; host clock per phase, seconds")
-    header = f"{'phase':<56}" + "".join(f"{image.name[:22]:>24}" for image, *_ in runs)
-    print(header)
-    for phase, _ in MARKERS:
-        print(f"{phase:<56}" + "".join(f"{phases[phase]:>24.1f}" for _, phases, _ in runs))
-    print(f"{'total to self-check':<56}" + "".join(f"{total:>24.1f}" for *_, total in runs))
-    if len(runs) > 1:
-        base = runs[0][2]
-        for image, _, total in runs[1:]:
-            print(f"{image.name}: {total / base:.2f}x the yardstick {runs[0][0].name} ({total:.1f} s vs {base:.1f} s)")
+    report(args.images, args.accel)
     return 0
 
 

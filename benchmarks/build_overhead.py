@@ -200,10 +200,9 @@ def size(image: Path, baseline: Path | None) -> None:
           + (f"{files[1] / files[0]:>8.2f}" if baseline else ""))
 
 
-def boot(image: Path, baseline: Path | None, work: Path) -> None:
+def boot(image: Path, baseline: Path | None) -> None:
     print("\n== boot phases under TCG (host clock at each console marker)", flush=True)
-    sys.argv = ["boot_phases.py", "--accel", "tcg", *map(str, filter(None, [baseline, image]))]
-    boot_phases.main()
+    boot_phases.report([path for path in (baseline, image) if path], "tcg")
 
 
 SECTIONS = ("overhead", "incremental", "compression", "size", "boot")
@@ -232,7 +231,7 @@ def main() -> None:
     if "size" in sections:
         size(image, args.baseline)
     if "boot" in sections:
-        boot(image, args.baseline, work)
+        boot(image, args.baseline)
 
 
 if __name__ == "__main__":
