@@ -166,26 +166,28 @@ class Ext4:
         return found
 
     def _resolve(self, path: str, follow_last: bool, depth: int = 0) -> tuple[int, bytes] | None:
-        """(inode number, inode) at ``path``, following symbolic links as the kernel does."""
-        number, inode = 2, self._inode(2)
-        parts = [part for part in path.split("/") if part]
+        """(inode number, inode) at ``path``, following symbolic links (and ..) as the kernel does."""
+        stack = [("", 2, self._inode(2))]  # (name, inode number, inode) from the root down
+        parts = [part for part in path.split("/") if part not in ("", ".")]
         for index, part in enumerate(parts):
-            mode, _ = self._mode_size(inode)
-            if not stat.S_ISDIR(mode):
+            if part == "..":
+                stack = stack[:-1] or stack
+                continue
+            if not stat.S_ISDIR(self._mode_size(stack[-1][2])[0]):
                 return None
-            child = self._entries(self._content(inode)).get(part)
-            if child is None:
+            number = self._entries(self._content(stack[-1][2])).get(part)
+            if number is None:
                 return None
-            parent_path = "/" + "/".join(parts[:index])
-            number, inode = child, self._inode(child)
+            inode = self._inode(number)
             last = index == len(parts) - 1
             if stat.S_ISLNK(self._mode_size(inode)[0]) and (follow_last or not last):
                 if depth >= SYMLINK_DEPTH:
                     raise FilesystemError(f"{path}: too many levels of symbolic links")
                 target = self._content(inode).decode(errors="surrogateescape")
-                base = "" if target.startswith("/") else parent_path
+                base = "" if target.startswith("/") else "/".join(name for name, _, _ in stack)
                 return self._resolve(f"{base}/{target}/{'/'.join(parts[index + 1:])}", follow_last, depth + 1)
-        return number, inode
+            stack.append((part, number, inode))
+        return stack[-1][1], stack[-1][2]
 
     def read(self, path: str) -> bytes | None:
         """The content of a regular file (following symbolic links), or None if there is none."""
