@@ -28,7 +28,7 @@ MARKERS = (
     ("firmware (OVMF to boot option)", "BdsDxe:"),
     ("boot loader (shim, GRUB menu, loading kernel+initrd)", "Linux version"),
     ("kernel (to starting the initrd)", "Run /init"),
-    ("initrd (to switching root)", "Switching root"),
+    ("initrd (to switching root)", "Starting initrd-switch-root.service"),
     ("system units (to the self-check line)", "TDX-SELFCHECK {"),
 )
 
