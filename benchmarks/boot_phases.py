@@ -34,6 +34,7 @@ MARKERS = (
 
 
 def boot_phases(image: Path, accel: str, work: Path) -> tuple[dict[str, float], float]:
+    work.mkdir(parents=True, exist_ok=True)
     console_log = work / f"{image.stem}.console.log"
     result: dict = {}
 
@@ -69,18 +70,27 @@ def boot_phases(image: Path, accel: str, work: Path) -> tuple[dict[str, float], 
     return phases, total
 
 
-def report(images: list[Path], accel: str) -> None:
-    """Boot each image in turn and print its phases; the first is the yardstick for the others."""
+def report(images: list[Path], accel: str, rounds: int = 2) -> None:
+    """Boot the images in turn, ``rounds`` times in alternating order (A B, B A, ...) so that drift in
+    the host's load hits each alike; print each phase's mean.  The first image is the yardstick."""
     work = Path(tempfile.mkdtemp(prefix="tdx-image-boot-bench-"))
-    runs = [(image, *boot_phases(image.resolve(), accel, work)) for image in images]
-    print(f"console logs in {work}; accel {accel}; host clock per phase, seconds")
-    print(f"{'phase':<56}" + "".join(f"{image.name[:22]:>24}" for image, *_ in runs))
+    runs: dict[Path, list[tuple[dict[str, float], float]]] = {image: [] for image in images}
+    for round_ in range(rounds):
+        for image in images if round_ % 2 == 0 else images[::-1]:
+            runs[image].append(boot_phases(image.resolve(), accel, work / f"round-{round_}"))
+    means = {image: ({phase: sum(r[0][phase] for r in results) / rounds for phase, _ in MARKERS},
+                     sum(r[1] for r in results) / rounds) for image, results in runs.items()}
+    print(f"console logs in {work}; accel {accel}; host clock per phase, mean of {rounds} boots "
+          "(alternating order), seconds")
+    print(f"{'phase':<56}" + "".join(f"{image.name[:22]:>24}" for image in images))
     for phase, _ in MARKERS:
-        print(f"{phase:<56}" + "".join(f"{phases[phase]:>24.1f}" for _, phases, _ in runs))
-    print(f"{'total to self-check':<56}" + "".join(f"{total:>24.1f}" for *_, total in runs))
-    base_image, _, base = runs[0]
-    for image, _, total in runs[1:]:
-        print(f"{image}: {total / base:.2f}x the yardstick {base_image} ({total:.1f} s vs {base:.1f} s)")
+        print(f"{phase:<56}" + "".join(f"{means[image][0][phase]:>24.1f}" for image in images))
+    print(f"{'total to self-check':<56}" + "".join(f"{means[image][1]:>24.1f}" for image in images))
+    print("single totals: " + "; ".join(f"{image.name}: {[round(r[1], 1) for r in runs[image]]}" for image in images))
+    base = means[images[0]][1]
+    for image in images[1:]:
+        total = means[image][1]
+        print(f"{image}: {total / base:.2f}x the yardstick {images[0]} ({total:.1f} s vs {base:.1f} s)")
 
 
 def main() -> int:
