@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -24,8 +23,9 @@ from pathlib import Path
 
 import click
 
-from . import launch
+from . import launch, signals
 from .errors import CheckFailed, HostError, InputError, Interrupted
+from .inputs import Seconds, require_regular_file
 from .launch import OVMF_CODE, OVMF_VARS, QEMU, Launch, disk_format, require_tdx_host
 from .measure import predict
 
@@ -145,23 +145,6 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(STOP_SECONDS)
         except subprocess.TimeoutExpired:
             continue
-
-
-@contextmanager
-def sigterm_interrupts():
-    """SIGTERM ends a boot like Ctrl-C does, so the cleanup above runs for both."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def kvm_failure() -> str | None:
@@ -314,21 +297,20 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     equal what ``tdx-image measure`` predicts.
     """
     image, console_log = Path(image), Path(console_log)
-    if not image.is_file():
-        raise InputError(f"image {image} does not exist")
+    require_regular_file(image, "image")
     if tpm and tdx:
         raise InputError("--tpm and --tdx are different VMs", "boot once with each")
     require_qemu()
     if tpm and not shutil.which(SWTPM):
         raise HostError("swtpm is not installed", "apt-get install swtpm")
+    image_format = disk_format(image)  # a truncated qcow2 fails here, not after the timeout
     firmware = require_tdx_host(tdvf) if tdx else None
-    image_format = disk_format(image)
     chosen, fallback_reason = choose_accel(accel, tdx)
     prediction = predict(image).to_dict() if tpm else None  # offline, before a long boot
     console_log.parent.mkdir(parents=True, exist_ok=True)
     console_log.unlink(missing_ok=True)
     try:
-        with sigterm_interrupts(), tempfile.TemporaryDirectory(prefix="tdx-image-boot-") as work, \
+        with signals.handled(), tempfile.TemporaryDirectory(prefix="tdx-image-boot-") as work, \
                 ExitStack() as stack:
             overlay = Path(work) / "overlay.qcow2"
             create_overlay(image, image_format, overlay)
@@ -339,7 +321,7 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
                 selfcheck, seconds = wait_for_selfcheck(process, console_log,
                                                         Path(work) / "qemu.out", timeout, chosen)
     except KeyboardInterrupt:
-        raise Interrupted("boot test interrupted; QEMU was stopped") from None
+        raise Interrupted(f"boot test interrupted by {signals.received_name()}; QEMU was stopped") from None
     if tdx and selfcheck.get("td") is not True:
         raise CheckFailed(f"the guest booted but is not running as a TD: {selfcheck.get('reason')}",
                           f"console log: {console_log}")
@@ -362,7 +344,7 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
 @click.option("--tpm", is_flag=True,
               help="Reference VM with a software TPM (swtpm); pass only if the guest's PCRs equal "
                    "`tdx-image measure`.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=300.0, show_default=True,
+@click.option("--timeout", type=Seconds(1), default=300.0, show_default=True,
               help="Seconds to wait for the self-check line.")
 @click.option("--console-log", type=click.Path(dir_okay=False, path_type=Path),
               help="Serial console log [default: IMAGE.console.log in the current directory].")

@@ -10,6 +10,7 @@ released (mounts, loop devices) and removed, and only the log and reports are ke
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 import shutil
 import sys
@@ -21,10 +22,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, cleanup, hostcheck, incremental, kiwi, kiwicheck, publish
+from . import (__version__, cleanup, hostcheck, incremental, kiwi, kiwicheck, locks, outdir,
+               publish, signals)
 from .boot import boot_image
-from .compose import MANIFEST_PATH, compose
-from .errors import CheckFailed, CredentialsError, HostError, InputError, RepositoryError
+from .compose import MANIFEST_PATH, compose, read_ssh_keys
+from .errors import (CheckFailed, CredentialsError, HostError, InputError, Interrupted,
+                     RepositoryError, TdxImageError)
+from .inputs import require_regular_file, require_writable_dir
 from .measure import predict
 from .repos import Credentials, Repository, check_reachable, load_credentials
 from .targets import SHARED_OVERLAY, Target
@@ -46,6 +50,7 @@ class BuildRequest:
     boot_test: bool = False
     boot_timeout: float = 600.0
     incremental: bool = True  # reuse a cached prepared root when its key matches (incremental.py)
+    force: bool = False  # replace an --out that holds something other than an earlier output
 
     @cached_property
     def repositories(self) -> list[Repository]:
@@ -96,7 +101,9 @@ def compose_description(request: BuildRequest, destination: Path):
 
 
 def dry_run(request: BuildRequest) -> dict:
-    """Compose the description (kept for inspection), let KIWI check it, return the command."""
+    """What a build would do: let KIWI check the composed description (in a temporary directory,
+    removed again) and return the kiwi-ng command as the build would run it, beside --out."""
+    out_dir = outdir.check(request.out_dir, request.force, request.cache_dir)
     note = None
     try:
         request.repositories
@@ -107,12 +114,18 @@ def dry_run(request: BuildRequest) -> dict:
         note = f"{error.message}; checked with an RMT layout under {request.target.check_mirror}"
         request = dataclasses.replace(request, mirror=request.target.check_mirror)
     credentials = request.credentials()
-    staging = Path(tempfile.mkdtemp(prefix=f"tdx-image-dry-run-{request.target.name}-"))
-    compose_description(request, staging / "description")
-    kiwicheck.check_description(staging / "description", request.target.profile, request.repositories)
+    staging = out_dir.parent / f".{out_dir.name}.staging-XXXXXXXX"
+    with tempfile.TemporaryDirectory(prefix=f"tdx-image-dry-run-{request.target.name}-") as work:
+        compose_description(request, Path(work) / "description")
+        kiwicheck.check_description(Path(work) / "description", request.target.profile,
+                                    request.repositories)
     run = kiwi_run(request, staging, credentials, esp_fallback=not hostcheck.kernel_mounts_vfat())
     redact = kiwi.Redactor(request.secrets(credentials))
+    state = ("absent: will be created" if not os.path.lexists(out_dir) else
+             "empty or an earlier output: will be replaced" if outdir.replaceable(out_dir) else
+             "not ours: will be replaced (--force)")
     return {"target": request.target.name, "release": request.target.chosen.name,
+            "out": str(out_dir), "out_state": state, "staging": str(staging),
             "description": str(run.description), "command": [redact(word) for word in run.command()],
             "esp_fallback": run.esp_fallback_dir is not None, "note": note}
 
@@ -121,38 +134,63 @@ def build(request: BuildRequest, on_phase: Callable[[str], None]) -> dict:
     """Build, check and publish; return the build record (also written as build.json)."""
     started = time.monotonic()
     target = request.target
-    out_dir = request.out_dir.resolve()
-    # A host that cannot build this target at all says so first; then the user's inputs.
+    # --out first (refused before anything else), then a host that cannot build this target at
+    # all, then the user's other inputs, then root.
+    out_dir = outdir.check(request.out_dir, request.force, request.cache_dir)
     hostcheck.require_build_host(target)
-    hostcheck.require_root()
-    if request.ssh_key and not request.ssh_key.is_file():
-        raise InputError(f"--ssh-key {request.ssh_key}: no such file")
+    if request.ssh_key:
+        read_ssh_keys(request.ssh_key)
+    for key in request.signing_keys:
+        require_regular_file(key, "--signing-key")
     credentials = request.credentials()
-    on_phase("check repositories")
-    check_reachable(request.repositories, credentials)
-    hostcheck.require_kiwi()
-    hostcheck.require_tools(hostcheck.DISK_TOOLS)
-    hostcheck.require_tools(hostcheck.PACKAGE_MANAGER_TOOLS[target.package_manager])
-    esp_fallback = not hostcheck.kernel_mounts_vfat()
-    if esp_fallback:
-        hostcheck.require_tools(hostcheck.ESP_FALLBACK_TOOLS)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    hostcheck.require_free_space(out_dir.parent)
+    hostcheck.require_root()
+    require_writable_dir(out_dir.parent, f"--out {out_dir}")
+    require_writable_dir(request.cache_dir, f"--cache-dir {request.cache_dir}")
+    with locks.lock_out(out_dir):
+        outdir.check(out_dir, request.force, request.cache_dir)  # as it is now that it is ours
+        on_phase("check repositories")
+        check_reachable(request.repositories, credentials)
+        hostcheck.require_kiwi()
+        hostcheck.require_tools(hostcheck.DISK_TOOLS)
+        hostcheck.require_tools(hostcheck.PACKAGE_MANAGER_TOOLS[target.package_manager])
+        esp_fallback = not hostcheck.kernel_mounts_vfat()
+        if esp_fallback:
+            hostcheck.require_tools(hostcheck.ESP_FALLBACK_TOOLS)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        hostcheck.require_free_space(out_dir.parent)
+        return _stage_and_publish(request, out_dir, credentials, esp_fallback, on_phase, started)
 
+
+def _stage_and_publish(request: BuildRequest, out_dir: Path, credentials: Credentials | None,
+                       esp_fallback: bool, on_phase: Callable[[str], None], started: float) -> dict:
+    """Everything happens in a staging directory beside --out; only a complete, validated set
+    is swapped in.  Whatever ends the build, the staging directory is released and removed and
+    the log and reports are kept in OUT.failed/."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
     publish_dir = staging / "publish"
-    publish_dir.mkdir()
     try:
+        publish_dir.mkdir()
         record = _build_in(request, staging, publish_dir, credentials, esp_fallback, on_phase)
         record["durations_s"]["total"] = round(time.monotonic() - started, 1)
         publish.write_json(publish_dir / "build.json", record)
-        publish.replace_directory(publish_dir, out_dir)
+        with signals.deferred():
+            outdir.check(out_dir, request.force, request.cache_dir)  # nobody wrote there meanwhile
+            publish.replace_directory(publish_dir, out_dir)
         return record
-    except BaseException:
-        _keep_failure_evidence(publish_dir, out_dir.parent / f"{out_dir.name}.failed")
+    except BaseException as error:
+        with signals.deferred():
+            try:
+                failed = _keep_failure_evidence(publish_dir, outdir.failed_dir(out_dir), error)
+            except OSError:  # never let this hide why the build failed
+                failed = None
+        if isinstance(error, (KeyboardInterrupt, Interrupted)):
+            where = f"its log is in {failed}/" if failed else "it had written no log yet"
+            raise Interrupted(f"build stopped by {signals.received_name()}; children stopped, "
+                              "staging removed, nothing published", where) from None
         raise
     finally:
-        _remove_staging(staging)
+        with signals.deferred():
+            _remove_staging(staging)
 
 
 def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
@@ -178,12 +216,20 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
         on_phase(name)
 
     secrets = request.secrets(credentials)
-    mark = time.monotonic()
-    reuse = incremental.prepare(run, composition.path, target.name, credentials, hostcheck.kiwi_version(),
-                                request.incremental, staging, publish_dir / "prepare.log", kiwi_phase, secrets)
-    run = reuse.run
-    timings["prepared_root"] = time.monotonic() - mark
-    timings["kiwi"] = kiwi.run(run, publish_dir / "build.log", kiwi_phase, secrets)
+    with locks.lock_cache(request.cache_dir, on_phase) as cache:
+        def kiwi_phase_releasing_cache(name: str) -> None:
+            if name == kiwi.CACHE_DONE_PHASE:
+                cache.release()  # KIWI is done with the package manager: the next build may go
+            kiwi_phase(name)
+
+        mark = time.monotonic()
+        reuse = incremental.prepare(run, composition.path, target.name, credentials,
+                                    hostcheck.kiwi_version(), request.incremental, staging,
+                                    publish_dir / "prepare.log", kiwi_phase_releasing_cache, secrets)
+        run = reuse.run
+        timings["prepared_root"] = time.monotonic() - mark
+        timings["kiwi"] = kiwi.run(run, publish_dir / "build.log", kiwi_phase_releasing_cache,
+                                   secrets)
     names = list(phase_started)
     kiwi_phases = {name: round(phase_started[after] - phase_started[name], 1)
                    for name, after in zip(names, names[1:])}
@@ -263,19 +309,37 @@ def _publish_description(composed: Path, kiwi_target: Path, destination: Path,
         (destination / "kiwi-expanded.xml").write_text(kiwi.Redactor(secrets)(state.read_text()))
 
 
-def _keep_failure_evidence(publish_dir: Path, failed_dir: Path) -> None:
-    """Logs and reports of a failed build (never an image) go to ``<out>.failed/``."""
+def _keep_failure_evidence(publish_dir: Path, failed_dir: Path,
+                           error: BaseException) -> Path | None:
+    """Logs and reports of a failed build (never an image) go to ``OUT.failed/``, with
+    failure.json saying what went wrong.  OUT.failed is only replaced when an earlier run wrote
+    it; otherwise (someone put something there during the build) a fresh OUT.failed-XXXX is used."""
     if not publish_dir.is_dir():
-        return
+        return None
     evidence = [p for p in publish_dir.iterdir()
                 if p.suffix in (".log", ".json", ".xml") and p.name != "kiwi.result.json"]
     if not evidence:
-        return
-    if failed_dir.exists():
-        shutil.rmtree(failed_dir)
-    failed_dir.mkdir()
+        return None
+    if not outdir.replaceable(failed_dir):
+        failed_dir = Path(tempfile.mkdtemp(prefix=f"{failed_dir.name}-", dir=failed_dir.parent))
+    if isinstance(error, TdxImageError):
+        error.relocate(str(publish_dir), str(failed_dir))  # e.g. the log path in KIWI's error
+    collected = publish_dir.parent / "failed"
+    collected.mkdir()
     for path in evidence:
-        shutil.move(path, failed_dir / path.name)
+        path.rename(collected / path.name)
+    if isinstance(error, TdxImageError):
+        message, exit_code = str(error), error.exit_code
+    elif isinstance(error, KeyboardInterrupt):
+        message, exit_code = f"stopped by {signals.received_name()}", Interrupted.exit_code
+    else:
+        message, exit_code = repr(error), 1
+    publish.write_json(collected / outdir.FAILURE_RECORD, {
+        "tdx_image_version": __version__,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "error": message, "exit_code": exit_code, "files": sorted(path.name for path in evidence)})
+    publish.replace_directory(collected, failed_dir)
+    return failed_dir
 
 
 def _remove_staging(staging: Path) -> None:

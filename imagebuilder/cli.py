@@ -11,29 +11,67 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from . import __version__
+from . import __version__, signals
 from . import build as builder
 from .build import DEFAULT_CACHE_DIR, BuildRequest
 from .errors import Interrupted, TdxImageError
-from .repos import parse_repo_option
-from .targets import get_target
+from .repos import check_url, parse_repo_option
+from .targets import TARGETS, get_target
+
+
+EXIT_CODES = """\b
+Exit codes:
+  0    success
+  1    the image failed validation or the boot test
+  2    bad input (option, file, target, --out that is not ours), or KIWI rejected the description
+  3    the host cannot: not root, a tool missing, too little disk, --out in use by another build
+  4    a repository is unreachable
+  5    repository credentials missing, unusable or refused
+  6    KIWI failed
+  130  interrupted (SIGINT, SIGTERM, SIGHUP): children stopped, nothing published
+"""
 
 
 class Commands(click.Group):
-    """Turns every TdxImageError (and Ctrl-C) into one ``error:`` line and its exit code."""
+    """How every verb ends, in one place: the signal policy (signals.py) around it; every
+    TdxImageError, usage error and interrupt as one ``error:`` line on stderr and, with
+    ``--json``, ``{"ok": false, "error": ..., "exit_code": N}`` on stdout; the exit code."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        try:
+            with signals.handled():
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except TdxImageError as error:
+            fail(str(error), error.exit_code, "--json" in args, error.details)
+        except click.exceptions.NoArgsIsHelpError as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            hint = f" (see '{error.ctx.command_path} --help')" if getattr(error, "ctx", None) else ""
+            fail(error.format_message() + hint, error.exit_code, "--json" in args)
+        except click.Abort:  # an interrupt while click parsed the command line
+            fail(f"interrupted by {signals.received_name()}", Interrupted.exit_code,
+                 "--json" in args)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except TdxImageError as error:
-            click.echo(f"error: {error}", err=True)
-            sys.exit(error.exit_code)
         except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(Interrupted.exit_code)
+            raise Interrupted(f"interrupted by {signals.received_name()}") from None
 
 
-@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
+def fail(message: str, exit_code: int, as_json: bool, details: dict | None = None) -> None:
+    click.echo(f"error: {message}", err=True)
+    if as_json:
+        click.echo(json.dumps({"ok": False, **(details or {}), "error": message,
+                               "exit_code": exit_code}, indent=2))
+    sys.exit(exit_code)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="tdx-image")
 def main():
     """Build, validate and boot Intel TDX confidential-VM guest images."""
@@ -63,6 +101,8 @@ class PhaseDisplay:
             return
         self.current = (phase, time.monotonic())
         self.status.update(f"{phase} …")
+        if not self.console.is_terminal:  # no spinner in a log: say when each phase starts
+            self.console.print(f"… {phase}", soft_wrap=True)
 
     def _finish_current(self) -> None:
         if self.current:
@@ -71,7 +111,9 @@ class PhaseDisplay:
 
 
 @main.command()
-@click.argument("target", metavar="TARGET")
+@click.argument("target", metavar="TARGET",
+                shell_complete=lambda ctx, param, incomplete: [
+                    name for name in TARGETS if name.startswith(incomplete)])
 @click.option("--release", metavar="RELEASE",
               help="The distribution release: leap 15.5 (default) or 15.6; sles 15-SP5 "
                    "(default), 15-SP6 or 15-SP7; debian 12.")
@@ -108,14 +150,17 @@ class PhaseDisplay:
                    "cached for the same packages, repositories and repository metadata.")
 @click.option("--dry-run", is_flag=True,
               help="Compose and check the description, print the kiwi-ng command, build nothing.")
+@click.option("--force", is_flag=True,
+              help="Replace --out (and OUT.failed) even if they hold files tdx-image did not "
+                   "write.  Never: the current directory, /, $HOME, the project's directories.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 def build(target, release, container, container_image, out_dir, mirror, repos, credentials_file,
-          signing_keys, ssh_key, cache_dir, boot_test, no_incremental, dry_run, as_json):
+          signing_keys, ssh_key, cache_dir, boot_test, no_incremental, dry_run, force, as_json):
     """Build a TDX guest image of TARGET (debian, leap or sles) with KIWI."""
     request = BuildRequest(
         target=get_target(target, release),
         out_dir=out_dir or Path("out") / target,
-        mirror=mirror,
+        mirror=check_url("--mirror", mirror) if mirror is not None else None,
         extra_repositories=[parse_repo_option(value) for value in repos],
         credentials_file=credentials_file,
         signing_keys=[key.resolve() for key in signing_keys],
@@ -123,13 +168,14 @@ def build(target, release, container, container_image, out_dir, mirror, repos, c
         cache_dir=cache_dir.resolve(),
         boot_test=boot_test,
         incremental=not no_incremental,
+        force=force,
     )
     if dry_run:
         plan = builder.dry_run(request)
         if as_json:
             click.echo(json.dumps(plan, indent=2))
         else:
-            click.echo(f"description: {plan['description']}")
+            click.echo(f"out: {plan['out']} ({plan['out_state']})")
             click.echo("command: " + shlex.join(plan["command"]))
             if plan["note"]:
                 click.echo(f"note: {plan['note']}", err=True)

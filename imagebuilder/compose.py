@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .inputs import read_text
 
 MANIFEST_PATH = "usr/lib/tdx-image/overlay-manifest.json"
+SSH_KEY_MAX_BYTES = 256 * 1024  # an authorized_keys file of a few hundred keys
 SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519@", "sk-ecdsa-sha2-")
 
 
@@ -71,14 +73,18 @@ def _compose_config_sh(destination: Path, fragments: list[Path]) -> None:
     destination.chmod(0o755)
 
 
-def _authorize_ssh_key(key_file: Path, ssh_dir: Path) -> None:
-    try:
-        keys = [line.strip() for line in key_file.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise InputError(f"cannot read SSH public key {key_file}: {error}")
+def read_ssh_keys(key_file: Path) -> list[str]:
+    """The OpenSSH public keys in ``key_file`` (a .pub or authorized_keys file)."""
+    text = read_text(key_file, "--ssh-key", SSH_KEY_MAX_BYTES)
+    keys = [line.strip() for line in text.splitlines() if line.strip()]
     if not keys or not all(key.startswith(SSH_KEY_TYPES) for key in keys):
         raise InputError(f"{key_file} is not an OpenSSH public key file",
                          "pass the .pub file, never the private key")
+    return keys
+
+
+def _authorize_ssh_key(key_file: Path, ssh_dir: Path) -> None:
+    keys = read_ssh_keys(key_file)
     ssh_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(ssh_dir, 0o700)
     authorized = ssh_dir / "authorized_keys"

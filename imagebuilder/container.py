@@ -22,7 +22,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from . import hostcheck
+from . import hostcheck, outdir
 from .build import BuildRequest
 from .errors import HostError, InputError, Interrupted, RepositoryError, TdxImageError
 from .repos import ZYPP_ROOT_ENV, Repository
@@ -154,6 +154,8 @@ def run_command(engine_path: str, image: str, request: BuildRequest, as_json: bo
     inner = [VENV_PYTHON, "-m", "imagebuilder", "build", request.target.name,
              "--release", request.target.chosen.name, "--out", str(out_dir),
              "--cache-dir", str(cache_dir)]
+    if request.force:
+        inner += ["--force"]
     if request.mirror:
         inner += ["--mirror", request.mirror]
     for repo in request.extra_repositories:
@@ -176,6 +178,7 @@ def build(request: BuildRequest, container_image: str | None, as_json: bool) -> 
     if request.boot_test:
         raise InputError("--boot-test is not run inside the container",
                          "boot the published image on this host: tdx-image boot OUT/IMAGE.qcow2")
+    outdir.check(request.out_dir, request.force, request.cache_dir)  # before any container work
     hostcheck.require_root()
     engine_path = engine()
     base = container_image or request.target.chosen.container_image

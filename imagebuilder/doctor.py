@@ -174,11 +174,14 @@ def doctor_command(only, build_dir, as_json):
     """Check this machine: can it build images, and can it run them as TDs?"""
     checks = (build_checks(build_dir) if only != "tdx" else []) + (tdx_checks() if only != "build" else [])
     failed = [f"{item.section}: {item.name}" for item in checks if item.status == FAIL]
+    report = {"ok": not failed, "checks": [asdict(item) for item in checks]}
+    if failed and as_json:  # the CLI prints the checks with the error as one document
+        raise HostError(f"{len(failed)} check(s) failed: {', '.join(failed)}",
+                        "see the checks", details=report)
     if as_json:
-        click.echo(json.dumps({"ok": not failed, "checks": [asdict(item) for item in checks]},
-                              indent=2))
+        click.echo(json.dumps(report, indent=2))
     else:
         print_table(checks)
     if failed:
         raise HostError(f"{len(failed)} check(s) failed: {', '.join(failed)}",
-                        "see the table above" if not as_json else "see the checks above")
+                        "see the table above")

@@ -5,15 +5,24 @@ below the CLI prints tracebacks or calls ``sys.exit``.
 """
 
 
+from __future__ import annotations
+
+
 class TdxImageError(Exception):
     """Base of every error the user should see as one line."""
 
     exit_code = 1
 
-    def __init__(self, message: str, hint: str = ""):
+    def __init__(self, message: str, hint: str = "", details: dict | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.details = details or {}  # merged into the ``--json`` failure document
+
+    def relocate(self, old: str, new: str) -> None:
+        """Paths below ``old`` named in the message now live below ``new`` (a failed build's
+        files move from its staging directory to ``OUT.failed/``)."""
+        self.message, self.hint = self.message.replace(old, new), self.hint.replace(old, new)
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
@@ -56,6 +65,6 @@ class BuildError(TdxImageError):
 
 
 class Interrupted(TdxImageError):
-    """Stopped by SIGINT/SIGTERM; everything started was cleaned up."""
+    """Stopped by SIGINT, SIGTERM or SIGHUP; everything started was stopped and cleaned up."""
 
     exit_code = 130

@@ -13,12 +13,13 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TextIO
 
-from . import cleanup
+from . import cleanup, signals
 from .errors import BuildError, CredentialsError, Interrupted, RepositoryError
 from .repos import Repository
 
@@ -38,6 +39,8 @@ PHASES = (
     ("Disk Format", "convert"),
     ("Result files", "done"),
 )
+# The first phase after KIWI's package manager is done with the shared package cache.
+CACHE_DONE_PHASE = "partition"
 ERROR_LINE = re.compile(r"\[ ERROR\s*\]: [\d:]+ \| (Kiwi\w+): (.*)")
 # Seconds KIWI gets after SIGINT to unwind its mounts before the process group is killed.
 STOP_GRACE = 120
@@ -117,52 +120,70 @@ class Redactor:
 
 def run(build: KiwiRun, log_path: Path, on_phase: Callable[[str], None],
         secrets: list[str] = ()) -> float:
-    """Run the build; return its wall time.  Raises a typed error on failure or interrupt."""
+    """Run the build; return its wall time.  Raises a typed error on failure or interrupt.
+
+    A signal (signals.py) is forwarded to KIWI as the SIGINT a terminal's Ctrl-C would send:
+    KIWI unwinds its mounts on KeyboardInterrupt.  Its output is read to the end meanwhile, then
+    whatever KIWI left running (apt-get, dpkg, maintainer scripts) is stopped and reaped and
+    whatever it left mounted or attached is released, before Interrupted is raised.
+    """
     build.prepare_esp_fallback()
     redact = Redactor(list(secrets))
     started = time.monotonic()
-    process = subprocess.Popen(
-        build.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env=build.environment(), start_new_session=True,  # our signal handler decides, not the tty
-    )
-    interrupted: list[int] = []
-
-    def stop(signum, _frame):
-        if not interrupted:
-            interrupted.append(signum)
-            # As a terminal's Ctrl-C would: KIWI unwinds its mounts on KeyboardInterrupt.
-            _signal_group(process, signal.SIGINT)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    error: tuple[str, str] | None = None
-    phase_index = -1
-    try:
-        with open(log_path, "w", encoding="utf-8") as log:
-            for raw in _lines(process.stdout):
-                line = redact(raw)
-                log.write(line + "\n")
-                match = ERROR_LINE.search(line)
-                if match:
-                    error = (match.group(1), match.group(2).strip())
-                for index, (marker, name) in enumerate(PHASES):
-                    if index > phase_index and "[ INFO" in line and marker in line:
-                        phase_index = index
-                        on_phase(name)
-                        break
-        _wait(process, interrupted)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    # Whatever KIWI left (killed mid-step, or a bug), nothing stays mounted or attached.
-    cleanup.release(build.target_dir)
-    if build.esp_fallback_dir:
-        cleanup.release(build.esp_fallback_dir)
-    if interrupted:
-        raise Interrupted(f"build stopped by {signal.Signals(interrupted[0]).name}; "
-                          "KIWI's mounts and loop devices were released and no output was published")
+    with open(log_path, "w", encoding="utf-8") as log, signals.handled(), signals.deferred():
+        signals.adopt_orphans()
+        process = subprocess.Popen(
+            build.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=build.environment(),
+            start_new_session=True,  # our signal policy decides, not the terminal
+        )
+        # The log is followed in a thread: KIWI's children (apt-get, dpkg, gpg-agent) hold its
+        # output open, and must not keep us waiting once KIWI itself has exited.
+        follower = _Follower(process, log, redact, on_phase)
+        try:
+            with signals.forward_to(process, signal.SIGINT, STOP_GRACE):
+                follower.start()
+                process.wait()
+        finally:
+            signals.stop_group(process.pid)
+            follower.join()
+            # Whatever KIWI left (killed mid-step, or a bug), nothing stays mounted or attached.
+            cleanup.release(build.target_dir)
+            if build.esp_fallback_dir:
+                cleanup.release(build.esp_fallback_dir)
+        stopped_by = signals.received()
+        if stopped_by:
+            raise Interrupted(f"build stopped by {signal.Signals(stopped_by).name}; KIWI's "
+                              "mounts and loop devices were released and no output was published",
+                              f"KIWI's log: {log_path}")
     if process.returncode != 0:
-        raise classify(error, process.returncode, log_path)
+        raise classify(follower.error, process.returncode, log_path)
     return time.monotonic() - started
+
+
+class _Follower(threading.Thread):
+    """Logs KIWI's output, reports its phases, and keeps its ERROR line (name, message)."""
+
+    def __init__(self, process: subprocess.Popen, log: TextIO, redact: Redactor,
+                 on_phase: Callable[[str], None]):
+        super().__init__(daemon=True)
+        self.process, self.log, self.redact, self.on_phase = process, log, redact, on_phase
+        self.error: tuple[str, str] | None = None
+
+    def run(self) -> None:
+        phase_index = -1
+        for raw in _lines(self.process.stdout):
+            line = self.redact(raw)
+            self.log.write(line + "\n")
+            match = ERROR_LINE.search(line)
+            if match:
+                self.error = (match.group(1), match.group(2).strip())
+            for index, (marker, name) in enumerate(PHASES):
+                if index > phase_index and "[ INFO" in line and marker in line:
+                    phase_index = index
+                    if not signals.received():
+                        self.on_phase(name)
+                    break
 
 
 def _lines(stream):
@@ -176,21 +197,6 @@ def _lines(stream):
                 yield line.decode("utf-8", "replace")
     if pending:
         yield pending.decode("utf-8", "replace")
-
-
-def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _wait(process: subprocess.Popen, interrupted: list[int]) -> None:
-    try:
-        process.wait(timeout=STOP_GRACE if interrupted else None)
-    except subprocess.TimeoutExpired:
-        _signal_group(process, signal.SIGKILL)
-        process.wait()
 
 
 def classify(error: tuple[str, str] | None, returncode: int, log_path: Path) -> Exception:

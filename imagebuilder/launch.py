@@ -9,6 +9,7 @@ checked against.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -21,6 +22,9 @@ from pathlib import Path
 import click
 
 from .errors import HostError, InputError
+from .inputs import require_writable_file, write_text
+# qcow2 or raw for a readable image; a truncated qcow2 or a text file is an InputError.
+from .validate.disk import image_format as disk_format  # noqa: F401 (boot and run use it)
 
 QEMU = "qemu-system-x86_64"
 # Debian's ovmf package: the code is mapped read-only, the variable store template is used
@@ -212,20 +216,6 @@ def require_tdx_host(tdvf: Path | None) -> Path:
     return tdvf or find_tdvf()
 
 
-def disk_format(image: Path) -> str:
-    """qcow2 or raw, from the image itself; an InputError when it is not a readable image."""
-    try:
-        result = subprocess.run(["qemu-img", "info", "--output=json", str(image)],
-                                capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        raise HostError("qemu-img is not installed", "apt-get install qemu-utils")
-    match = re.search(r'"format":\s*"([^"]+)"', result.stdout)
-    if result.returncode != 0 or not match:
-        reason = (result.stderr.strip().splitlines() or ["not a disk image"])[-1]
-        raise InputError(f"cannot read image {image}: {reason}")
-    return match.group(1)
-
-
 @click.command("run")
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--tdx", is_flag=True, help="Launch as an Intel TDX trust domain.")
@@ -239,13 +229,16 @@ def disk_format(image: Path) -> str:
 @click.option("--libvirt-xml", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the equivalent libvirt domain XML to this file.")
 @click.option("--exec", "execute", is_flag=True, help="Run QEMU instead of printing its command.")
-def run_command(image, tdx, accel, memory_mib, cpus, tdvf, snapshot, libvirt_xml, execute):
+@click.option("--json", "as_json", is_flag=True, help="Print the QEMU command as JSON.")
+def run_command(image, tdx, accel, memory_mib, cpus, tdvf, snapshot, libvirt_xml, execute, as_json):
     """Print (or run with --exec) the QEMU command that launches IMAGE.
 
     The serial console is on the terminal (Ctrl-A X quits QEMU); a guest reboot ends QEMU.
     """
     from .boot import choose_accel  # here, not at the top: boot builds on this module
 
+    if libvirt_xml:
+        require_writable_file(libvirt_xml, "--libvirt-xml")
     if tdx and execute:
         tdvf = require_tdx_host(tdvf)
     elif tdx:
@@ -257,9 +250,9 @@ def run_command(image, tdx, accel, memory_mib, cpus, tdvf, snapshot, libvirt_xml
                     cpus=cpus, accel=choose_accel(accel, tdx)[0], tdx=tdx, tdvf=tdvf,
                     snapshot=snapshot)
     if libvirt_xml:
-        libvirt_xml.write_text(launch.libvirt_xml(name=f"tdx-image-{image.stem}"))
+        write_text(libvirt_xml, launch.libvirt_xml(name=f"tdx-image-{image.stem}"), "--libvirt-xml")
         click.echo(f"libvirt domain written to {libvirt_xml}", err=True)
     args = launch.qemu_args()
     if execute:
         os.execvp(args[0], args)
-    click.echo(shlex.join(args))
+    click.echo(json.dumps({"ok": True, "command": args}, indent=2) if as_json else shlex.join(args))

@@ -1,5 +1,5 @@
 """Artifacts: pick KIWI's results out of its target directory, add checksums and the build
-record, and move the whole set into ``--out`` in one rename.
+record, and swap the whole set into ``--out`` in one atomic exchange.
 
 Step four of the flow.  Everything is assembled in a staging directory beside ``--out`` (same
 filesystem, so the final ``rename`` is atomic): a failed or interrupted build never leaves a
@@ -9,6 +9,8 @@ complete new one.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -72,11 +74,52 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def replace_directory(new: Path, destination: Path) -> None:
-    """Put ``new`` at ``destination``; an existing destination is swapped out, then removed."""
-    previous = None
-    if destination.exists():
-        previous = new.parent / (new.name + ".previous")
-        os.rename(destination, previous)
+    """Put ``new`` at ``destination`` with no moment without a ``destination``: an existing one
+    is exchanged with ``new`` in one ``renameat2(RENAME_EXCHANGE)`` and then removed from where
+    ``new`` was.  Kernels or filesystems without it get rename-aside (a short gap)."""
+    try:
+        _renameat2(new, destination, RENAME_EXCHANGE)
+    except FileNotFoundError:  # no previous output
+        _renameat2(new, destination, RENAME_NOREPLACE)
+        return
+    except _Unsupported:
+        _rename_aside(new, destination)
+        return
+    _remove(new)  # the previous output, now where ``new`` was
+
+
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+AT_FDCWD = -100
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _renameat2(source: Path, target: Path, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "renameat2"):
+        raise _Unsupported
+    if libc.renameat2(AT_FDCWD, os.fsencode(source), AT_FDCWD, os.fsencode(target), flags) == 0:
+        return
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL) and flags == RENAME_EXCHANGE:
+        raise _Unsupported
+    if error in (errno.ENOSYS, errno.EINVAL):  # RENAME_NOREPLACE unsupported: plain rename
+        os.rename(source, target)
+        return
+    raise OSError(error, os.strerror(error), str(target))
+
+
+def _rename_aside(new: Path, destination: Path) -> None:
+    previous = new.parent / (new.name + ".previous")
+    os.rename(destination, previous)
     os.rename(new, destination)
-    if previous:
-        shutil.rmtree(previous)
+    _remove(previous)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CredentialsError, InputError, RepositoryError
+from .inputs import read_text
 
 APT_SOURCES = "/etc/apt/sources.list"
 # Where zypper's configuration lives: "/" on a SUSE host; the --container path mounts the
@@ -27,6 +28,8 @@ APT_SOURCES = "/etc/apt/sources.list"
 ZYPP_ROOT_ENV = "TDX_IMAGE_ZYPP_ROOT"
 APT_SOURCES_DIR = "/etc/apt/sources.list.d"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+USER_VARIABLE, PASSWORD_VARIABLE = "TDX_IMAGE_REPO_USER", "TDX_IMAGE_REPO_PASSWORD"
+CREDENTIALS_MAX_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -83,17 +86,30 @@ class Repository:
         return f"{base}/repodata/repomd.xml" + (f"?{self.token}" if self.token else "")
 
 
+URL = re.compile(r"^(https?|ftp|file)://[^\s,]+$")
+
+
+def check_url(option: str, value: str) -> str:
+    """A repository base URL KIWI can take: a scheme it fetches from, no spaces or commas."""
+    if not URL.match(value):
+        raise InputError(f"{option} {value!r}: expected a URL (http, https, ftp or file) "
+                         "without spaces or commas", "e.g. https://mirror.example/debian")
+    return value
+
+
 def parse_repo_option(value: str) -> Repository:
     """``--repo`` values: ``URL`` (rpm-md) or ``URL,SUITE[,COMPONENTS]`` (apt)."""
-    url, _, rest = value.partition(",")
-    if not re.match(r"^(https?|ftp|file)://", url):
-        raise InputError(f"--repo {value!r}: expected a URL (http, https, ftp or file)")
+    fields = value.split(",")
+    if len(fields) > 3 or any(not field.strip() for field in fields[1:]):
+        raise InputError(f"--repo {value!r}: expected URL or URL,SUITE[,COMPONENTS]",
+                         "separate components by spaces: URL,SUITE,'main contrib'")
+    url = check_url("--repo", fields[0])
     alias = "user-" + re.sub(r"[^A-Za-z0-9]+", "-", url.split("://", 1)[1]).strip("-")[:60]
-    if not rest:
+    if len(fields) == 1:
         return Repository(alias=alias, url=url, type="rpm-md")
-    suite, _, components = rest.partition(",")
+    suite, components = fields[1].strip(), " ".join(fields[2].split()) if len(fields) == 3 else "main"
     return Repository(alias=alias, url=url, type="apt-deb", distribution=suite,
-                      components=components or "main", signing_keys=(DEBIAN_KEYRING,))
+                      components=components, signing_keys=(DEBIAN_KEYRING,))
 
 
 def host_debian_mirrors(sources_files: list[str] | None = None) -> dict[str, str]:
@@ -173,7 +189,8 @@ def host_zypper_repositories(release: str, root: str | None = None
             parts = [part for part in query.split("&") if part]
             names = [part.partition("=")[2] for part in parts if part.startswith("credentials=")]
             token = "&".join(part for part in parts if not part.startswith("credentials="))
-            credentials = (load_credentials(str(zypp / "credentials.d" / os.path.basename(names[0])))
+            credentials = (load_credentials(str(zypp / "credentials.d" / os.path.basename(names[0])),
+                                            private=False)  # the host's own, root's to keep
                            if names else None)
             matching.append(Repository(
                 alias=re.sub(r"[^A-Za-z0-9._-]+", "-", alias), url=base, type="rpm-md",
@@ -182,20 +199,21 @@ def host_zypper_repositories(release: str, root: str | None = None
     return matching, sorted(others)
 
 
-def load_credentials(path: str | None, environ=os.environ) -> Credentials | None:
+def load_credentials(path: str | None, environ=os.environ, private: bool = True) -> Credentials | None:
     """Repository credentials from a file or the environment, never from the command line.
 
     The file is SUSEConnect's format (``/etc/zypp/credentials.d/SCCcredentials``):
-    ``username=...`` and ``password=...`` lines.  The environment alternative is
-    ``TDX_IMAGE_REPO_USER`` + ``TDX_IMAGE_REPO_PASSWORD``.
+    ``username=...`` and ``password=...`` lines; a ``private`` one (the user's) must be readable
+    by its owner only, as OpenSSH wants private keys.  The environment alternative is ``TDX_IMAGE_REPO_USER`` +
+    ``TDX_IMAGE_REPO_PASSWORD``.
     """
     if path:
-        try:
-            text = Path(path).read_text()
-        except OSError as error:
+        text = read_text(Path(path), "credentials file", CREDENTIALS_MAX_BYTES, CredentialsError)
+        mode = Path(path).stat().st_mode
+        if private and mode & 0o077:
             raise CredentialsError(
-                f"cannot read credentials file {path}: {error.strerror}",
-                "give a readable file with username= and password= lines")
+                f"credentials file {path} is readable by group or others (mode {mode & 0o777:o})",
+                f"chmod 600 {path}")
         values = dict(
             line.split("=", 1) for line in text.splitlines() if "=" in line
         )
@@ -205,9 +223,13 @@ def load_credentials(path: str | None, environ=os.environ) -> Credentials | None
                 f"credentials file {path} lacks a username= or password= line",
                 "use the format of /etc/zypp/credentials.d/SCCcredentials")
         return Credentials(username, password)
-    username, password = environ.get("TDX_IMAGE_REPO_USER"), environ.get("TDX_IMAGE_REPO_PASSWORD")
+    username, password = environ.get(USER_VARIABLE), environ.get(PASSWORD_VARIABLE)
     if username and password:
         return Credentials(username, password)
+    if username or password:
+        given, missing = ((USER_VARIABLE, PASSWORD_VARIABLE) if username
+                          else (PASSWORD_VARIABLE, USER_VARIABLE))
+        raise CredentialsError(f"{given} is set but {missing} is not", f"set {missing} too")
     return None
 
 

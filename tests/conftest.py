@@ -21,6 +21,15 @@ def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([*TDX_IMAGE, *map(str, args)], capture_output=True, text=True, **kwargs)
 
 
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one ``error:`` line of a failed command (asserting there is exactly one, and no
+    traceback)."""
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
 @pytest.fixture(scope="session")
 def debian_build(tmp_path_factory) -> Path:
     """The published output directory of one real `tdx-image build debian --boot-test`."""

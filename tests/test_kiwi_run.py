@@ -88,6 +88,25 @@ def test_sigterm_stops_kiwi_and_raises_interrupted(tmp_path):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_a_second_signal_leaves_no_orphans_of_kiwi(tmp_path):
+    """KIWI exits on Ctrl-C while the apt-get/dpkg it started keep running (issue 7, defect 5):
+    whatever is left of its process group is stopped and reaped, and a second signal changes
+    nothing."""
+    apt = tmp_path / "apt.pid"
+    script = fake_kiwi(tmp_path, f"(trap '' INT; exec sleep 300) & echo $! > {apt}\n"
+                                 "trap 'sleep 1; exit 1' INT\n"  # KIWI unwinding its mounts
+                                 "echo '[ INFO    ]: 10:00:00 | Installing bootstrap packages'\n"
+                                 "while true; do sleep 0.1; done\n")
+    for delay in (1.0, 1.5):
+        threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(Interrupted, match="SIGINT"):
+        kiwi.run(make_run(tmp_path, script), tmp_path / "log", lambda phase: None)
+    time.sleep(1)  # the second signal arrived while the first was being handled
+    pid = int(apt.read_text())
+    assert not Path(f"/proc/{pid}").exists(), "KIWI's child survived it"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_esp_fallback_puts_the_shim_first_on_path(tmp_path):
     run = make_run(tmp_path, "kiwi-ng", esp_fallback_dir=tmp_path / "esp")
     run.prepare_esp_fallback()

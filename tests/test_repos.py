@@ -47,6 +47,7 @@ def test_repo_option_forms():
 def test_credentials_from_file_env_and_errors(tmp_path):
     good = tmp_path / "SCCcredentials"
     good.write_text("username=SCC_abc\npassword=s3cret\n")
+    good.chmod(0o600)
     assert load_credentials(str(good), environ={}) == Credentials("SCC_abc", "s3cret")
     assert load_credentials(None, environ={"TDX_IMAGE_REPO_USER": "u",
                                            "TDX_IMAGE_REPO_PASSWORD": "p"}) == Credentials("u", "p")
@@ -55,9 +56,10 @@ def test_credentials_from_file_env_and_errors(tmp_path):
                                                              "u:p@ss/word"}
     half = tmp_path / "half"
     half.write_text("username=only\n")
+    half.chmod(0o600)
     with pytest.raises(CredentialsError, match="lacks"):
         load_credentials(str(half), environ={})
-    with pytest.raises(CredentialsError, match="cannot read"):
+    with pytest.raises(CredentialsError, match="does not exist"):
         load_credentials(str(tmp_path / "missing"), environ={})
 
 

@@ -22,7 +22,6 @@ SCC_TOKEN = "exampleToken_AbC123-xyz"
 def plan_of(result) -> dict:
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
-    shutil.rmtree(Path(plan["description"]).parent)  # dry runs keep it for the user to inspect
     return plan
 
 
@@ -113,7 +112,7 @@ def test_registered_host_repositories_are_read_with_tokens_and_credentials():
 def test_a_repository_naming_a_missing_credentials_file_is_a_credentials_error(tmp_path):
     shutil.copytree(ZYPP_SAMPLE, tmp_path / "root")
     (tmp_path / "root/etc/zypp/credentials.d/Basesystem_Module_15_SP5_x86_64").unlink()
-    with pytest.raises(CredentialsError, match="cannot read credentials file"):
+    with pytest.raises(CredentialsError, match="credentials file .* does not exist"):
         host_zypper_repositories("15-SP5", root=str(tmp_path / "root"))
 
 

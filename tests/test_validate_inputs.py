@@ -85,7 +85,7 @@ def _encrypted(path: Path, _) -> None:
 
 @pytest.mark.parametrize("make, expected", [
     (lambda path, _: path.write_bytes(b""), "empty file"),
-    (lambda path, _: None, "no such image file"),
+    (lambda path, _: None, "does not exist"),
     (_truncated_qcow2, "damaged qcow2"),
     (_missing_backing_file, "qemu-img cannot read it"),
     (_encrypted, "encrypted qcow2 images cannot be inspected"),
@@ -139,12 +139,12 @@ def test_bad_manifest_option_exits_2(tmp_path, synthetic_qcow2):
 @pytest.mark.parametrize("content", [lambda path: path.write_bytes(os.urandom(2**20)),
                                      lambda path: path.write_text("not a disk\n" * 1000)],
                          ids=["random bytes", "text"])
-def test_not_a_disk_fails_gpt_and_skips_the_rest(tmp_path, content):
+def test_not_a_disk_is_unreadable_input(tmp_path, content):
+    """qemu-img calls any file raw; without an MBR or GPT signature it is no disk (issue 7)."""
     image = tmp_path / "image.raw"
     content(image)
-    report = validate_image(image)
-    assert not report.ok
-    assert {check.id: check.status for check in report.checks if check.status != "skip"} == {"disk.gpt": "fail"}
+    with pytest.raises(InputError, match="not a disk image"):
+        validate_image(image)
 
 
 def test_both_gpt_copies_damaged(tmp_path, synthetic_qcow2):

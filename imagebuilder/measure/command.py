@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import CheckFailed, InputError
+from ..inputs import require_regular_file
 from .eventlog import EventLogError, parse_tcg2_log
 from .predict import PREDICTED_PCRS, PREDICTED_RTMRS, Prediction, compare_with_log, predict
 
@@ -45,7 +46,24 @@ def render(prediction: Prediction, console: Console) -> None:
 def measure_command(image: Path, as_json: bool, show_events: bool, log_file: Path | None):
     """Predict IMAGE's boot measurements offline: RTMR1/RTMR2 of a TD booted with TDVF, and
     PCR 4, 5, 8, 9, 14 (SHA-384) of a VM with a software TPM (the `boot --tpm` shape)."""
+    if log_file is not None:  # before the prediction: a FIFO would hang the read after it
+        require_regular_file(log_file, "--log")
     prediction = predict(image)
+    failure, log_matches = None, False
+    if log_file is not None:
+        try:
+            differences = compare_with_log(prediction, parse_tcg2_log(log_file.read_bytes()))
+        except (OSError, EventLogError) as error:
+            raise InputError(f"--log {log_file}: {error}", "give a TCG2 (crypto-agile) event log")
+        if differences:
+            failure = CheckFailed("the event log differs from the prediction: " + "; ".join(differences))
+        log_matches = not differences
+    if prediction.unpredicted and not failure:
+        failure = CheckFailed(f"{image}: unpredicted: {', '.join(sorted(prediction.unpredicted))}",
+                              "the events named above are outside what measure models")
+    if as_json and failure:
+        failure.details = prediction.to_dict()  # the CLI prints it with the error as one document
+        raise failure
     if as_json:
         click.echo(json.dumps(prediction.to_dict(), indent=2))
     else:
@@ -55,14 +73,7 @@ def measure_command(image: Path, as_json: bool, show_events: bool, log_file: Pat
                 console.print(f"PCR {event.pcr:>2} {event.digest.hex()[:16]}… "
                               f"{event.description.splitlines()[0]}", markup=False, highlight=False)
         render(prediction, console)
-    if log_file is not None:
-        try:
-            differences = compare_with_log(prediction, parse_tcg2_log(log_file.read_bytes()))
-        except (OSError, EventLogError) as error:
-            raise InputError(f"--log {log_file}: {error}", "give a TCG2 (crypto-agile) event log")
-        if differences:
-            raise CheckFailed("the event log differs from the prediction: " + "; ".join(differences))
+    if log_matches:
         click.echo(f"{log_file}: every event of PCR 4, 5, 8, 9 and 14 as predicted", err=True)
-    if prediction.unpredicted:
-        raise CheckFailed(f"{image}: unpredicted: {', '.join(sorted(prediction.unpredicted))}",
-                          "the events named above are outside what measure models")
+    if failure:
+        raise failure

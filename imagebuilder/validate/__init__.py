@@ -11,6 +11,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+from ..inputs import require_regular_file
 from .checks import CHECKS, Check
 from .command import validate_command
 from .disk import open_disk
@@ -24,6 +25,8 @@ def validate_image(image: Path, manifest: Path | None = None,
                    measurements: Path | None = None) -> Report:
     """Run every check on ``image``; raises errors.InputError if the image cannot be read at all."""
     started = time.monotonic()
+    if manifest is not None:  # before the image is read: a FIFO would hang the read
+        require_regular_file(Path(manifest), "--manifest")
     checks = list(CHECKS)
     if measurements is not None:
         from ..measure.check import measurements_check  # measure reads with this package

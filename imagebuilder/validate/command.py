@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from ..errors import CheckFailed
+from ..errors import CheckFailed, InputError
+from ..inputs import require_writable_file
 
 
 @click.command("validate")
@@ -25,12 +26,22 @@ def validate_command(image: Path, as_json: bool, junit: Path | None, manifest: P
     """Check, without booting, that IMAGE will boot as an Intel TDX guest and is safe to ship."""
     from . import validate_image  # here, not at the top: the package imports this module
 
+    if junit:
+        require_writable_file(junit, "--junit")
     report = validate_image(image, manifest=manifest, measurements=measurements)
     if junit:
-        report.write_junit(junit)
+        try:
+            report.write_junit(junit)
+        except OSError as error:
+            raise InputError(f"cannot write --junit {junit}: {error.strerror}")
+    failed = None if report.ok else CheckFailed(
+        f"{image}: {len(report.failed)} check(s) failed: {', '.join(c.id for c in report.failed)}",
+        details=report.to_dict())
+    if as_json and failed:
+        raise failed  # the CLI prints the report with the error as one document
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         report.render(Console())
-    if not report.ok:
-        raise CheckFailed(f"{image}: {len(report.failed)} check(s) failed: {', '.join(c.id for c in report.failed)}")
+    if failed:
+        raise failed

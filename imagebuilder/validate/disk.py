@@ -16,10 +16,12 @@ from typing import Protocol
 import zstandard
 
 from ..errors import InputError
+from ..inputs import require_regular_file
 from .tools import message, run
 
 SECTOR = 512
 GPT_SIGNATURE = b"EFI PART"
+MBR_SIGNATURE = b"\x55\xaa"
 # signature, revision, header size, header CRC, reserved, current/backup/first/last LBA, disk GUID,
 # entries LBA, entry count, entry size, entries CRC (UEFI spec 5.3.2)
 GPT_HEADER = struct.Struct("<8sIIIIQQQQ16sQIII")
@@ -188,8 +190,16 @@ def open_disk(image: Path) -> Disk:
 
     qemu-img (which everyone trusts to read qcow2) first tells the format and checks the metadata.
     """
-    if not image.is_file():
-        raise InputError(f"{image}: no such image file")
+    return RawDisk(image) if image_format(image) == "raw" else Qcow2Disk(image)
+
+
+def image_format(image: Path) -> str:
+    """"qcow2" or "raw" for a readable disk image; an InputError saying what else it is.
+
+    A raw image must look like a partitioned disk (a whole number of sectors, an MBR or GPT
+    signature): qemu-img calls any file raw, a text file included.  A qcow2 is checked whole.
+    """
+    require_regular_file(image, "image")
     if image.stat().st_size == 0:
         raise InputError(f"{image}: empty file, not a disk image")
     info = run(["qemu-img", "info", "--output=json", str(image)])
@@ -199,11 +209,25 @@ def open_disk(image: Path) -> Disk:
     if details.get("encrypted"):
         raise InputError(f"{image}: encrypted qcow2 images cannot be inspected", "validate the unencrypted image")
     if details["format"] == "raw":
-        return RawDisk(image)
+        if not _partitioned(image):
+            raise InputError(f"{image}: not a disk image (no partition table)",
+                             "give a qcow2 or raw disk image")
+        return "raw"
     if details["format"] != "qcow2":
         raise InputError(f"{image}: {details['format']} images are not supported", "give a qcow2 or raw image")
     _check_qcow2(image, details["cluster-size"])
-    return Qcow2Disk(image)
+    return "qcow2"
+
+
+def _partitioned(image: Path) -> bool:
+    size = image.stat().st_size
+    if size % SECTOR or size < 2 * SECTOR:
+        return False
+    with image.open("rb") as disk:
+        head = disk.read(2 * SECTOR)
+        disk.seek(size - SECTOR)
+        tail = disk.read(SECTOR)
+    return head[510:512] == MBR_SIGNATURE or GPT_SIGNATURE in (head[SECTOR:SECTOR + 8], tail[:8])
 
 
 def _check_qcow2(image: Path, cluster_size: int) -> None:
