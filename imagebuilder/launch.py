@@ -24,7 +24,7 @@ import click
 from .errors import HostError, InputError
 from .inputs import require_writable_file, write_text
 # qcow2 or raw for a readable image; a truncated qcow2 or a text file is an InputError.
-from .validate.disk import image_format as disk_format  # noqa: F401 (boot and run use it)
+from .validate.disk import image_format as disk_format
 
 QEMU = "qemu-system-x86_64"
 # Debian's ovmf package: the code is mapped read-only, the variable store template is used

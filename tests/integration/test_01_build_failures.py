@@ -1,4 +1,4 @@
-"""Bad input with the real command line, as root (interrupts: test_safety.py)."""
+"""Bad input with the real command line, as root (interrupts: test_00_safety.py)."""
 
 import os
 import subprocess
