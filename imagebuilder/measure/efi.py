@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 from functools import cached_property
 
+from .. import signals
+
 # UEFI 2.10 32.4.1 and shim's SHIM_LOCK_GUID (owner of the signatures shim puts in MokListRT).
 EFI_CERT_X509_GUID = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072").bytes_le
 EFI_CERT_SHA256_GUID = uuid.UUID("c1c41626-504c-4092-aca9-41f936934328").bytes_le
@@ -41,11 +43,14 @@ class PeImage:
     """A PE/COFF file parsed by LIEF, with COFF long section names resolved."""
 
     def __init__(self, data: bytes, name: str):
-        import lief  # here, not at the top: it takes half a second, every tdx-image verb would pay
+        # LIEF's import and its reads of the stream call back into Python: a signal raised in one
+        # would cross LIEF's C++ frames and abort the process, so it waits until both are done.
+        with signals.deferred():
+            import lief  # here, not at the top: it takes half a second, every verb would pay
 
-        self.data, self.name, self.lief = data, name, lief
-        lief.logging.disable()
-        self.binary = lief.PE.parse(io.BytesIO(data))
+            self.data, self.name, self.lief = data, name, lief
+            lief.logging.disable()
+            self.binary = lief.PE.parse(io.BytesIO(data))
         if self.binary is None:
             raise EfiError(f"{name} is not a PE/COFF image")
 

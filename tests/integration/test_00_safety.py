@@ -179,8 +179,8 @@ def test_the_standin_build_publishes_and_replaces_an_earlier_output(standin, tmp
 
 @pytest.mark.parametrize("marker, delay, signals, group, boot_test", [
     ("… publish", 0.0, [signal.SIGTERM], False, False),
-    ("… validate", 0.5, [signal.SIGTERM], False, False),
-    ("… validate", 0.5, [signal.SIGINT, signal.SIGINT], True, False),
+    ("… validate", 0.0, [signal.SIGTERM], False, False),
+    ("… validate", 0.0, [signal.SIGINT, signal.SIGINT], True, False),
     ("… measure", 0.3, [signal.SIGTERM], False, False),
     ("… boot test", 3.0, [signal.SIGHUP], False, True),
     ("… boot test", 3.0, [signal.SIGTERM, signal.SIGTERM], False, True),
