@@ -42,16 +42,16 @@ def test_unreachable_repository(tmp_path):
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
-def test_wrong_and_missing_credentials(tmp_path, repo_server):
+def test_sles_on_this_host_refuses_before_credentials(tmp_path, repo_server):
+    # A Debian host cannot build SUSE targets at all (rpm database format), so that is said
+    # first, whatever the credentials; refused credentials are tested against the loopback
+    # server in tests/test_repos.py.
     env = dict(os.environ, TDX_IMAGE_REPO_USER="SCC_wrong", TDX_IMAGE_REPO_PASSWORD="not-it")
     result = run_cli("build", "sles", "--mirror", f"{repo_server}/auth", "--out", tmp_path / "s",
                      env=env)
-    assert_one_line_error(result, 5, "refused the credentials")
+    assert_one_line_error(result, 3, "rpm")
+    assert "--container" in result.stderr
     assert "not-it" not in result.stderr
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TDX_IMAGE_REPO_")}
-    result = run_cli("build", "sles", "--out", tmp_path / "s", env=env)
-    assert_one_line_error(result, 5, "needs repository credentials")
     assert not (tmp_path / "s").exists()
 
 
