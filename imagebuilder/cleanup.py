@@ -53,4 +53,7 @@ def release(directory: Path) -> None:
     for point in reversed(held):  # innermost first
         subprocess.run(["umount", "--lazy", point], capture_output=True)
     for loop in loops:
+        # Partitions added with partx outlive the detach; the next build handed this loop
+        # device would then fail with "partx: error adding partitions".
+        subprocess.run(["partx", "--delete", loop], capture_output=True)
         subprocess.run(["losetup", "--detach", loop], capture_output=True)
