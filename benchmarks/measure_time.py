@@ -2,8 +2,8 @@
 """``tdx-image measure`` wall-clock time on one image (goal: <= 2 s), with where it goes.
 
 Runs the command line three times as a user would (``measure --json``) and reports each run, the
-best, and the prediction's own figure (reading GPT/ESP/root and hashing, without the qcow2 -> raw
-conversion and interpreter start-up). The machines here are shared: say how loaded it was.
+best, and the prediction's own figure (reading GPT/ESP/root and hashing, without interpreter
+start-up and imports). The machines here are shared: say how loaded it was.
 
 Usage: python benchmarks/measure_time.py IMAGE.qcow2   (no root needed)
 """
@@ -44,7 +44,7 @@ def main() -> int:
     print(f"load average:       {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     print(f"measure --json:     {' '.join(f'{s:.2f}' for s in runs)} s (best {min(runs):.2f} s)")
     print(f"  of which predict: {' '.join(f'{s:.2f}' for s in predicted)} s "
-          "(the rest: qcow2 -> raw, Python start-up)")
+          "(the rest: Python start-up and imports)")
     print(f"events:             {len(document['events'])}, unpredicted: "
           f"{', '.join(document['unpredicted']) or 'none'}")
     met = min(runs) <= GOAL_SECONDS
