@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from . import __version__, cleanup, hostcheck, incremental, kiwi, kiwicheck, publish
+from . import __version__, cleanup, hostcheck, incremental, kiwi, kiwicheck, publish, sbom
 from .boot import boot_image
-from .compose import MANIFEST_PATH, compose
+from .compose import MANIFEST_PATH, Customisation, compose
 from .errors import CheckFailed, CredentialsError, HostError, InputError, RepositoryError
 from .measure import predict
 from .repos import Credentials, Repository, check_reachable, load_credentials
@@ -41,7 +41,7 @@ class BuildRequest:
     extra_repositories: list[Repository] = field(default_factory=list)
     credentials_file: Path | None = None
     signing_keys: list[Path] = field(default_factory=list)
-    ssh_key: Path | None = None
+    custom: Customisation = Customisation()
     cache_dir: Path = DEFAULT_CACHE_DIR
     boot_test: bool = False
     boot_timeout: float = 600.0
@@ -90,7 +90,7 @@ def kiwi_run(request: BuildRequest, staging: Path, credentials: Credentials | No
 def compose_description(request: BuildRequest, destination: Path):
     """The target's description for the chosen release, plus the shared overlay."""
     composition = compose(request.target.description_dir, SHARED_OVERLAY, destination,
-                          request.ssh_key)
+                          request.custom)
     request.target.apply_release(destination)
     return composition
 
@@ -125,8 +125,9 @@ def build(request: BuildRequest, on_phase: Callable[[str], None]) -> dict:
     # A host that cannot build this target at all says so first; then the user's inputs.
     hostcheck.require_build_host(target)
     hostcheck.require_root()
-    if request.ssh_key and not request.ssh_key.is_file():
-        raise InputError(f"--ssh-key {request.ssh_key}: no such file")
+    ssh_key = request.custom.ssh_key
+    if ssh_key and not ssh_key.is_file():
+        raise InputError(f"--ssh-key {ssh_key}: no such file")
     credentials = request.credentials()
     on_phase("check repositories")
     check_reachable(request.repositories, credentials)
@@ -191,8 +192,10 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
     on_phase("publish")
     mark = time.monotonic()
     artifacts = publish.collect(run.target_dir, publish_dir)
-    image = artifacts["disk_format_image"]
+    image = artifacts["image"]
     image_digest = publish.write_checksum(image)
+    sbom_file = sbom.write(artifacts["image_packages"], image, image_digest, target,
+                           run.target_dir / "build" / "image-root")
     shutil.copy(composition.path / "root" / MANIFEST_PATH, publish_dir / "overlay-manifest.json")
     _publish_description(composition.path, run.target_dir, publish_dir / "description", secrets)
     timings["publish"] = time.monotonic() - mark
@@ -235,7 +238,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
                              for r in request.repositories],
             "overlay": SHARED_OVERLAY.name,
             "overlay_files": composition.overlay_files,
-            "ssh_key_authorized": request.ssh_key is not None,
+            **request.custom.record(),
             "credentials_used": credentials is not None,
         },
         "host": {"kernel": platform.release(), "python": sys.version.split()[0],
@@ -249,6 +252,8 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
         "durations_s": {**{k: round(v, 1) for k, v in timings.items()}, "kiwi_phases": kiwi_phases},
         "artifacts": publish.artifact_digests(publish_dir, {image.name: image_digest}),
         "image": image.name,
+        "sbom": {"file": sbom_file.name, "format": "SPDX-2.3 JSON",
+                 "sha256": publish.sha256_file(sbom_file)},
         "validation": {"ok": report.ok},
         "boot_test": boot,
     }

@@ -78,10 +78,10 @@ def qemu(tmp_path, monkeypatch) -> FakeQemu:
     script.write_text(FAKE_QEMU)
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    for name in ("OVMF_CODE", "OVMF_VARS"):
-        firmware = tmp_path / f"{name}.fd"
-        firmware.touch()
-        monkeypatch.setattr(boot, name, firmware)
+    firmware = (tmp_path / "OVMF_CODE.fd", tmp_path / "OVMF_VARS.fd")
+    for path in firmware:
+        path.touch()
+    monkeypatch.setattr(launch, "OVMF_CANDIDATES", (firmware,))
     kvm = tmp_path / "kvm"
     kvm.touch()
     monkeypatch.setattr(launch, "KVM_DEVICE", str(kvm))

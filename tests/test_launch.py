@@ -16,6 +16,7 @@ References (read through the search tools):
   e47a6535-984a-4798-865e-4685a7bf8ec2 in the firmware's OVMF table.
 """
 
+import json
 import shutil
 import subprocess
 import uuid
@@ -41,7 +42,11 @@ def test_td_command_has_what_qemu_documents():
 
     assert option_values(args, "-accel") == ["kvm"]
     assert option_values(args, "-cpu") == ["host"]
-    assert option_values(args, "-object") == ["tdx-guest,id=tdx0"]
+    # QEMU docs/system/i386/tdx.rst and canonical/tdx run_td: the JSON form, with the QGS
+    # attestation asks for quotes on the host's vsock CID 2, port 4050.
+    assert [json.loads(value) for value in option_values(args, "-object")] == [
+        {"qom-type": "tdx-guest", "id": "tdx0",
+         "quote-generation-socket": {"type": "vsock", "cid": "2", "port": "4050"}}]
     machine = option_values(args, "-machine")[0].split(",")
     assert machine[0] == "q35"
     assert "kernel_irqchip=split" in machine
@@ -53,11 +58,13 @@ def test_td_command_has_what_qemu_documents():
 
 
 def test_plain_uefi_command_maps_firmware_and_keeps_the_variable_store_clean():
-    args = Launch(disk=Path("/img/vm.qcow2"), accel="tcg", serial="file:/logs/console").qemu_args()
+    firmware = launch.Firmware(Path("/fw/CODE.fd"), Path("/fw/VARS.fd"))
+    args = Launch(disk=Path("/img/vm.qcow2"), accel="tcg", serial="file:/logs/console",
+                  firmware=firmware).qemu_args()
 
     drives = option_values(args, "-drive")
-    assert f"if=pflash,format=raw,readonly=on,file={launch.OVMF_CODE}" in drives
-    assert f"if=pflash,format=raw,snapshot=on,file={launch.OVMF_VARS}" in drives
+    assert "if=pflash,format=raw,readonly=on,file=/fw/CODE.fd" in drives
+    assert "if=pflash,format=raw,snapshot=on,file=/fw/VARS.fd" in drives
     assert option_values(args, "-accel") == ["tcg"]
     assert "-cpu" not in args  # -cpu host exists only under KVM
     assert option_values(args, "-serial") == ["file:/logs/console"]
@@ -202,8 +209,11 @@ def test_run_prints_the_command_and_writes_the_libvirt_domain(small_image, tmp_p
     command = result.stdout.strip().split(" ")
     assert command[0] == "qemu-system-x86_64"
     assert option_values(command, "-m") == ["1024"]
-    assert f"file={small_image},if=virtio,format=qcow2" in option_values(command, "-drive")
-    assert ET.parse(xml).getroot().find("devices/disk/source").get("file") == str(small_image)
+    # Safe by default: QEMU writes to a throwaway overlay, libvirt's disk is transient.
+    assert f"file={small_image},if=virtio,format=qcow2,snapshot=on" in option_values(command, "-drive")
+    disk = ET.parse(xml).getroot().find("devices/disk")
+    assert disk.find("source").get("file") == str(small_image)
+    assert disk.find("transient") is not None
 
 
 @needs_qemu_img

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
+import tempfile
 import uuid
 import zlib
 from dataclasses import dataclass, field
@@ -200,10 +202,40 @@ def open_disk(image: Path) -> Disk:
         raise InputError(f"{image}: encrypted qcow2 images cannot be inspected", "validate the unencrypted image")
     if details["format"] == "raw":
         return RawDisk(image)
+    if details["format"] == "vmdk":  # what `build --format vmdk` makes
+        return _converted_vmdk(image)
     if details["format"] != "qcow2":
-        raise InputError(f"{image}: {details['format']} images are not supported", "give a qcow2 or raw image")
+        raise InputError(f"{image}: {details['format']} images are not supported",
+                         "give a qcow2, vmdk or raw image")
     _check_qcow2(image, details["cluster-size"])
     return Qcow2Disk(image)
+
+
+class _TemporaryRawDisk(RawDisk):
+    """A raw copy made for reading; removed when closed."""
+
+    def __init__(self, path: Path, workdir: Path):
+        super().__init__(path)
+        self.workdir = workdir
+
+    def close(self) -> None:
+        super().close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _converted_vmdk(image: Path) -> Disk:
+    """A vmdk, checked by qemu-img (a truncated one converts "successfully", with zeros) and
+    converted to a sparse raw file in a temporary directory, read from there."""
+    checked = run(["qemu-img", "check", "-f", "vmdk", str(image)])
+    if checked.returncode != 0:
+        raise InputError(f"{image}: damaged vmdk: {message(checked)}", "the file is truncated or corrupt")
+    workdir = Path(tempfile.mkdtemp(prefix="tdx-image-vmdk-"))
+    raw = workdir / "disk.raw"
+    converted = run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(image), str(raw)])
+    if converted.returncode != 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise InputError(f"{image}: qemu-img cannot read it: {message(converted)}")
+    return _TemporaryRawDisk(raw, workdir)
 
 
 def _check_qcow2(image: Path, cluster_size: int) -> None:
