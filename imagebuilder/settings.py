@@ -147,15 +147,17 @@ def load_config(ctx: click.Context, param: click.Parameter, value: Path | None) 
         data = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise click.BadParameter(f"cannot read {path}: {error}", ctx, param)
+    # Keys are the long option names without "--" (and an argument's name, e.g. target).
     by_key = {key: p for p in ctx.command.params if p.name not in NOT_CONFIGURABLE
-              for key in [p.name] + [opt.lstrip("-") for opt in p.opts if opt.startswith("--")]}
+              for key in ([opt[2:] for opt in p.opts if opt.startswith("--")]
+                          if isinstance(p, click.Option) else [p.name])}
     defaults = {}
     for key, raw in data.items():
         target = by_key.get(key)
         if target is None:
             raise click.BadParameter(
                 f"{path}: unknown setting {key!r} (known: "
-                f"{', '.join(sorted({k for k in by_key if '_' not in k}))})", ctx, param)
+                f"{', '.join(sorted(by_key))})", ctx, param)
         if getattr(target, "multiple", False) and isinstance(raw, str):
             raw = [raw]
         if isinstance(raw, (dict, list)) != getattr(target, "multiple", False):

@@ -3,6 +3,7 @@
 import http.server
 import json
 import os
+import pty
 import subprocess
 import sys
 import threading
@@ -19,6 +20,26 @@ REUSE_BUILD = "TDX_IMAGE_TEST_BUILD"
 def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
     """Run the real command line, as a user would."""
     return subprocess.run([*TDX_IMAGE, *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+def run_cli_on_terminal(*args, timeout: float = 900) -> tuple[int, str]:
+    """Run the real command line with stdout and stderr on a terminal (a pty), as a user sees it;
+    return its exit status and everything it wrote (escape sequences included)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([*TDX_IMAGE, *map(str, args)], stdin=subprocess.DEVNULL,
+                               stdout=terminal, stderr=terminal, env={**os.environ, "COLUMNS": "200"})
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    return process.wait(timeout), output.decode(errors="replace")
 
 
 @pytest.fixture(scope="session")

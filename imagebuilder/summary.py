@@ -1,0 +1,94 @@
+"""``tdx-image summary``: the resolved build settings (and where each came from) and what a build
+would make, from the composed description — without root, network or KIWI.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .build import BuildRequest
+from .compose import compose, image_format
+from .errors import CredentialsError
+from .targets import SHARED_OVERLAY
+
+
+def plan(request: BuildRequest, sources: dict[str, str]) -> dict:
+    """What ``build`` would do with ``request``, as data."""
+    target, custom = request.target, request.custom
+    with tempfile.TemporaryDirectory(prefix="tdx-image-summary-") as work:
+        composition = compose(target.description_dir, SHARED_OVERLAY, Path(work) / "description",
+                              custom)
+        config = composition.path / "config.xml"
+        image = ET.parse(config).getroot()
+        disk_format = image_format(config)
+        size = image.find("preferences/type/size")
+        packages = [p.get("name") for section in image.iterfind("packages")
+                    if section.get("type") == "image"
+                    and section.get("profiles") in (None, target.profile)
+                    for p in section.iterfind("package")]
+    version = image.findtext("preferences/version")
+    try:
+        credentials = "given" if request.credentials() else "not needed"
+    except CredentialsError as error:
+        credentials = f"missing: {error}"
+    return {
+        "target": {"name": target.name, "title": target.title, "profile": target.profile},
+        "settings": {
+            "out": {"value": str(request.out_dir), "from": sources.get("out_dir", "default")},
+            "mirror": {"value": request.mirror, "from": sources.get("mirror", "default")},
+            "packages": {"value": list(custom.packages), "from": sources.get("packages")},
+            "size": {"value": f"{custom.size_mib}M" if custom.size_mib else None,
+                     "from": sources.get("size_mib")},
+            "format": {"value": custom.image_format, "from": sources.get("image_format")},
+            "ssh-key": {"value": str(custom.ssh_key) if custom.ssh_key else None,
+                        "from": sources.get("ssh_key")},
+            "ssh-user": {"value": custom.ssh_user if custom.ssh_key else None,
+                         "from": sources.get("ssh_user")},
+            "boot-test": {"value": request.boot_test, "from": sources.get("boot_test")},
+            "cache-dir": {"value": str(request.cache_dir), "from": sources.get("cache_dir")},
+        },
+        "image": {
+            "file": f"{image.get('name')}.x86_64-{version}.{disk_format}",
+            "format": disk_format,
+            "size": f"{size.text}{size.get('unit', 'M')}" if size is not None else None,
+            "packages": packages,
+            "ssh_login": f"{custom.ssh_user} (key {custom.ssh_key.name})" if custom.ssh_key else None,
+            "sbom": f"{image.get('name')}.x86_64-{version}.spdx.json",
+        },
+        "repositories": [repository.url for repository in request.repositories],
+        "credentials": credentials,
+    }
+
+
+def show(request: BuildRequest, sources: dict[str, str], as_json: bool) -> None:
+    summary = plan(request, sources)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    console = Console()
+    target, image = summary["target"], summary["image"]
+    console.print(f"[bold]{target['name']}[/]: {escape(target['title'])}"
+                  + (f" (KIWI profile {target['profile']})" if target["profile"] else ""))
+    table = Table("setting", "value", "from", box=None, pad_edge=False)
+    for name, setting in summary["settings"].items():
+        value = setting["value"]
+        shown = ", ".join(value) if isinstance(value, list) else value
+        table.add_row(name, escape(str(shown)) if shown not in (None, "", []) else "[dim]-[/]",
+                      escape(setting["from"] or "default"))
+    console.print(table)
+    console.print(f"would build: [bold]{escape(image['file'])}[/] ({image['format']}, "
+                  f"disk {image['size'] or 'as KIWI sizes it'}) into {escape(summary['settings']['out']['value'])}")
+    console.print(f"packages ({len(image['packages'])} named, dependencies come with them): "
+                  + escape(", ".join(image["packages"])))
+    console.print(f"SSH login: {escape(image['ssh_login'] or 'none (no key given)')}")
+    console.print(f"SBOM: {escape(image['sbom'])} (SPDX 2.3)")
+    console.print("repositories: " + escape(", ".join(summary["repositories"])))
+    console.print(f"credentials: {escape(summary['credentials'])}")
