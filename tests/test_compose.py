@@ -55,8 +55,7 @@ def test_private_key_is_refused(tmp_path):
                 Customisation(ssh_key=key))
 
 
-@pytest.mark.parametrize("name", ["debian", "leap"])
-@pytest.mark.parametrize("disk_format", ["raw", "vmdk"])
+@pytest.mark.parametrize("name, disk_format", [("debian", "vmdk"), ("leap", "raw")])
 def test_customisations_become_kiwi_elements_that_kiwi_accepts(tmp_path, name, disk_format):
     target = TARGETS[name]
     key = tmp_path / "id.pub"
