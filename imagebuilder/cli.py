@@ -141,7 +141,8 @@ def build(dry_run, as_json, container, container_image, **options):
     else:
         out = request.out_dir
         console.print(f"[green]built[/] {out / record['image']} in {record['durations_s']['total']}s "
-                      f"(KIWI {record['durations_s']['kiwi']}s, validation passed)")
+                      f"(KIWI {record['durations_s']['kiwi']}s, validation passed); "
+                      f"SBOM {record['sbom']['file']}")
 
 
 def build_request(target, release, out_dir, mirror, repos, credentials_file, signing_keys,

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import InputError
@@ -37,10 +37,10 @@ class Customisation:
     ssh_user: str = "root"
 
     def record(self) -> dict:
-        """For build.json: what was asked (the key's file name, never its content)."""
-        return {"packages": list(self.packages), "size_mib": self.size_mib,
-                "image_format": self.image_format, "ssh_user": self.ssh_user,
-                "ssh_key_authorized": self.ssh_key is not None}
+        """For build.json's inputs: every setting as given (the public key's path, not its text)."""
+        return {field.name: str(value) if isinstance(value, Path)
+                else list(value) if isinstance(value, tuple) else value
+                for field in fields(self) for value in [getattr(self, field.name)]}
 
 
 @dataclass(frozen=True)

@@ -158,11 +158,11 @@ def load_config(ctx: click.Context, param: click.Parameter, value: Path | None) 
             raise click.BadParameter(
                 f"{path}: unknown setting {key!r} (known: "
                 f"{', '.join(sorted(by_key))})", ctx, param)
-        if getattr(target, "multiple", False) and isinstance(raw, str):
+        multiple = getattr(target, "multiple", False)
+        if multiple and isinstance(raw, str):
             raw = [raw]
-        if isinstance(raw, (dict, list)) != getattr(target, "multiple", False):
-            raise click.BadParameter(f"{path}: {key} must be "
-                                     f"{'a list' if getattr(target, 'multiple', False) else 'one value'}",
+        if isinstance(raw, dict) or isinstance(raw, list) != multiple:
+            raise click.BadParameter(f"{path}: {key} must be {'a list' if multiple else 'one value'}",
                                      ctx, param)
         if isinstance(target.type, click.Path):  # relative to the file, not the current directory
             raw = [_beside(path, v) for v in raw] if isinstance(raw, list) else _beside(path, raw)

@@ -90,6 +90,7 @@ def test_the_readable_summary_names_settings_and_sources(project):
     ('json = true\n', [], "unknown setting 'json'"),  # how to print is not a build setting
     ('package = 3\n', [], "package must be a list"),
     ('mirror = ["a", "b"]\n', [], "mirror must be one value"),
+    ('[package]\nname = "jq"\n', [], "package must be a list"),
     ('size = "tiny"\n', [], "'tiny' is not a size"),
     ('size = "100M"\n', [], "too small"),
     ('package = ["jq; rm -rf /"]\n', [], "is not a package name"),
