@@ -308,7 +308,8 @@ def tdx_host_problems(tdvf: Path | None) -> list[str]:
                         else f"{QEMU} is not installed")
     if tdvf is None:
         if find_tdvf() is None:
-            problems.append("no TDVF firmware in " + ", ".join(map(str, TDVF_CANDIDATES)))
+            problems.append("no TDVF firmware in " + ", ".join(map(str, TDVF_CANDIDATES))
+                            + f" ({firmware_install_hint()}, a release with TDX support)")
     elif not is_tdvf(tdvf):
         problems.append(f"{tdvf} is not TDVF (no TDX metadata)")
     return problems

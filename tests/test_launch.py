@@ -162,6 +162,7 @@ def test_a_host_without_tdx_is_told_everything_it_lacks(monkeypatch, tmp_path):
     assert "kvm_intel is not loaded" in message
     assert "QEMU 7.2.22 has no tdx-guest object" in message
     assert "no TDVF firmware" in message
+    assert launch.firmware_install_hint() + ", a release with TDX support" in message
 
 
 def test_tdx_disabled_in_kvm_and_a_non_tdvf_firmware_are_named(monkeypatch, tmp_path):
