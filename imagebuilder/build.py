@@ -226,6 +226,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
         publish.write_json(publish_dir / "boot.json", boot)
         timings["boot_test"] = time.monotonic() - mark
 
+    digests = publish.artifact_digests(publish_dir, {image.name: image_digest})
     return {
         "tdx_image_version": __version__,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -250,10 +251,10 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
         "incremental_reason": reuse.reason,
         "prepared_root_key": reuse.key,
         "durations_s": {**{k: round(v, 1) for k, v in timings.items()}, "kiwi_phases": kiwi_phases},
-        "artifacts": publish.artifact_digests(publish_dir, {image.name: image_digest}),
+        "artifacts": digests,
         "image": image.name,
         "sbom": {"file": sbom_file.name, "format": "SPDX-2.3 JSON",
-                 "sha256": publish.sha256_file(sbom_file)},
+                 "sha256": digests[sbom_file.name]["sha256"]},
         "validation": {"ok": report.ok},
         "boot_test": boot,
     }
