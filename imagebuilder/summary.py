@@ -14,19 +14,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .build import BuildRequest
-from .compose import compose, image_format
-from .errors import CredentialsError
-from .targets import SHARED_OVERLAY
+from .build import BuildRequest, compose_description
+from .compose import image_format
+from .errors import CredentialsError, RepositoryError
 
 
-def plan(request: BuildRequest, sources: dict[str, str]) -> dict:
+def plan(request: BuildRequest, sources: dict[str, str], container: str | None = None) -> dict:
     """What ``build`` would do with ``request``, as data."""
     target, custom = request.target, request.custom
     with tempfile.TemporaryDirectory(prefix="tdx-image-summary-") as work:
-        composition = compose(target.description_dir, SHARED_OVERLAY, Path(work) / "description",
-                              custom)
-        config = composition.path / "config.xml"
+        config = compose_description(request, Path(work) / "description").path / "config.xml"
         image = ET.parse(config).getroot()
         disk_format = image_format(config)
         size = image.find("preferences/type/size")
@@ -35,12 +32,15 @@ def plan(request: BuildRequest, sources: dict[str, str]) -> dict:
                     and section.get("profiles") in (None, target.profile)
                     for p in section.iterfind("package")]
     version = image.findtext("preferences/version")
+    repositories, credentials, refusal = [], None, None
     try:
+        repositories = [repository.url for repository in request.repositories]
         credentials = "given" if request.credentials() else "not needed"
-    except CredentialsError as error:
-        credentials = f"missing: {error}"
+    except (RepositoryError, CredentialsError) as error:  # what the build would stop at
+        refusal = str(error)
     return {
-        "target": {"name": target.name, "title": target.title, "profile": target.profile},
+        "target": {"name": target.name, "title": target.title, "profile": target.profile,
+                   "release": target.chosen.name},
         "settings": {
             "out": {"value": str(request.out_dir), "from": sources.get("out_dir", "default")},
             "mirror": {"value": request.mirror, "from": sources.get("mirror", "default")},
@@ -53,6 +53,8 @@ def plan(request: BuildRequest, sources: dict[str, str]) -> dict:
             "ssh-user": {"value": custom.ssh_user if custom.ssh_key else None,
                          "from": sources.get("ssh_user")},
             "boot-test": {"value": request.boot_test, "from": sources.get("boot_test")},
+            "container": {"value": container, "from": sources.get("container_image")
+                          if sources.get("container_image") != "default" else sources.get("container")},
             "cache-dir": {"value": str(request.cache_dir), "from": sources.get("cache_dir")},
         },
         "image": {
@@ -63,13 +65,15 @@ def plan(request: BuildRequest, sources: dict[str, str]) -> dict:
             "ssh_login": f"{custom.ssh_user} (key {custom.ssh_key.name})" if custom.ssh_key else None,
             "sbom": f"{image.get('name')}.x86_64-{version}.spdx.json",
         },
-        "repositories": [repository.url for repository in request.repositories],
+        "repositories": repositories,
         "credentials": credentials,
+        "build_would_refuse": refusal,
     }
 
 
-def show(request: BuildRequest, sources: dict[str, str], as_json: bool) -> None:
-    summary = plan(request, sources)
+def show(request: BuildRequest, sources: dict[str, str], as_json: bool,
+         container: str | None = None) -> None:
+    summary = plan(request, sources, container)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -90,5 +94,8 @@ def show(request: BuildRequest, sources: dict[str, str], as_json: bool) -> None:
                   + escape(", ".join(image["packages"])))
     console.print(f"SSH login: {escape(image['ssh_login'] or 'none (no key given)')}")
     console.print(f"SBOM: {escape(image['sbom'])} (SPDX 2.3)")
-    console.print("repositories: " + escape(", ".join(summary["repositories"])))
-    console.print(f"credentials: {escape(summary['credentials'])}")
+    console.print("repositories: " + escape(", ".join(summary["repositories"]) or "-"))
+    if summary["credentials"]:
+        console.print(f"credentials: {summary['credentials']}")
+    if summary["build_would_refuse"]:
+        console.print(f"[yellow]the build would refuse[/]: {escape(summary['build_would_refuse'])}")

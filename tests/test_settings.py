@@ -67,12 +67,17 @@ def test_a_config_file_elsewhere_resolves_paths_beside_itself(project, tmp_path_
     assert plan["target"]["profile"] == "Leap"
 
 
-def test_sles_summary_says_credentials_are_missing_without_failing(project, monkeypatch):
-    for name in ("TDX_IMAGE_REPO_USER", "TDX_IMAGE_REPO_PASSWORD"):
-        monkeypatch.delenv(name, raising=False)
+def test_a_summary_says_what_the_build_would_refuse_without_failing(project):
+    # This Debian host has no registered SLES repositories: the build would refuse, the summary
+    # says so and still shows the rest.
     code, plan = summary("sles")
     assert code == 0
-    assert plan["credentials"].startswith("missing: target sles needs repository credentials")
+    assert "no registered SLES 15-SP5 repositories" in plan["build_would_refuse"]
+    assert plan["image"]["file"] == "tdx-guest-sles-15-SP5.x86_64-15.5.0.qcow2"
+
+    code, plan = summary("sles", "--mirror", "https://rmt.example.com/repo")
+    assert code == 0 and plan["build_would_refuse"] is None
+    assert plan["repositories"][0].startswith("https://rmt.example.com/repo/SUSE/")
 
 
 def test_the_readable_summary_names_settings_and_sources(project):
