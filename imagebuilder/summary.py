@@ -17,6 +17,7 @@ from rich.table import Table
 from .build import BuildRequest, compose_description
 from .compose import image_format
 from .errors import CredentialsError, RepositoryError
+from .settings import SETTINGS
 
 
 def plan(request: BuildRequest, sources: dict[str, str], container: str | None = None) -> dict:
@@ -44,14 +45,8 @@ def plan(request: BuildRequest, sources: dict[str, str], container: str | None =
         "settings": {
             "out": {"value": str(request.out_dir), "from": sources.get("out_dir", "default")},
             "mirror": {"value": request.mirror, "from": sources.get("mirror", "default")},
-            "packages": {"value": list(custom.packages), "from": sources.get("packages")},
-            "size": {"value": f"{custom.size_mib}M" if custom.size_mib else None,
-                     "from": sources.get("size_mib")},
-            "format": {"value": custom.image_format, "from": sources.get("image_format")},
-            "ssh-key": {"value": str(custom.ssh_key) if custom.ssh_key else None,
-                        "from": sources.get("ssh_key")},
-            "ssh-user": {"value": custom.ssh_user if custom.ssh_key else None,
-                         "from": sources.get("ssh_user")},
+            **{setting.option[2:]: {"value": custom.record()[setting.field],
+                                    "from": sources.get(setting.field)} for setting in SETTINGS},
             "boot-test": {"value": request.boot_test, "from": sources.get("boot_test")},
             "container": {"value": container, "from": sources.get("container_image")
                           if sources.get("container_image") != "default" else sources.get("container")},

@@ -38,8 +38,8 @@ def test_the_config_file_in_the_current_directory_is_read_and_the_command_line_w
 
     assert code == 0, plan
     settings = plan["settings"]
-    assert settings["packages"] == {"value": ["jq", "tree"], "from": "tdx-image.toml"}
-    assert settings["size"] == {"value": "6144M", "from": "tdx-image.toml"}
+    assert settings["package"] == {"value": ["jq", "tree"], "from": "tdx-image.toml"}
+    assert settings["size"] == {"value": 6144, "from": "tdx-image.toml"}  # MiB
     assert settings["format"] == {"value": "vmdk", "from": "command line"}
     assert settings["ssh-user"] == {"value": "tester", "from": "tdx-image.toml"}
     assert settings["out"]["from"] == "default" and settings["out"]["value"] == "out/debian"
@@ -62,7 +62,7 @@ def test_a_config_file_elsewhere_resolves_paths_beside_itself(project, tmp_path_
     assert code == 0, plan
     assert plan["settings"]["ssh-key"] == {"value": str(elsewhere / "mine.pub"), "from": str(config)}
     assert plan["settings"]["out"]["value"] == str(elsewhere / "images")
-    assert plan["settings"]["packages"]["value"] == ["jq"]  # one string is a list of one
+    assert plan["settings"]["package"]["value"] == ["jq"]  # one string is a list of one
     assert plan["image"]["ssh_login"] == "root (key mine.pub)"
     assert plan["target"]["profile"] == "Leap"
 
@@ -85,8 +85,8 @@ def test_the_readable_summary_names_settings_and_sources(project):
     result = CliRunner().invoke(main, ["summary", "debian", "--size", "8G"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert any(line.split()[:3] == ["packages", "jq", "tdx-image.toml"] for line in lines)
-    assert any(line.split()[:3] == ["size", "8192M", "command"] for line in lines)
+    assert any(line.split()[:3] == ["package", "jq", "tdx-image.toml"] for line in lines)
+    assert any(line.split()[:3] == ["size", "8192", "command"] for line in lines)
     assert "would build: tdx-guest-debian-12.x86_64-12.0.0.qcow2" in result.output
 
 
