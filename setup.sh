@@ -14,11 +14,12 @@ fi
 # validator (qemu-utils, lz4) and its tests (e2fsprogs, mtools, cpio, compressors), the boot test (qemu, OVMF;
 # swtpm for the measured boot of `boot --tpm`) and --container (podman with runc; mmdebstrap
 # makes the local Debian 12 container image).
+# openssh-client: the integration test that logs into a running image.
 host_packages=(
     python3 python3-venv debian-archive-keyring ca-certificates
     apt dpkg binutils gdisk dosfstools e2fsprogs rsync qemu-utils util-linux mount
     mtools zstd xz-utils gzip lz4 bzip2 cpio fdisk
-    qemu-system-x86 ovmf swtpm
+    qemu-system-x86 ovmf swtpm openssh-client
     podman runc mmdebstrap
 )
 missing=()

@@ -17,16 +17,19 @@ import signal
 import subprocess
 import tempfile
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import click
+from rich.console import Console
+from rich.markup import escape
 
 from . import launch, signals
 from .errors import CheckFailed, HostError, InputError, Interrupted
 from .inputs import Seconds, require_regular_file
-from .launch import OVMF_CODE, OVMF_VARS, QEMU, Launch, disk_format, require_tdx_host
+from .launch import QEMU, Launch, disk_format, require_ovmf, require_tdx_host
 from .measure import predict
 
 SELFCHECK_PREFIX = "TDX-SELFCHECK "
@@ -197,8 +200,6 @@ def require_qemu() -> None:
         raise HostError(f"{QEMU} is not installed", "apt-get install qemu-system-x86")
     if not shutil.which("qemu-img"):
         raise HostError("qemu-img is not installed", "apt-get install qemu-utils")
-    if not (OVMF_CODE.exists() and OVMF_VARS.exists()):
-        raise HostError(f"UEFI firmware {OVMF_CODE} is missing", "apt-get install ovmf")
 
 
 def create_overlay(image: Path, image_format: str, overlay: Path) -> None:
@@ -210,11 +211,14 @@ def create_overlay(image: Path, image_format: str, overlay: Path) -> None:
 
 
 def wait_for_selfcheck(process: subprocess.Popen, console_log: Path, output: Path,
-                       timeout: float, accel: str) -> tuple[dict, float]:
+                       timeout: float, accel: str,
+                       progress: Callable[[float, str], None] | None = None) -> tuple[dict, float]:
     started = time.monotonic()
     while True:
         elapsed = time.monotonic() - started
         console = read(console_log)
+        if progress:
+            progress(elapsed, (last_lines(console, 1) or [""])[0])
         selfcheck = parse_selfcheck(console)
         if selfcheck is not None:
             return selfcheck, elapsed
@@ -288,13 +292,16 @@ def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: st
 
 
 def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool = False,
-               timeout: float = 300.0, console_log: Path, tdvf: Path | None = None) -> BootResult:
+               timeout: float = 300.0, console_log: Path, firmware: Path | None = None,
+               progress: Callable[[float, str], None] | None = None) -> BootResult:
     """Boot a throwaway copy of ``image`` and return the guest's self-check report.
 
     With ``tdx`` the image is launched as a TD and passes only if the guest says it is one (and,
     where its kernel exposes RTMRs, only if RTMR1/2 equal the prediction). With ``tpm`` it boots
     in the reference VM with a software TPM and passes only if the guest's PCR 4, 5, 8, 9 and 14
-    equal what ``tdx-image measure`` predicts.
+    equal what ``tdx-image measure`` predicts.  ``firmware`` is the UEFI firmware (TDVF with
+    ``tdx``), by default the host's; ``progress`` is called while waiting with the seconds
+    elapsed and the console's last line.
     """
     image, console_log = Path(image), Path(console_log)
     require_regular_file(image, "image")
@@ -304,7 +311,8 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     if tpm and not shutil.which(SWTPM):
         raise HostError("swtpm is not installed", "apt-get install swtpm")
     image_format = disk_format(image)  # a truncated qcow2 fails here, not after the timeout
-    firmware = require_tdx_host(tdvf) if tdx else None
+    tdvf = require_tdx_host(firmware) if tdx else None
+    ovmf = None if tdx else require_ovmf(firmware)
     chosen, fallback_reason = choose_accel(accel, tdx)
     prediction = predict(image).to_dict() if tpm else None  # offline, before a long boot
     console_log.parent.mkdir(parents=True, exist_ok=True)
@@ -315,11 +323,12 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
             overlay = Path(work) / "overlay.qcow2"
             create_overlay(image, image_format, overlay)
             socket = stack.enter_context(software_tpm(Path(work))) if tpm else None
-            launch = Launch(disk=overlay, accel=chosen, tdx=tdx, tdvf=firmware,
+            launch = Launch(disk=overlay, accel=chosen, tdx=tdx, tdvf=tdvf, firmware=ovmf,
                             serial=f"file:{console_log}", tpm_socket=socket)
             with running(launch.qemu_args(), Path(work) / "qemu.out") as process:
                 selfcheck, seconds = wait_for_selfcheck(process, console_log,
-                                                        Path(work) / "qemu.out", timeout, chosen)
+                                                        Path(work) / "qemu.out", timeout, chosen,
+                                                        progress)
     except KeyboardInterrupt:
         raise Interrupted(f"boot test interrupted by {signals.received_name()}; QEMU was stopped") from None
     if tdx and selfcheck.get("td") is not True:
@@ -335,12 +344,43 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     return BootResult(chosen, fallback_reason, seconds, selfcheck, console_log, measurements)
 
 
+class BootProgress:
+    """On a terminal: a spinner with the seconds elapsed of the timeout and the console's last
+    line, while the guest boots."""
+
+    def __init__(self, console: Console, what: str, timeout: float):
+        self.what, self.timeout = what, timeout
+        self.status = console.status(what)
+
+    def __enter__(self):
+        self.status.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.status.stop()
+
+    def __call__(self, elapsed: float, last_line: str) -> None:
+        self.status.update(f"{escape(self.what)} [dim]{elapsed:.0f} s / {self.timeout:.0f} s[/]"
+                           + (f"\n  [dim]{escape(last_line[:120])}[/]" if last_line else ""))
+
+
+def verdict(result: BootResult, tdx: bool) -> str:
+    """The closing line: what booted, as what it is.  Without --tdx a plain VM is the expected
+    result, not a fault; with --tdx only a TD gets here (anything else raised)."""
+    seconds = f"{result.seconds_to_selfcheck:.1f} s"
+    if tdx:
+        return f"PASS: booted as a TD under {result.accel} in {seconds}"
+    as_what = "a TD" if result.selfcheck.get("td") else "a normal VM (not a TD, as launched)"
+    return f"PASS: booted as {as_what} under {result.accel} in {seconds}"
+
+
 @click.command("boot")
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
               show_default=True, help="auto: KVM where it works, else software emulation.")
 @click.option("--tdx", is_flag=True, help="Boot as a TD; pass only if the guest says it is one.")
-@click.option("--tdvf", type=click.Path(path_type=Path), help="TDVF firmware for --tdx.")
+@click.option("--firmware", "--tdvf", "firmware", type=click.Path(path_type=Path),
+              help="UEFI firmware (TDVF with --tdx).  [default: the host's OVMF]")
 @click.option("--tpm", is_flag=True,
               help="Reference VM with a software TPM (swtpm); pass only if the guest's PCRs equal "
                    "`tdx-image measure`.")
@@ -349,10 +389,20 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
 @click.option("--console-log", type=click.Path(dir_okay=False, path_type=Path),
               help="Serial console log [default: IMAGE.console.log in the current directory].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def boot_command(image, accel, tdx, tdvf, tpm, timeout, console_log, as_json):
+def boot_command(image, accel, tdx, firmware, tpm, timeout, console_log, as_json):
     """Boot a throwaway copy of IMAGE and report the guest's TDX self-check."""
-    result = boot_image(image, accel=accel, tdx=tdx, tpm=tpm, timeout=timeout, tdvf=tdvf,
-                        console_log=console_log or Path(f"{image.name}.console.log"))
+    console = Console(stderr=True)
+    display = BootProgress(console, f"booting {image.name}" + (" as a TD" if tdx else ""), timeout)
+    live = console.is_terminal and not as_json
+    try:
+        with display if live else nullcontext():
+            result = boot_image(image, accel=accel, tdx=tdx, tpm=tpm, timeout=timeout,
+                                firmware=firmware, progress=display if live else None,
+                                console_log=console_log or Path(f"{image.name}.console.log"))
+    except CheckFailed:
+        if not as_json:
+            console.print(f"[red]FAIL[/]: boot test of {escape(str(image))}", soft_wrap=True)
+        raise
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
@@ -362,7 +412,8 @@ def boot_command(image, accel, tdx, tdvf, tpm, timeout, console_log, as_json):
     click.echo(f"self-check after {result.seconds_to_selfcheck:.1f} s: kernel {check.get('kernel')}, "
                f"TD: {'yes' if check.get('td') else 'no'}, "
                f"attestation: {'yes' if check.get('attestation') else 'no'}")
-    click.echo(f"reason: {check.get('reason')}")
+    click.echo(f"guest says: {check.get('reason')}")
     for index, pair in (result.measurements or {}).items():
         click.echo(f"{'PCR' if tpm else 'RTMR'} {index}: {pair['guest']} (as predicted)")
     click.echo(f"console log: {result.console_log}")
+    click.echo(verdict(result, tdx))

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Callable
 
 from . import (__version__, cleanup, hostcheck, incremental, kiwi, kiwicheck, locks, outdir,
-               publish, signals)
+               publish, sbom, signals)
 from .boot import boot_image
-from .compose import MANIFEST_PATH, compose, read_ssh_keys
+from .compose import MANIFEST_PATH, Customisation, compose, read_ssh_keys
 from .errors import (CheckFailed, CredentialsError, HostError, InputError, Interrupted,
                      RepositoryError, TdxImageError)
 from .inputs import require_regular_file, require_writable_dir
@@ -45,7 +45,7 @@ class BuildRequest:
     extra_repositories: list[Repository] = field(default_factory=list)
     credentials_file: Path | None = None
     signing_keys: list[Path] = field(default_factory=list)
-    ssh_key: Path | None = None
+    custom: Customisation = Customisation()
     cache_dir: Path = DEFAULT_CACHE_DIR
     boot_test: bool = False
     boot_timeout: float = 600.0
@@ -95,7 +95,7 @@ def kiwi_run(request: BuildRequest, staging: Path, credentials: Credentials | No
 def compose_description(request: BuildRequest, destination: Path):
     """The target's description for the chosen release, plus the shared overlay."""
     composition = compose(request.target.description_dir, SHARED_OVERLAY, destination,
-                          request.ssh_key)
+                          request.custom)
     request.target.apply_release(destination)
     return composition
 
@@ -138,8 +138,8 @@ def build(request: BuildRequest, on_phase: Callable[[str], None]) -> dict:
     # all, then the user's other inputs, then root.
     out_dir = outdir.check(request.out_dir, request.force, request.cache_dir)
     hostcheck.require_build_host(target)
-    if request.ssh_key:
-        read_ssh_keys(request.ssh_key)
+    if request.custom.ssh_key:
+        read_ssh_keys(request.custom.ssh_key)
     for key in request.signing_keys:
         require_regular_file(key, "--signing-key")
     credentials = request.credentials()
@@ -237,8 +237,10 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
     on_phase("publish")
     mark = time.monotonic()
     artifacts = publish.collect(run.target_dir, publish_dir)
-    image = artifacts["disk_format_image"]
+    image = artifacts["image"]
     image_digest = publish.write_checksum(image)
+    sbom_file = sbom.write(artifacts["image_packages"], image, image_digest, target,
+                           run.target_dir / "build" / "image-root")
     shutil.copy(composition.path / "root" / MANIFEST_PATH, publish_dir / "overlay-manifest.json")
     _publish_description(composition.path, run.target_dir, publish_dir / "description", secrets)
     timings["publish"] = time.monotonic() - mark
@@ -269,6 +271,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
         publish.write_json(publish_dir / "boot.json", boot)
         timings["boot_test"] = time.monotonic() - mark
 
+    digests = publish.artifact_digests(publish_dir, {image.name: image_digest})
     return {
         "tdx_image_version": __version__,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -281,7 +284,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
                              for r in request.repositories],
             "overlay": SHARED_OVERLAY.name,
             "overlay_files": composition.overlay_files,
-            "ssh_key_authorized": request.ssh_key is not None,
+            **request.custom.record(),
             "credentials_used": credentials is not None,
         },
         "host": {"kernel": platform.release(), "python": sys.version.split()[0],
@@ -293,8 +296,10 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
         "incremental_reason": reuse.reason,
         "prepared_root_key": reuse.key,
         "durations_s": {**{k: round(v, 1) for k, v in timings.items()}, "kiwi_phases": kiwi_phases},
-        "artifacts": publish.artifact_digests(publish_dir, {image.name: image_digest}),
+        "artifacts": digests,
         "image": image.name,
+        "sbom": {"file": sbom_file.name, "format": "SPDX-2.3 JSON",
+                 "sha256": digests[sbom_file.name]["sha256"]},
         "validation": {"ok": report.ok},
         "boot_test": boot,
     }

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from . import __version__, signals
+from . import __version__, settings, signals
 from . import build as builder
 from .build import DEFAULT_CACHE_DIR, BuildRequest
 from .errors import Interrupted, TdxImageError
@@ -139,8 +139,6 @@ class PhaseDisplay:
 @click.option("--signing-key", "signing_keys", multiple=True,
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Trust this repository signing key (repeatable).")
-@click.option("--ssh-key", type=click.Path(dir_okay=False, path_type=Path),
-              help="Authorize this OpenSSH public key for root.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               default=DEFAULT_CACHE_DIR, show_default=True, envvar="TDX_IMAGE_CACHE_DIR",
               help="Package cache shared by all builds (or set TDX_IMAGE_CACHE_DIR).")
@@ -153,23 +151,14 @@ class PhaseDisplay:
 @click.option("--force", is_flag=True,
               help="Replace --out (and OUT.failed) even if they hold files tdx-image did not "
                    "write.  Never: the current directory, /, $HOME, the project's directories.")
+@settings.options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def build(target, release, container, container_image, out_dir, mirror, repos, credentials_file,
-          signing_keys, ssh_key, cache_dir, boot_test, no_incremental, dry_run, force, as_json):
-    """Build a TDX guest image of TARGET (debian, leap or sles) with KIWI."""
-    request = BuildRequest(
-        target=get_target(target, release),
-        out_dir=out_dir or Path("out") / target,
-        mirror=check_url("--mirror", mirror) if mirror is not None else None,
-        extra_repositories=[parse_repo_option(value) for value in repos],
-        credentials_file=credentials_file,
-        signing_keys=[key.resolve() for key in signing_keys],
-        ssh_key=ssh_key,
-        cache_dir=cache_dir.resolve(),
-        boot_test=boot_test,
-        incremental=not no_incremental,
-        force=force,
-    )
+def build(dry_run, as_json, container, container_image, **options):
+    """Build a TDX guest image of TARGET (debian, leap or sles) with KIWI.
+
+    Any option can also be set in tdx-image.toml (see --config); the command line wins.
+    """
+    request = build_request(**options)
     if dry_run:
         plan = builder.dry_run(request)
         if as_json:
@@ -197,8 +186,40 @@ def build(target, release, container, container_image, out_dir, mirror, repos, c
     else:
         out = request.out_dir
         console.print(f"[green]built[/] {out / record['image']} in {record['durations_s']['total']}s "
-                      f"(KIWI {record['durations_s']['kiwi']}s, validation passed)")
+                      f"(KIWI {record['durations_s']['kiwi']}s, validation passed); "
+                      f"SBOM {record['sbom']['file']}")
 
+
+def build_request(target, release, out_dir, mirror, repos, credentials_file, signing_keys,
+                  cache_dir, boot_test, no_incremental, force, custom) -> BuildRequest:
+    return BuildRequest(
+        target=get_target(target, release),
+        out_dir=out_dir or Path("out") / target,
+        mirror=check_url("--mirror", mirror) if mirror is not None else None,
+        extra_repositories=[parse_repo_option(value) for value in repos],
+        credentials_file=credentials_file,
+        signing_keys=[key.resolve() for key in signing_keys],
+        cache_dir=cache_dir.resolve(),
+        boot_test=boot_test,
+        incremental=not no_incremental,
+        force=force,
+        custom=custom,
+    )
+
+
+@click.pass_context
+@settings.customised
+def _summary(ctx, as_json, container, container_image, **options):
+    from .summary import show  # the summary composes the description: keep `build` light
+
+    show(build_request(**options), settings.sources(ctx), as_json,
+         container=container_image or ("the target's" if container else None))
+
+
+# `summary` takes exactly the options `build` takes (and reads the same config file).
+main.add_command(click.Command(
+    "summary", callback=_summary, params=[p for p in build.params if p.name != "dry_run"],
+    help="Print the resolved settings and what `build` would build (no root, no network)."))
 
 # The other verbs live with the step they drive: validation, the boot test, launch, host checks.
 from . import boot, doctor, launch  # noqa: E402

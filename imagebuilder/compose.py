@@ -5,6 +5,9 @@ the target's files, the overlay's ``root/`` tree merged into ``root/`` (KIWI's o
 mechanism), and a ``config.sh`` that runs the target's setup and then the overlay's.  The
 overlay's files are recorded with their digests inside the image
 (``/usr/lib/tdx-image/overlay-manifest.json``) so a validator can prove they are there.
+The user's customisations (extra packages, disk size and format, an SSH key for a named user)
+are applied to the composed ``config.xml`` with KIWI's own elements; the repository's
+description is never changed.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import InputError
@@ -25,13 +29,30 @@ SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519@", "sk
 
 
 @dataclass(frozen=True)
+class Customisation:
+    """What a user changes without editing the repository (see imagebuilder/settings.py)."""
+
+    packages: tuple[str, ...] = ()
+    size_mib: int | None = None  # None: the description's <size>
+    image_format: str | None = None  # qcow2, raw or vmdk; None: the description's
+    ssh_key: Path | None = None
+    ssh_user: str = "root"
+
+    def record(self) -> dict:
+        """For build.json's inputs: every setting as given (the public key's path, not its text)."""
+        return {field.name: str(value) if isinstance(value, Path)
+                else list(value) if isinstance(value, tuple) else value
+                for field in fields(self) for value in [getattr(self, field.name)]}
+
+
+@dataclass(frozen=True)
 class Composition:
     path: Path
     overlay_files: dict[str, dict]  # image path -> {"sha256", "mode"}
 
 
 def compose(description: Path, overlay: Path, destination: Path,
-            ssh_key: Path | None = None) -> Composition:
+            custom: Customisation = Customisation()) -> Composition:
     """Write the composed description to ``destination`` (which must not exist)."""
     shutil.copytree(description, destination, symlinks=True)
     overlay_root = overlay / "root"
@@ -42,9 +63,58 @@ def compose(description: Path, overlay: Path, destination: Path,
                                    sort_keys=True) + "\n")
     _compose_config_sh(destination / "config.sh",
                        [description / "config.sh", overlay / "config.sh"])
-    if ssh_key:
-        _authorize_ssh_key(ssh_key, destination / "root" / "root" / ".ssh")
+    if custom.ssh_key:
+        _authorize_ssh_key(custom.ssh_key, destination / "root" / home(custom.ssh_user).lstrip("/")
+                           / ".ssh")
+    if custom != Customisation(ssh_key=custom.ssh_key):  # anything for config.xml
+        _customise_config_xml(destination / "config.xml", custom)
     return Composition(destination, files)
+
+
+def home(user: str) -> str:
+    return "/root" if user == "root" else f"/home/{user}"
+
+
+def image_format(config_xml: Path) -> str:
+    """The disk format a description builds: its <type format=...>, raw when it has none."""
+    return ET.parse(config_xml).find("preferences/type").get("format", "raw")
+
+
+def _customise_config_xml(config_xml: Path, custom: Customisation) -> None:
+    """KIWI's own elements: <package> in the shared image packages, <size> and format= on every
+    <type>, and <users> for a named SSH user (no password: ``*`` is no valid hash)."""
+    original = config_xml.read_text()
+    tree = ET.parse(config_xml, ET.XMLParser(target=ET.TreeBuilder(insert_comments=True)))
+    image = tree.getroot()
+    if custom.packages:
+        shared = next((p for p in image.iterfind("packages") if p.get("type") == "image"
+                       and not p.get("profiles")), None)
+        if shared is None:
+            shared = ET.SubElement(image, "packages", type="image")
+        present = {p.get("name") for p in shared.iterfind("package")}
+        for name in custom.packages:
+            if name not in present:
+                ET.SubElement(shared, "package", name=name)
+    for image_type in image.iterfind("preferences/type"):
+        if custom.size_mib:
+            size = image_type.find("size")
+            if size is None:
+                size = ET.SubElement(image_type, "size")
+            size.attrib = {"unit": "M"}
+            size.text = str(custom.size_mib)
+        if custom.image_format == "raw":
+            image_type.attrib.pop("format", None)  # KIWI's plain disk is the raw image
+        elif custom.image_format:
+            image_type.set("format", custom.image_format)
+    if custom.ssh_key and custom.ssh_user != "root":
+        # KIWI creates the user after placing the overlay and hands its home (with .ssh) to it.
+        users = ET.SubElement(image, "users")
+        ET.SubElement(users, "user", name=custom.ssh_user, home=home(custom.ssh_user),
+                      password="*", shell="/bin/bash")
+    ET.indent(tree, space="    ")
+    # The declaration and comments before <image> are outside ElementTree's tree: keep them.
+    config_xml.write_text(original[:original.index("<image")] + ET.tostring(image, encoding="unicode")
+                          + "\n")
 
 
 def _overlay_manifest(overlay_root: Path) -> dict[str, dict]:

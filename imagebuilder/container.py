@@ -22,7 +22,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from . import hostcheck, outdir
+from . import hostcheck, outdir, settings
 from .build import BuildRequest
 from .errors import HostError, InputError, Interrupted, RepositoryError, TdxImageError
 from .repos import ZYPP_ROOT_ENV, Repository
@@ -140,7 +140,7 @@ def run_command(engine_path: str, image: str, request: BuildRequest, as_json: bo
                "--volume", f"{out_dir.parent}:{out_dir.parent}",
                "--volume", f"{cache_dir}:{cache_dir}",
                "--env", f"PYTHONPATH={PROJECT_ROOT}", "--workdir", str(PROJECT_ROOT)]
-    inputs = [request.ssh_key, request.credentials_file, *request.signing_keys]
+    inputs = [request.custom.ssh_key, request.credentials_file, *request.signing_keys]
     for path in (Path(p).resolve() for p in inputs if p):
         command += ["--volume", f"{path}:{path}:ro"]
     if request.target.package_manager == "zypper" and Path("/etc/zypp").is_dir():
@@ -164,8 +164,7 @@ def run_command(engine_path: str, image: str, request: BuildRequest, as_json: bo
         inner += ["--credentials", str(Path(request.credentials_file).resolve())]
     for key in request.signing_keys:
         inner += ["--signing-key", str(Path(key).resolve())]
-    if request.ssh_key:
-        inner += ["--ssh-key", str(Path(request.ssh_key).resolve())]
+    inner += settings.arguments(request.custom)
     if not request.incremental:
         inner.append("--no-incremental")
     if as_json:

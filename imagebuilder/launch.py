@@ -31,6 +31,15 @@ QEMU = "qemu-system-x86_64"
 # through snapshot=on so every launch starts from a clean store and nothing is written back.
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Where distributions install OVMF without Secure Boot enforcement, as (code, variable store
+# template): Debian/Ubuntu (4 MiB, then the older 2 MiB build), Fedora/RHEL, SUSE.
+OVMF_CANDIDATES = (
+    (OVMF_CODE, OVMF_VARS),
+    (Path("/usr/share/OVMF/OVMF_CODE.fd"), Path("/usr/share/OVMF/OVMF_VARS.fd")),
+    (Path("/usr/share/edk2/ovmf/OVMF_CODE.fd"), Path("/usr/share/edk2/ovmf/OVMF_VARS.fd")),
+    (Path("/usr/share/qemu/ovmf-x86_64-4m-code.bin"), Path("/usr/share/qemu/ovmf-x86_64-4m-vars.bin")),
+    (Path("/usr/share/qemu/ovmf-x86_64-code.bin"), Path("/usr/share/qemu/ovmf-x86_64-vars.bin")),
+)
 # Where distributions install a TDX-capable OVMF (TDVF): Debian/Ubuntu's unified OVMF.fd (what
 # canonical/tdx run_td passes), Fedora/CentOS, SUSE's TDX demo.
 TDVF_CANDIDATES = (
@@ -38,6 +47,15 @@ TDVF_CANDIDATES = (
     Path("/usr/share/edk2/ovmf/OVMF.inteltdx.fd"),
     Path("/usr/share/qemu/tdvf-x86_64.bin"),
 )
+# The OVMF package of each distribution family (ID/ID_LIKE in /etc/os-release).
+FIRMWARE_INSTALL = {"debian": "apt-get install ovmf", "fedora": "dnf install edk2-ovmf",
+                    "suse": "zypper install qemu-ovmf-x86_64"}
+FAMILY = {"debian": "debian", "ubuntu": "debian", "fedora": "fedora", "rhel": "fedora",
+          "centos": "fedora", "suse": "suse", "opensuse": "suse", "sles": "suse"}
+# The Quote Generation Service (QGS) a TD asks for its attestation quotes: QEMU's tdx-guest
+# property quote-generation-socket (docs/system/i386/tdx.rst), by default on the host's vsock
+# CID 2, port 4050, as Intel's QGS listens (canonical/tdx run_td passes the same).
+DEFAULT_QGS = "vsock:2:4050"
 # A firmware image is TDVF when its OVMF table carries this entry (QEMU hw/i386/tdvf.c,
 # TDX_METADATA_OFFSET_GUID); the table sits in the image's last kilobytes.
 TDVF_METADATA_GUID = uuid.UUID("e47a6535-984a-4798-865e-4685a7bf8ec2").bytes_le
@@ -51,6 +69,78 @@ KVM_DEVICE = "/dev/kvm"
 
 
 @dataclass(frozen=True)
+class Firmware:
+    """UEFI firmware for a plain VM: code and variable store template, or one unified image."""
+
+    code: Path
+    variables: Path | None = None
+
+    def pflash_drives(self) -> list[str]:
+        # The code is never written; the variables are written to a throwaway layer (snapshot).
+        if self.variables is None:
+            return ["-drive", f"if=pflash,format=raw,snapshot=on,file={self.code}"]
+        return ["-drive", f"if=pflash,format=raw,readonly=on,file={self.code}",
+                "-drive", f"if=pflash,format=raw,snapshot=on,file={self.variables}"]
+
+
+def find_ovmf() -> Firmware | None:
+    return next((Firmware(code, variables) for code, variables in OVMF_CANDIDATES
+                 if code.is_file() and variables.is_file()), None)
+
+
+def firmware_for(path: Path) -> Firmware:
+    """``--firmware FILE`` for a plain VM: a known code file gets its variable store template,
+    any other file is used as a unified image (code and variables in one)."""
+    if not path.is_file():
+        raise InputError(f"--firmware {path}: no such file")
+    variables = dict(OVMF_CANDIDATES).get(path)
+    return Firmware(path, variables if variables and variables.is_file() else None)
+
+
+def host_family(os_release: Path = Path("/etc/os-release")) -> str | None:
+    """debian, fedora or suse from /etc/os-release's ID and ID_LIKE, None for others."""
+    try:
+        fields = dict(line.split("=", 1) for line in os_release.read_text().splitlines() if "=" in line)
+    except OSError:
+        return None
+    words = " ".join(fields.get(key, "").strip('"') for key in ("ID", "ID_LIKE")).split()
+    return next((FAMILY[word] for word in words if word in FAMILY), None)
+
+
+def firmware_install_hint() -> str:
+    family = host_family()
+    if family:
+        return FIRMWARE_INSTALL[family]
+    return "install OVMF: " + "; ".join(f"{name}: {command}"
+                                        for name, command in FIRMWARE_INSTALL.items())
+
+
+def require_ovmf(requested: Path | None) -> Firmware:
+    """The firmware for a plain UEFI VM: the one asked for, else the host's OVMF."""
+    if requested is not None:
+        return firmware_for(requested)
+    found = find_ovmf()
+    if found is None:
+        raise HostError("no UEFI firmware (OVMF) in " + ", ".join(str(code) for code, _ in OVMF_CANDIDATES),
+                        f"{firmware_install_hint()}, or pass --firmware FILE")
+    return found
+
+
+def qgs_object_properties(qgs: str | None) -> dict:
+    """``quote-generation-socket`` of QEMU's tdx-guest from ``vsock:CID:PORT`` or ``unix:PATH``."""
+    if not qgs:
+        return {}
+    kind, _, rest = qgs.partition(":")
+    if kind == "vsock" and re.fullmatch(r"\d+:\d+", rest):
+        cid, port = rest.split(":")
+        return {"quote-generation-socket": {"type": "vsock", "cid": cid, "port": port}}
+    if kind == "unix" and rest.startswith("/"):
+        return {"quote-generation-socket": {"type": "unix", "path": rest}}
+    raise InputError(f"--qgs {qgs}: not vsock:CID:PORT or unix:/PATH",
+                     f"the default is {DEFAULT_QGS}; 'none' launches without attestation")
+
+
+@dataclass(frozen=True)
 class Launch:
     """One VM: its disk and size, the accelerator, and whether it is a TD."""
 
@@ -61,16 +151,21 @@ class Launch:
     accel: str = "kvm"
     tdx: bool = False
     tdvf: Path | None = None  # the firmware of a TD; plain VMs use OVMF_CODE/OVMF_VARS
+    firmware: Firmware | None = None  # a plain VM's; None: the host's OVMF (else Debian's paths)
     serial: str = "mon:stdio"  # QEMU -serial backend: the console, or file:LOG for a boot test
     snapshot: bool = False  # write to a temporary layer instead of the disk
     # A software TPM 2.0 (swtpm's control socket) on tpm-tis: the reference VM for measured
     # boot, which also has no NIC, so the image is the only boot device.
     tpm_socket: Path | None = None
+    ssh_port: int | None = None  # forward 127.0.0.1:PORT on the host to the guest's port 22
+    qgs: str | None = DEFAULT_QGS  # a TD's Quote Generation Service; None: no attestation
 
     def __post_init__(self):
         if self.tdx and (self.accel != "kvm" or self.tdvf is None):
             raise InputError("a TD needs --accel kvm and TDVF firmware",
-                             "drop --accel tcg, or pass --tdvf FILE")
+                             "drop --accel tcg, or pass --firmware FILE")
+        if self.tdx:
+            qgs_object_properties(self.qgs)  # refuse a malformed address before anything runs
 
     def qemu_args(self) -> list[str]:
         # -nodefaults: no legacy devices (a TD has no emulated VGA, IDE or floppy);
@@ -80,14 +175,16 @@ class Launch:
         if self.accel == "kvm":
             args += ["-cpu", "host"]
         if self.tdx:
+            # The JSON form: QEMU's documented way to give the nested socket address.
+            tdx_object = {"qom-type": "tdx-guest", "id": TDX_OBJECT_ID,
+                          **qgs_object_properties(self.qgs)}
             args += ["-machine",
                      f"q35,kernel_irqchip=split,confidential-guest-support={TDX_OBJECT_ID}",
-                     "-object", f"tdx-guest,id={TDX_OBJECT_ID}",
+                     "-object", json.dumps(tdx_object, separators=(",", ":")),
                      "-bios", str(self.tdvf)]
         else:
-            args += ["-machine", "q35",
-                     "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-                     "-drive", f"if=pflash,format=raw,snapshot=on,file={OVMF_VARS}"]
+            firmware = self.firmware or find_ovmf() or Firmware(OVMF_CODE, OVMF_VARS)
+            args += ["-machine", "q35", *firmware.pflash_drives()]
         if self.tpm_socket is not None:
             args += ["-chardev", f"socket,id=chrtpm,path={self.tpm_socket}",
                      "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
@@ -95,7 +192,10 @@ class Launch:
             disk = f"file={self.disk},if=virtio,format={self.disk_format}"
             args += ["-drive", disk + (",snapshot=on" if self.snapshot else "")]
             if self.tpm_socket is None:
-                args += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]
+                netdev = "user,id=net0"
+                if self.ssh_port:
+                    netdev += f",hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+                args += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=net0"]
         return args
 
     def libvirt_xml(self, name: str) -> str:
@@ -123,13 +223,23 @@ class Launch:
         ET.SubElement(disk, "driver", name="qemu", type=self.disk_format)
         ET.SubElement(disk, "source", file=str(Path(self.disk).resolve()))
         ET.SubElement(disk, "target", dev="vda", bus="virtio")
+        if self.snapshot:
+            ET.SubElement(disk, "transient")  # libvirt's throwaway overlay, like snapshot=on
         interface = ET.SubElement(devices, "interface", type="user")
         ET.SubElement(interface, "model", type="virtio")
+        if self.ssh_port:
+            forward = ET.SubElement(interface, "portForward", proto="tcp", address="127.0.0.1")
+            ET.SubElement(forward, "range", start=str(self.ssh_port), to="22")
         ET.SubElement(devices, "serial", type="pty")
         ET.SubElement(devices, "console", type="pty")
         if self.tdx:
             security = ET.SubElement(domain, "launchSecurity", type="tdx")
             ET.SubElement(security, "policy").text = TDX_POLICY
+            socket = qgs_object_properties(self.qgs).get("quote-generation-socket")
+            if socket:  # libvirt connects QGS over a UNIX socket only (its default path if none)
+                qgs = ET.SubElement(security, "quoteGenerationSocket")
+                if socket["type"] == "unix":
+                    qgs.set("path", socket["path"])
         ET.indent(domain)
         return ET.tostring(domain, encoding="unicode") + "\n"
 
@@ -201,7 +311,8 @@ def tdx_host_problems(tdvf: Path | None) -> list[str]:
                         else f"{QEMU} is not installed")
     if tdvf is None:
         if find_tdvf() is None:
-            problems.append("no TDVF firmware in " + ", ".join(map(str, TDVF_CANDIDATES)))
+            problems.append("no TDVF firmware in " + ", ".join(map(str, TDVF_CANDIDATES))
+                            + f" ({firmware_install_hint()}, a release with TDX support)")
     elif not is_tdvf(tdvf):
         problems.append(f"{tdvf} is not TDVF (no TDX metadata)")
     return problems
@@ -224,13 +335,21 @@ def require_tdx_host(tdvf: Path | None) -> Path:
 @click.option("--memory", "memory_mib", type=click.IntRange(256), default=2048,
               show_default=True, help="Guest memory in MiB.")
 @click.option("--cpus", type=click.IntRange(1), default=2, show_default=True)
-@click.option("--tdvf", type=click.Path(path_type=Path), help="TDVF firmware for --tdx.")
-@click.option("--snapshot", is_flag=True, help="Leave the image unchanged (writes are discarded).")
+@click.option("--firmware", "--tdvf", "firmware", type=click.Path(path_type=Path),
+              help="UEFI firmware (TDVF with --tdx).  [default: the host's OVMF]")
+@click.option("--ssh-port", type=click.IntRange(1, 65535),
+              help="Forward this port on 127.0.0.1 to the guest's SSH port 22.")
+@click.option("--persistent", is_flag=True,
+              help="Write the guest's changes into IMAGE.  [default: a throwaway overlay; IMAGE "
+                   "is never written]")
+@click.option("--qgs", default=DEFAULT_QGS, show_default=True, metavar="vsock:CID:PORT|unix:PATH|none",
+              help="With --tdx: the Quote Generation Service attestation asks for quotes.")
 @click.option("--libvirt-xml", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the equivalent libvirt domain XML to this file.")
 @click.option("--exec", "execute", is_flag=True, help="Run QEMU instead of printing its command.")
 @click.option("--json", "as_json", is_flag=True, help="Print the QEMU command as JSON.")
-def run_command(image, tdx, accel, memory_mib, cpus, tdvf, snapshot, libvirt_xml, execute, as_json):
+def run_command(image, tdx, accel, memory_mib, cpus, firmware, ssh_port, persistent, qgs,
+                libvirt_xml, execute, as_json):
     """Print (or run with --exec) the QEMU command that launches IMAGE.
 
     The serial console is on the terminal (Ctrl-A X quits QEMU); a guest reboot ends QEMU.
@@ -239,16 +358,20 @@ def run_command(image, tdx, accel, memory_mib, cpus, tdvf, snapshot, libvirt_xml
 
     if libvirt_xml:
         require_writable_file(libvirt_xml, "--libvirt-xml")
+    tdvf = None
     if tdx and execute:
-        tdvf = require_tdx_host(tdvf)
+        tdvf = require_tdx_host(firmware)
     elif tdx:
         # Printing is also for copying the command to a TDX host: say what this one lacks.
-        for problem in tdx_host_problems(tdvf):
+        for problem in tdx_host_problems(firmware):
             click.echo(f"note: this host cannot run it: {problem}", err=True)
-        tdvf = tdvf or find_tdvf() or TDVF_CANDIDATES[0]
+        tdvf = firmware or find_tdvf() or TDVF_CANDIDATES[0]
     launch = Launch(disk=image.resolve(), disk_format=disk_format(image), memory_mib=memory_mib,
                     cpus=cpus, accel=choose_accel(accel, tdx)[0], tdx=tdx, tdvf=tdvf,
-                    snapshot=snapshot)
+                    firmware=None if tdx else (require_ovmf(firmware) if execute or firmware
+                                               else find_ovmf()),
+                    snapshot=not persistent, ssh_port=ssh_port,
+                    qgs=None if qgs == "none" else qgs)
     if libvirt_xml:
         write_text(libvirt_xml, launch.libvirt_xml(name=f"tdx-image-{image.stem}"), "--libvirt-xml")
         click.echo(f"libvirt domain written to {libvirt_xml}", err=True)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from .errors import BuildError
 
-# kiwi.result.json keys we publish, under KIWI's own file names.  The raw disk is left out:
-# the qcow2 (disk_format_image) holds the same disk in a fraction of the space.
-PUBLISHED_RESULTS = ("disk_format_image", "image_packages", "image_verified", "image_changes")
+# kiwi.result.json keys we publish, under KIWI's own file names.  The raw disk is left out when
+# there is a disk_format_image (qcow2, vmdk): that holds the same disk in a fraction of the space.
+PUBLISHED_RESULTS = ("disk_format_image", "disk_format_machine_settings", "image_packages",
+                     "image_verified", "image_changes")
 CHUNK = 4 * 1024 * 1024
 
 
@@ -34,15 +35,17 @@ def sha256_file(path: Path) -> str:
 
 
 def collect(kiwi_target: Path, publish_dir: Path) -> dict[str, Path]:
-    """Move KIWI's results (per kiwi.result.json) into ``publish_dir``; return key -> path."""
+    """Move KIWI's results (per kiwi.result.json) into ``publish_dir``; return key -> path,
+    with the disk image (formatted, or raw when the description asks for no format) as "image"."""
     try:
         results = json.loads((kiwi_target / "kiwi.result.json").read_text())
     except (OSError, ValueError) as error:
         raise BuildError(f"KIWI left no readable kiwi.result.json in {kiwi_target}: {error}")
-    if "disk_format_image" not in results:
-        raise BuildError("KIWI's result has no disk_format_image (expected the qcow2)")
+    image_key = "disk_format_image" if "disk_format_image" in results else "disk_image"
+    if image_key not in results:
+        raise BuildError("KIWI's result names no disk image")
     published: dict[str, Path] = {}
-    for key in PUBLISHED_RESULTS:
+    for key in dict.fromkeys((image_key, *PUBLISHED_RESULTS)):
         if key in results:
             source = Path(results[key]["filename"])
             target = publish_dir / source.name
@@ -52,7 +55,7 @@ def collect(kiwi_target: Path, publish_dir: Path) -> dict[str, Path]:
     for key, entry in results.items():
         entry["filename"] = published[key].name if key in published else None
     (publish_dir / "kiwi.result.json").write_text(json.dumps(results, indent=4, sort_keys=True) + "\n")
-    return published
+    return {**published, "image": published[image_key]}
 
 
 def write_checksum(path: Path) -> str:

@@ -3,6 +3,7 @@
 import http.server
 import json
 import os
+import pty
 import subprocess
 import sys
 import threading
@@ -30,16 +31,52 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+def run_cli_on_terminal(*args, timeout: float = 900) -> tuple[int, str]:
+    """Run the real command line with stdout and stderr on a terminal (a pty), as a user sees it;
+    return its exit status and everything it wrote (escape sequences included)."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([*TDX_IMAGE, *map(str, args)], stdin=subprocess.DEVNULL,
+                               stdout=terminal, stderr=terminal, env={**os.environ, "COLUMNS": "200"})
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    return process.wait(timeout), output.decode(errors="replace")
+
+
 @pytest.fixture(scope="session")
 def debian_build(tmp_path_factory) -> Path:
     """The published output directory of one real `tdx-image build debian --boot-test`."""
     if os.environ.get(REUSE_BUILD):
         return Path(os.environ[REUSE_BUILD])
-    out = tmp_path_factory.mktemp("build") / "debian"
-    result = run_cli("build", "debian", "--out", out, "--boot-test", "--json")
+    root = tmp_path_factory.mktemp("build")
+    out = root / "debian"
+    # The one real build also carries the customisations users make (checked by
+    # tests/integration/test_features_integration.py): a package on the command line, and an SSH
+    # key for a named user from a config file.
+    (root / "ssh").mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tdx-image-test",
+                    "-f", root / "ssh" / "id_ed25519"], check=True)
+    (root / "tdx-image.toml").write_text('ssh-key = "ssh/id_ed25519.pub"\nssh-user = "tester"\n')
+    result = run_cli("build", "debian", "--out", out, "--boot-test", "--json",
+                     "--config", root / "tdx-image.toml", "--package", "jq")
     (out.parent / "build.stderr").write_text(result.stderr)
     assert result.returncode == 0, f"the debian build failed:\n{result.stderr[-4000:]}"
     return out
+
+
+@pytest.fixture(scope="session")
+def debian_ssh_key(debian_build) -> Path:
+    """The private key authorized for user ``tester`` in the debian build (beside its --out;
+    a reused build must have been made the same way)."""
+    return debian_build.parent / "ssh" / "id_ed25519"
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from imagebuilder import boot, launch
 from imagebuilder.errors import CheckFailed, HostError, InputError, Interrupted
@@ -31,6 +32,7 @@ case "$1" in
     -object) echo "List of user creatable objects: sev-guest"; exit 0 ;;
 esac
 echo $$ > "$FAKE_QEMU_PID"
+printf '%s\n' "$@" > "$FAKE_QEMU_PID.args"
 previous=""
 for argument in "$@"; do
     [ "$previous" = -serial ] && serial="${argument#file:}"
@@ -78,10 +80,10 @@ def qemu(tmp_path, monkeypatch) -> FakeQemu:
     script.write_text(FAKE_QEMU)
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    for name in ("OVMF_CODE", "OVMF_VARS"):
-        firmware = tmp_path / f"{name}.fd"
-        firmware.touch()
-        monkeypatch.setattr(boot, name, firmware)
+    firmware = (tmp_path / "OVMF_CODE.fd", tmp_path / "OVMF_VARS.fd")
+    for path in firmware:
+        path.touch()
+    monkeypatch.setattr(launch, "OVMF_CANDIDATES", (firmware,))
     kvm = tmp_path / "kvm"
     kvm.touch()
     monkeypatch.setattr(launch, "KVM_DEVICE", str(kvm))
@@ -310,3 +312,64 @@ def test_the_result_serialises_for_the_build_record(qemu, image, tmp_path):
     assert set(json.loads(json.dumps(result.to_dict()))) == {
         "accel", "fallback_reason", "seconds_to_selfcheck", "selfcheck", "console_log",
         "measurements"}
+
+
+def test_progress_reports_elapsed_time_and_the_last_console_line(qemu, image, tmp_path):
+    qemu.behave(console="Welcome to GRUB!\n\x1b[0mLoading Linux 6.12 ...\r\n")
+    seen = []
+
+    with pytest.raises(CheckFailed):
+        boot.boot_image(image, accel="tcg", timeout=1, console_log=tmp_path / "console.log",
+                        progress=lambda elapsed, line: seen.append((elapsed, line)))
+
+    assert seen and all(b[0] >= a[0] for a, b in zip(seen, seen[1:]))
+    assert seen[-1][0] > 1 and seen[-1][1] == "Loading Linux 6.12 ..."
+
+
+def test_boot_ends_with_a_pass_line_that_says_what_booted(qemu, image, tmp_path):
+    qemu.behave(console=REAL_LINE)
+    result = CliRunner().invoke(boot.boot_command, [str(image), "--accel", "tcg",
+                                                    "--console-log", str(tmp_path / "c.log")])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[-1].startswith("PASS: booted as a normal VM (not a TD, as launched) under tcg in ")
+    assert "guest says: not a TD: no tdx_guest CPU flag" in result.stdout
+
+
+def test_boot_fails_with_a_fail_line_and_the_reason(qemu, image, tmp_path):
+    qemu.behave(console=DISK_NOT_BOOTABLE)
+    result = CliRunner().invoke(boot.boot_command, [str(image), "--accel", "tcg",
+                                                    "--console-log", str(tmp_path / "c.log")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"FAIL: boot test of {image}")
+    assert "no EFI boot loader" in str(result.exception)
+
+
+def test_boot_takes_the_firmware_given_and_names_the_package_when_there_is_none(qemu, image,
+                                                                                tmp_path, monkeypatch):
+    unified = tmp_path / "OVMF.fd"
+    unified.touch()
+    qemu.behave(console=REAL_LINE)
+    boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log", firmware=unified)
+    arguments = (tmp_path / "pid.args").read_text().splitlines()
+    assert f"if=pflash,format=raw,snapshot=on,file={unified}" in arguments
+
+    monkeypatch.setattr(launch, "OVMF_CANDIDATES", ((tmp_path / "no/CODE.fd", tmp_path / "no/VARS.fd"),))
+    monkeypatch.setattr(launch, "host_family", lambda: "fedora")
+    with pytest.raises(HostError) as raised:
+        boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log")
+    assert raised.value.hint == "dnf install edk2-ovmf, or pass --firmware FILE"
+
+
+def test_on_a_terminal_boot_shows_progress_and_ends_with_the_verdict(qemu, image, tmp_path):
+    from tests.conftest import run_cli_on_terminal
+
+    qemu.behave(console="Welcome to GRUB!\r\nLoading Linux 6.12 ...\r\n")
+    status, output = run_cli_on_terminal("boot", image, "--accel", "tcg", "--timeout", "2",
+                                         "--console-log", tmp_path / "c.log", timeout=60)
+
+    assert status == 1
+    assert f"booting {image.name}" in output and "/ 2 s" in output  # elapsed / timeout
+    assert "Loading Linux 6.12 ..." in output  # the console's last line
+    assert "FAIL" in output and "error: boot test failed: no self-check line within 2 s" in output
+    qemu.assert_gone()

@@ -3,12 +3,17 @@
 import hashlib
 import json
 import subprocess
+import xml.etree.ElementTree as ET
 
 import pytest
 
-from imagebuilder.compose import MANIFEST_PATH, compose
+from imagebuilder.compose import MANIFEST_PATH, Customisation, compose, image_format
 from imagebuilder.errors import InputError
+from imagebuilder.kiwicheck import check_description
 from imagebuilder.targets import SHARED_OVERLAY, TARGETS
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample user@host\n"
+MIRROR = "http://mirror.invalid"  # never contacted: KIWI's checks are offline
 
 
 @pytest.mark.parametrize("name", sorted({t.description for t in TARGETS.values()}))
@@ -31,8 +36,11 @@ def test_compose_layers_overlay_and_chains_config_scripts(tmp_path, name):
 
 def test_ssh_key_is_authorized_with_private_permissions(tmp_path):
     key = tmp_path / "id.pub"
-    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample user@host\n")
-    composition = compose(TARGETS["debian"].description_dir, SHARED_OVERLAY, tmp_path / "d", key)
+    key.write_text(KEY)
+    composition = compose(TARGETS["debian"].description_dir, SHARED_OVERLAY, tmp_path / "d",
+                          Customisation(ssh_key=key))
+    assert (composition.path / "config.xml").read_text() == \
+        (TARGETS["debian"].description_dir / "config.xml").read_text()  # untouched for root
     authorized = composition.path / "root/root/.ssh/authorized_keys"
     assert authorized.read_text() == key.read_text()
     assert oct(authorized.stat().st_mode & 0o777) == "0o600"
@@ -43,4 +51,39 @@ def test_private_key_is_refused(tmp_path):
     key = tmp_path / "id"
     key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3Blbn...\n")
     with pytest.raises(InputError, match="not an OpenSSH public key"):
-        compose(TARGETS["debian"].description_dir, SHARED_OVERLAY, tmp_path / "d", key)
+        compose(TARGETS["debian"].description_dir, SHARED_OVERLAY, tmp_path / "d",
+                Customisation(ssh_key=key))
+
+
+@pytest.mark.parametrize("name, disk_format", [("debian", "vmdk"), ("leap", "raw")])
+def test_customisations_become_kiwi_elements_that_kiwi_accepts(tmp_path, name, disk_format):
+    target = TARGETS[name]
+    key = tmp_path / "id.pub"
+    key.write_text(KEY)
+    custom = Customisation(packages=("jq", "zstd"), size_mib=6144, image_format=disk_format,
+                           ssh_key=key, ssh_user="tester")
+
+    composition = compose(target.description_dir, SHARED_OVERLAY, tmp_path / "d", custom)
+
+    config = composition.path / "config.xml"
+    image = ET.parse(config).getroot()
+    shared = [p for p in image.iterfind("packages") if p.get("type") == "image" and not p.get("profiles")]
+    names = [p.get("name") for p in shared[0].iterfind("package")]
+    assert names.count("jq") == 1 and names.count("zstd") == 1  # zstd was already there (debian)
+    for image_type in image.iterfind("preferences/type"):
+        assert (image_type.find("size").get("unit"), image_type.find("size").text) == ("M", "6144")
+    assert image_format(config) == disk_format
+    user = image.find("users/user")
+    assert (user.get("name"), user.get("home"), user.get("password")) == ("tester", "/home/tester", "*")
+    assert (composition.path / "root/home/tester/.ssh/authorized_keys").read_text() == KEY
+    assert not (composition.path / "root/root/.ssh").exists()
+    assert "<!--" in config.read_text()  # the description's comments are kept
+    # KIWI's own schema and runtime checks accept the result.
+    check_description(composition.path, target.profile, target.repositories(MIRROR))
+
+
+def test_without_customisation_the_description_is_copied_unchanged(tmp_path):
+    composition = compose(TARGETS["leap"].description_dir, SHARED_OVERLAY, tmp_path / "d")
+    assert (composition.path / "config.xml").read_bytes() == \
+        (TARGETS["leap"].description_dir / "config.xml").read_bytes()
+    assert image_format(composition.path / "config.xml") == "qcow2"

@@ -8,6 +8,7 @@ import pytest
 
 from imagebuilder import container
 from imagebuilder.build import BuildRequest
+from imagebuilder.compose import Customisation
 from imagebuilder.repos import parse_repo_option
 from imagebuilder.targets import PROJECT_ROOT, get_target
 from tests.conftest import run_cli
@@ -19,7 +20,9 @@ def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, 
     key = tmp_path / "id.pub"
     key.write_text("ssh-ed25519 AAAA test\n")
     request = BuildRequest(target=get_target("leap", "15.6"), out_dir=tmp_path / "out" / "leap",
-                           mirror="https://mirror.example/opensuse", ssh_key=key,
+                           mirror="https://mirror.example/opensuse",
+                           custom=Customisation(packages=("jq", "vim"), size_mib=6144,
+                                                image_format="vmdk", ssh_key=key, ssh_user="admin"),
                            extra_repositories=[parse_repo_option("http://r.example/x,bookworm,main contrib")],
                            cache_dir=tmp_path / "cache")
     command = container.run_command("/usr/bin/podman", "builder:tag", request, as_json=True)
@@ -33,6 +36,9 @@ def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, 
     assert inner[inner.index("--release") + 1] == "15.6"
     assert inner[inner.index("--out") + 1] == str(tmp_path / "out" / "leap")
     assert inner[inner.index("--repo") + 1] == "http://r.example/x,bookworm,main contrib"
+    # The customisation goes in as the same options (settings.SETTINGS), paths absolute.
+    assert " ".join(inner[inner.index("--package"):inner.index("--ssh-user") + 2]) == (
+        f"--package jq --package vim --size 6144M --format vmdk --ssh-key {key} --ssh-user admin")
     assert "--json" in inner
     # Secrets travel by name through the environment, never on the command line.
     assert "TDX_IMAGE_REPO_PASSWORD" in command and not any("hunter2" in word for word in command)

@@ -43,13 +43,13 @@ def test_not_root_is_refused(monkeypatch):
         hostcheck.require_root()
 
 
-def kiwi_target(tmp_path, with_qcow2=True):
+def kiwi_target(tmp_path, disks=("disk_format_image", "disk_image")):
     target = tmp_path / "kiwi"
     target.mkdir()
     results = {}
     for key, name in (("disk_format_image", "img.qcow2"), ("disk_image", "img.raw"),
                       ("image_packages", "img.packages")):
-        if key == "disk_format_image" and not with_qcow2:
+        if key.startswith("disk") and key not in disks:
             continue
         (target / name).write_text(name)
         results[key] = {"filename": str(target / name), "compress": False, "shasum": True,
@@ -67,7 +67,7 @@ def test_collect_moves_results_and_rewrites_the_result_file(tmp_path):
     published = publish.collect(kiwi_target(tmp_path), publish_dir)
     assert sorted(p.name for p in publish_dir.iterdir()) == ["img.packages", "img.qcow2",
                                                               "kiwi.result.json"]
-    assert published["disk_format_image"] == publish_dir / "img.qcow2"
+    assert published["image"] == published["disk_format_image"] == publish_dir / "img.qcow2"
     result = json.loads((publish_dir / "kiwi.result.json").read_text())
     assert result["disk_format_image"]["filename"] == "img.qcow2"
     assert result["disk_image"]["filename"] is None  # the raw disk is not published
@@ -76,9 +76,18 @@ def test_collect_moves_results_and_rewrites_the_result_file(tmp_path):
                    capture_output=True)
 
 
+def test_a_raw_build_publishes_the_raw_disk(tmp_path):
+    publish_dir = tmp_path / "publish"
+    publish_dir.mkdir()
+    published = publish.collect(kiwi_target(tmp_path, disks=("disk_image",)), publish_dir)
+    assert published["image"] == publish_dir / "img.raw"
+    assert sorted(p.name for p in publish_dir.iterdir()) == ["img.packages", "img.raw",
+                                                              "kiwi.result.json"]
+
+
 def test_collect_without_disk_image_is_a_build_error(tmp_path):
-    with pytest.raises(BuildError, match="disk_format_image"):
-        publish.collect(kiwi_target(tmp_path, with_qcow2=False), tmp_path)
+    with pytest.raises(BuildError, match="names no disk image"):
+        publish.collect(kiwi_target(tmp_path, disks=()), tmp_path)
 
 
 def test_replace_directory_swaps_in_the_new_set_whole(tmp_path):

@@ -16,6 +16,7 @@ References (read through the search tools):
   e47a6535-984a-4798-865e-4685a7bf8ec2 in the firmware's OVMF table.
 """
 
+import json
 import shutil
 import subprocess
 import uuid
@@ -41,7 +42,11 @@ def test_td_command_has_what_qemu_documents():
 
     assert option_values(args, "-accel") == ["kvm"]
     assert option_values(args, "-cpu") == ["host"]
-    assert option_values(args, "-object") == ["tdx-guest,id=tdx0"]
+    # QEMU docs/system/i386/tdx.rst and canonical/tdx run_td: the JSON form, with the QGS
+    # attestation asks for quotes on the host's vsock CID 2, port 4050.
+    assert [json.loads(value) for value in option_values(args, "-object")] == [
+        {"qom-type": "tdx-guest", "id": "tdx0",
+         "quote-generation-socket": {"type": "vsock", "cid": "2", "port": "4050"}}]
     machine = option_values(args, "-machine")[0].split(",")
     assert machine[0] == "q35"
     assert "kernel_irqchip=split" in machine
@@ -53,11 +58,13 @@ def test_td_command_has_what_qemu_documents():
 
 
 def test_plain_uefi_command_maps_firmware_and_keeps_the_variable_store_clean():
-    args = Launch(disk=Path("/img/vm.qcow2"), accel="tcg", serial="file:/logs/console").qemu_args()
+    firmware = launch.Firmware(Path("/fw/CODE.fd"), Path("/fw/VARS.fd"))
+    args = Launch(disk=Path("/img/vm.qcow2"), accel="tcg", serial="file:/logs/console",
+                  firmware=firmware).qemu_args()
 
     drives = option_values(args, "-drive")
-    assert f"if=pflash,format=raw,readonly=on,file={launch.OVMF_CODE}" in drives
-    assert f"if=pflash,format=raw,snapshot=on,file={launch.OVMF_VARS}" in drives
+    assert "if=pflash,format=raw,readonly=on,file=/fw/CODE.fd" in drives
+    assert "if=pflash,format=raw,snapshot=on,file=/fw/VARS.fd" in drives
     assert option_values(args, "-accel") == ["tcg"]
     assert "-cpu" not in args  # -cpu host exists only under KVM
     assert option_values(args, "-serial") == ["file:/logs/console"]
@@ -155,6 +162,7 @@ def test_a_host_without_tdx_is_told_everything_it_lacks(monkeypatch, tmp_path):
     assert "kvm_intel is not loaded" in message
     assert "QEMU 7.2.22 has no tdx-guest object" in message
     assert "no TDVF firmware" in message
+    assert launch.firmware_install_hint() + ", a release with TDX support" in message
 
 
 def test_tdx_disabled_in_kvm_and_a_non_tdvf_firmware_are_named(monkeypatch, tmp_path):
@@ -202,8 +210,11 @@ def test_run_prints_the_command_and_writes_the_libvirt_domain(small_image, tmp_p
     command = result.stdout.strip().split(" ")
     assert command[0] == "qemu-system-x86_64"
     assert option_values(command, "-m") == ["1024"]
-    assert f"file={small_image},if=virtio,format=qcow2" in option_values(command, "-drive")
-    assert ET.parse(xml).getroot().find("devices/disk/source").get("file") == str(small_image)
+    # Safe by default: QEMU writes to a throwaway overlay, libvirt's disk is transient.
+    assert f"file={small_image},if=virtio,format=qcow2,snapshot=on" in option_values(command, "-drive")
+    disk = ET.parse(xml).getroot().find("devices/disk")
+    assert disk.find("source").get("file") == str(small_image)
+    assert disk.find("transient") is not None
 
 
 @needs_qemu_img
@@ -215,3 +226,102 @@ def test_run_tdx_exec_stops_before_qemu_on_a_host_without_tdx(small_image, tmp_p
 
     assert isinstance(result.exception, HostError)
     assert "no tdx-guest object" in str(result.exception)
+
+
+def test_ssh_port_forwards_loopback_to_the_guests_ssh_in_qemu_and_libvirt():
+    vm = Launch(disk=Path("/img/vm.qcow2"), accel="tcg", ssh_port=2222, snapshot=True)
+
+    assert option_values(vm.qemu_args(), "-netdev") == [
+        "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"]
+    forward = ET.fromstring(vm.libvirt_xml("vm")).find("devices/interface/portForward")
+    assert (forward.get("proto"), forward.get("address")) == ("tcp", "127.0.0.1")
+    assert (forward.find("range").get("start"), forward.find("range").get("to")) == ("2222", "22")
+
+
+@pytest.mark.parametrize("qgs, expected, libvirt_path", [
+    ("vsock:2:4050", {"type": "vsock", "cid": "2", "port": "4050"}, None),
+    ("unix:/var/run/tdx-qgs/qgs.socket", {"type": "unix", "path": "/var/run/tdx-qgs/qgs.socket"},
+     "/var/run/tdx-qgs/qgs.socket"),
+])
+def test_the_quote_generation_socket_reaches_qemu_and_libvirt(qgs, expected, libvirt_path):
+    td = Launch(disk=Path("/img/td.qcow2"), accel="kvm", tdx=True, tdvf=TDVF, qgs=qgs)
+
+    tdx_object = json.loads(option_values(td.qemu_args(), "-object")[0])
+    assert tdx_object["quote-generation-socket"] == expected
+    socket = ET.fromstring(td.libvirt_xml("td")).find("launchSecurity/quoteGenerationSocket")
+    assert socket is not None and socket.get("path") == libvirt_path
+
+
+def test_a_td_without_qgs_has_no_socket_and_a_bad_address_is_refused():
+    td = Launch(disk=Path("/img/td.qcow2"), accel="kvm", tdx=True, tdvf=TDVF, qgs=None)
+    assert json.loads(option_values(td.qemu_args(), "-object")[0]) == {"qom-type": "tdx-guest",
+                                                                      "id": "tdx0"}
+    assert ET.fromstring(td.libvirt_xml("td")).find("launchSecurity/quoteGenerationSocket") is None
+    with pytest.raises(InputError, match="not vsock:CID:PORT or unix:/PATH"):
+        Launch(disk=Path("/img/td.qcow2"), accel="kvm", tdx=True, tdvf=TDVF, qgs="tcp:4050")
+
+
+def test_a_unified_firmware_image_is_one_throwaway_pflash(tmp_path):
+    unified = tmp_path / "OVMF.fd"
+    unified.write_bytes(b"\0" * 64)
+    firmware = launch.firmware_for(unified)
+    assert firmware == launch.Firmware(unified, None)
+    args = Launch(disk=Path("/img/vm.qcow2"), accel="tcg", firmware=firmware).qemu_args()
+    assert [d for d in option_values(args, "-drive") if "pflash" in d] == [
+        f"if=pflash,format=raw,snapshot=on,file={unified}"]
+    with pytest.raises(InputError, match="no such file"):
+        launch.firmware_for(tmp_path / "missing.fd")
+
+
+def test_firmware_is_found_where_the_distributions_put_it(tmp_path, monkeypatch):
+    pairs = [(tmp_path / f"{name}_CODE.fd", tmp_path / f"{name}_VARS.fd") for name in ("deb", "suse")]
+    monkeypatch.setattr(launch, "OVMF_CANDIDATES", tuple(pairs))
+    pairs[1][0].touch()
+    pairs[1][1].touch()
+    assert launch.find_ovmf() == launch.Firmware(*pairs[1])  # the first complete pair
+    assert launch.firmware_for(pairs[1][0]) == launch.Firmware(*pairs[1])  # its own variables
+    pairs[1][1].unlink()
+    monkeypatch.setattr(launch, "host_family", lambda: "suse")
+    with pytest.raises(HostError, match="no UEFI firmware") as raised:
+        launch.require_ovmf(None)
+    assert raised.value.hint.startswith("zypper install qemu-ovmf-x86_64")
+
+
+@pytest.mark.parametrize("os_release, family", [
+    ('ID=debian\nVERSION_ID="12"\n', "debian"),
+    ('ID=ubuntu\nID_LIKE=debian\n', "debian"),
+    ('ID=fedora\n', "fedora"),
+    ('ID="rocky"\nID_LIKE="rhel centos fedora"\n', "fedora"),
+    ('ID="opensuse-leap"\nID_LIKE="suse opensuse"\n', "suse"),
+    ('ID="sles"\nID_LIKE="suse"\n', "suse"),
+    ('ID=arch\n', None),
+])
+def test_the_hosts_distribution_family_comes_from_os_release(tmp_path, os_release, family):
+    path = tmp_path / "os-release"
+    path.write_text(os_release)
+    assert launch.host_family(path) == family
+
+
+def test_an_unknown_distribution_gets_every_install_hint(monkeypatch):
+    monkeypatch.setattr(launch, "host_family", lambda: None)
+    hint = launch.firmware_install_hint()
+    assert all(command in hint for command in launch.FIRMWARE_INSTALL.values())
+
+
+@needs_qemu_img
+def test_run_persistent_writes_the_image_and_takes_the_launch_options(small_image, tmp_path,
+                                                                      monkeypatch):
+    code, variables = tmp_path / "CODE.fd", tmp_path / "VARS.fd"
+    code.touch()
+    variables.touch()
+    monkeypatch.setattr(launch, "OVMF_CANDIDATES", ((code, variables),))
+    result = CliRunner().invoke(launch.run_command,
+                                [str(small_image), "--accel", "tcg", "--persistent", "--cpus", "3",
+                                 "--memory", "1536", "--ssh-port", "2022", "--firmware", str(code)])
+
+    assert result.exit_code == 0, result.output
+    command = result.stdout.strip().split(" ")
+    assert f"file={small_image},if=virtio,format=qcow2" in option_values(command, "-drive")
+    assert (option_values(command, "-smp"), option_values(command, "-m")) == (["3"], ["1536"])
+    assert f"if=pflash,format=raw,snapshot=on,file={variables}" in option_values(command, "-drive")
+    assert option_values(command, "-netdev") == ["user,id=net0,hostfwd=tcp:127.0.0.1:2022-:22"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
+import tempfile
 import uuid
 import zlib
 from dataclasses import dataclass, field
@@ -190,11 +192,14 @@ def open_disk(image: Path) -> Disk:
 
     qemu-img (which everyone trusts to read qcow2) first tells the format and checks the metadata.
     """
-    return RawDisk(image) if image_format(image) == "raw" else Qcow2Disk(image)
+    kind = image_format(image)
+    if kind == "vmdk":
+        return _converted_vmdk(image)
+    return RawDisk(image) if kind == "raw" else Qcow2Disk(image)
 
 
 def image_format(image: Path) -> str:
-    """"qcow2" or "raw" for a readable disk image; an InputError saying what else it is.
+    """"qcow2", "raw" or "vmdk" for a readable disk image; an InputError saying what else it is.
 
     A raw image must look like a partitioned disk (a whole number of sectors, an MBR or GPT
     signature): qemu-img calls any file raw, a text file included.  A qcow2 is checked whole.
@@ -213,8 +218,16 @@ def image_format(image: Path) -> str:
             raise InputError(f"{image}: not a disk image (no partition table)",
                              "give a qcow2 or raw disk image")
         return "raw"
+    if details["format"] == "vmdk":  # what `build --format vmdk` makes
+        # A truncated vmdk converts "successfully", with zeros: qemu-img check sees it.
+        checked = run(["qemu-img", "check", "-f", "vmdk", str(image)])
+        if checked.returncode != 0:
+            raise InputError(f"{image}: damaged vmdk: {message(checked)}",
+                             "the file is truncated or corrupt")
+        return "vmdk"
     if details["format"] != "qcow2":
-        raise InputError(f"{image}: {details['format']} images are not supported", "give a qcow2 or raw image")
+        raise InputError(f"{image}: {details['format']} images are not supported",
+                         "give a qcow2, vmdk or raw image")
     _check_qcow2(image, details["cluster-size"])
     return "qcow2"
 
@@ -228,6 +241,29 @@ def _partitioned(image: Path) -> bool:
         disk.seek(size - SECTOR)
         tail = disk.read(SECTOR)
     return head[510:512] == MBR_SIGNATURE or GPT_SIGNATURE in (head[SECTOR:SECTOR + 8], tail[:8])
+
+
+class _TemporaryRawDisk(RawDisk):
+    """A raw copy made for reading; removed when closed."""
+
+    def __init__(self, path: Path, workdir: Path):
+        super().__init__(path)
+        self.workdir = workdir
+
+    def close(self) -> None:
+        super().close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _converted_vmdk(image: Path) -> Disk:
+    """A (checked) vmdk converted to a sparse raw file in a temporary directory, read from there."""
+    workdir = Path(tempfile.mkdtemp(prefix="tdx-image-vmdk-"))
+    raw = workdir / "disk.raw"
+    converted = run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(image), str(raw)])
+    if converted.returncode != 0:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise InputError(f"{image}: qemu-img cannot read it: {message(converted)}")
+    return _TemporaryRawDisk(raw, workdir)
 
 
 def _check_qcow2(image: Path, cluster_size: int) -> None:

@@ -1,0 +1,96 @@
+"""``tdx-image summary``: the resolved build settings (and where each came from) and what a build
+would make, from the composed description — without root, network or KIWI.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .build import BuildRequest, compose_description
+from .compose import image_format
+from .errors import CredentialsError, RepositoryError
+from .settings import SETTINGS
+
+
+def plan(request: BuildRequest, sources: dict[str, str], container: str | None = None) -> dict:
+    """What ``build`` would do with ``request``, as data."""
+    target, custom = request.target, request.custom
+    with tempfile.TemporaryDirectory(prefix="tdx-image-summary-") as work:
+        config = compose_description(request, Path(work) / "description").path / "config.xml"
+        image = ET.parse(config).getroot()
+        disk_format = image_format(config)
+        size = image.find("preferences/type/size")
+        packages = [p.get("name") for section in image.iterfind("packages")
+                    if section.get("type") == "image"
+                    and section.get("profiles") in (None, target.profile)
+                    for p in section.iterfind("package")]
+    version = image.findtext("preferences/version")
+    repositories, credentials, refusal = [], None, None
+    try:
+        repositories = [repository.url for repository in request.repositories]
+        credentials = "given" if request.credentials() else "not needed"
+    except (RepositoryError, CredentialsError) as error:  # what the build would stop at
+        refusal = str(error)
+    return {
+        "target": {"name": target.name, "title": target.title, "profile": target.profile,
+                   "release": target.chosen.name},
+        "settings": {
+            "out": {"value": str(request.out_dir), "from": sources.get("out_dir", "default")},
+            "mirror": {"value": request.mirror, "from": sources.get("mirror", "default")},
+            **{setting.option[2:]: {"value": custom.record()[setting.field],
+                                    "from": sources.get(setting.field)} for setting in SETTINGS},
+            "boot-test": {"value": request.boot_test, "from": sources.get("boot_test")},
+            "container": {"value": container, "from": sources.get("container_image")
+                          if sources.get("container_image") != "default" else sources.get("container")},
+            "cache-dir": {"value": str(request.cache_dir), "from": sources.get("cache_dir")},
+        },
+        "image": {
+            "file": f"{image.get('name')}.x86_64-{version}.{disk_format}",
+            "format": disk_format,
+            "size": f"{size.text}{size.get('unit', 'M')}" if size is not None else None,
+            "packages": packages,
+            "ssh_login": f"{custom.ssh_user} (key {custom.ssh_key.name})" if custom.ssh_key else None,
+            "sbom": f"{image.get('name')}.x86_64-{version}.spdx.json",
+        },
+        "repositories": repositories,
+        "credentials": credentials,
+        "build_would_refuse": refusal,
+    }
+
+
+def show(request: BuildRequest, sources: dict[str, str], as_json: bool,
+         container: str | None = None) -> None:
+    summary = plan(request, sources, container)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    console = Console()
+    target, image = summary["target"], summary["image"]
+    console.print(f"[bold]{target['name']}[/]: {escape(target['title'])}"
+                  + (f" (KIWI profile {target['profile']})" if target["profile"] else ""))
+    table = Table("setting", "value", "from", box=None, pad_edge=False)
+    for name, setting in summary["settings"].items():
+        value = setting["value"]
+        shown = ", ".join(value) if isinstance(value, list) else value
+        table.add_row(name, escape(str(shown)) if shown not in (None, "", []) else "[dim]-[/]",
+                      escape(setting["from"] or "default"))
+    console.print(table)
+    console.print(f"would build: [bold]{escape(image['file'])}[/] ({image['format']}, "
+                  f"disk {image['size'] or 'as KIWI sizes it'}) into {escape(summary['settings']['out']['value'])}")
+    console.print(f"packages ({len(image['packages'])} named, dependencies come with them): "
+                  + escape(", ".join(image["packages"])))
+    console.print(f"SSH login: {escape(image['ssh_login'] or 'none (no key given)')}")
+    console.print(f"SBOM: {escape(image['sbom'])} (SPDX 2.3)")
+    console.print("repositories: " + escape(", ".join(summary["repositories"]) or "-"))
+    if summary["credentials"]:
+        console.print(f"credentials: {summary['credentials']}")
+    if summary["build_would_refuse"]:
+        console.print(f"[yellow]the build would refuse[/]: {escape(summary['build_would_refuse'])}")

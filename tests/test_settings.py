@@ -1,0 +1,144 @@
+"""Customising a build without editing the repository: options, tdx-image.toml, `summary`."""
+
+import json
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from imagebuilder.build import BuildRequest, compose_description
+from imagebuilder.cli import main
+from imagebuilder.compose import Customisation
+from imagebuilder.targets import get_target
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample user@host\n"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A user's directory, the current one, holding a key."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TDX_IMAGE_CACHE_DIR", raising=False)
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "id.pub").write_text(KEY)
+    return tmp_path
+
+
+def summary(*args) -> tuple[int, dict | str]:
+    result = CliRunner().invoke(main, ["summary", *args, "--json"])
+    return result.exit_code, json.loads(result.stdout) if result.exit_code == 0 else result.output
+
+
+def test_the_config_file_in_the_current_directory_is_read_and_the_command_line_wins(project):
+    (project / "tdx-image.toml").write_text(
+        'target = "debian"\npackage = ["jq", "tree"]\nsize = "6G"\nformat = "raw"\n'
+        'ssh-key = "keys/id.pub"\nssh-user = "tester"\n')
+
+    code, plan = summary("--format", "vmdk")
+
+    assert code == 0, plan
+    settings = plan["settings"]
+    assert settings["package"] == {"value": ["jq", "tree"], "from": "tdx-image.toml"}
+    assert settings["size"] == {"value": 6144, "from": "tdx-image.toml"}  # MiB
+    assert settings["format"] == {"value": "vmdk", "from": "command line"}
+    assert settings["ssh-user"] == {"value": "tester", "from": "tdx-image.toml"}
+    assert settings["out"]["from"] == "default" and settings["out"]["value"] == "out/debian"
+    image = plan["image"]
+    assert image["file"] == "tdx-guest-debian-12.x86_64-12.0.0.vmdk"
+    assert image["size"] == "6144M"
+    assert image["packages"][-2:] == ["jq", "tree"] and "linux-image-6.12-amd64" in image["packages"]
+    assert image["ssh_login"] == "tester (key id.pub)"
+    assert plan["credentials"] == "not needed"
+
+
+def test_a_config_file_elsewhere_resolves_paths_beside_itself(project, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("conf")
+    shutil.copy(project / "keys" / "id.pub", elsewhere / "mine.pub")
+    config = elsewhere / "custom.toml"
+    config.write_text('ssh-key = "mine.pub"\npackage = "jq"\nout = "images"\n')
+
+    code, plan = summary("leap", "--config", str(config))
+
+    assert code == 0, plan
+    assert plan["settings"]["ssh-key"] == {"value": str(elsewhere / "mine.pub"), "from": str(config)}
+    assert plan["settings"]["out"]["value"] == str(elsewhere / "images")
+    assert plan["settings"]["package"]["value"] == ["jq"]  # one string is a list of one
+    assert plan["image"]["ssh_login"] == "root (key mine.pub)"
+    assert plan["target"]["profile"] == "Leap"
+
+
+def test_a_summary_says_what_the_build_would_refuse_without_failing(project):
+    # This Debian host has no registered SLES repositories: the build would refuse, the summary
+    # says so and still shows the rest.
+    code, plan = summary("sles")
+    assert code == 0
+    assert "no registered SLES 15-SP5 repositories" in plan["build_would_refuse"]
+    assert plan["image"]["file"] == "tdx-guest-sles-15-SP5.x86_64-15.5.0.qcow2"
+
+    code, plan = summary("sles", "--mirror", "https://rmt.example.com/repo")
+    assert code == 0 and plan["build_would_refuse"] is None
+    assert plan["repositories"][0].startswith("https://rmt.example.com/repo/SUSE/")
+
+
+def test_the_readable_summary_names_settings_and_sources(project):
+    (project / "tdx-image.toml").write_text('package = ["jq"]\n')
+    result = CliRunner().invoke(main, ["summary", "debian", "--size", "8G"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(line.split()[:3] == ["package", "jq", "tdx-image.toml"] for line in lines)
+    assert any(line.split()[:3] == ["size", "8192", "command"] for line in lines)
+    assert "would build: tdx-guest-debian-12.x86_64-12.0.0.qcow2" in result.output
+
+
+@pytest.mark.parametrize("config, args, fragment", [
+    ('bogus = 1\n', [], "unknown setting 'bogus'"),
+    ('json = true\n', [], "unknown setting 'json'"),  # how to print is not a build setting
+    ('package = 3\n', [], "package must be a list"),
+    ('mirror = ["a", "b"]\n', [], "mirror must be one value"),
+    ('[package]\nname = "jq"\n', [], "package must be a list"),
+    ('size = "tiny"\n', [], "'tiny' is not a size"),
+    ('size = "100M"\n', [], "too small"),
+    ('package = ["jq; rm -rf /"]\n', [], "is not a package name"),
+    ('ssh-user = "Root Admin"\n', ["--ssh-key", "keys/id.pub"], "is not a user name"),
+    ('ssh-user = "tester"\n', [], "--ssh-user needs --ssh-key"),
+    ('package = [\n', [], "cannot read tdx-image.toml"),
+])
+def test_bad_settings_are_refused_before_anything_runs(project, config, args, fragment):
+    (project / "tdx-image.toml").write_text(config)
+    for verb in (["summary", "debian"], ["build", "debian", "--dry-run"]):
+        result = CliRunner().invoke(main, [*verb, *args])
+        assert result.exit_code == 2, result.output
+        assert fragment in result.output
+    assert sorted(p.name for p in project.iterdir()) == ["keys", "tdx-image.toml"]
+
+
+def test_dry_run_composes_the_customised_description_kiwi_accepts(project):
+    options = ["--package", "jq", "--size", "5G", "--format", "vmdk",
+               "--ssh-key", "keys/id.pub", "--ssh-user", "tester"]
+    result = CliRunner().invoke(main, ["build", "debian", "--dry-run", "--json", *options])
+    assert result.exit_code == 0, result.output  # KIWI's own checks accepted it
+
+    # The same composition, kept this time, holds what was asked for.
+    custom = Customisation(packages=("jq",), size_mib=5120, image_format="vmdk",
+                           ssh_key=Path("keys/id.pub"), ssh_user="tester")
+    description = project / "description"
+    compose_description(BuildRequest(target=get_target("debian"), out_dir=project / "out",
+                                     custom=custom), description)
+    image = ET.parse(description / "config.xml").getroot()
+    assert "jq" in [p.get("name") for p in image.iter("package")]
+    assert image.find("preferences/type").get("format") == "vmdk"
+    assert image.find("preferences/type/size").text == "5120"
+    assert image.find("users/user").get("name") == "tester"
+    assert (description / "root/home/tester/.ssh/authorized_keys").read_text() == KEY
+
+
+def test_the_target_can_come_from_the_config_file_only(project):
+    (project / "tdx-image.toml").write_text('target = "leap"\n')
+    code, plan = summary()
+    assert code == 0 and plan["target"]["name"] == "leap"
+    os.remove(project / "tdx-image.toml")
+    result = CliRunner().invoke(main, ["summary"])
+    assert result.exit_code == 2 and "Missing argument 'TARGET'" in result.output
