@@ -44,6 +44,8 @@ def collect(kiwi_target: Path, publish_dir: Path) -> dict[str, Path]:
     image_key = "disk_format_image" if "disk_format_image" in results else "disk_image"
     if image_key not in results:
         raise BuildError("KIWI's result names no disk image")
+    if "image_packages" not in results:
+        raise BuildError("KIWI's result names no package list (the SBOM is made from it)")
     published: dict[str, Path] = {}
     for key in dict.fromkeys((image_key, *PUBLISHED_RESULTS)):
         if key in results:

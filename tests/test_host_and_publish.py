@@ -1,5 +1,6 @@
 """Host checks and publishing: the parts of a build that decide what a user finds on disk."""
 
+import json
 import subprocess
 from collections import namedtuple
 
@@ -88,6 +89,15 @@ def test_a_raw_build_publishes_the_raw_disk(tmp_path):
 def test_collect_without_disk_image_is_a_build_error(tmp_path):
     with pytest.raises(BuildError, match="names no disk image"):
         publish.collect(kiwi_target(tmp_path, disks=()), tmp_path)
+
+
+def test_collect_without_package_list_is_a_build_error(tmp_path):
+    target = kiwi_target(tmp_path)
+    results = json.loads((target / "kiwi.result.json").read_text())
+    del results["image_packages"]
+    (target / "kiwi.result.json").write_text(json.dumps(results))
+    with pytest.raises(BuildError, match="names no package list"):
+        publish.collect(target, tmp_path)
 
 
 def test_replace_directory_swaps_in_the_new_set_whole(tmp_path):

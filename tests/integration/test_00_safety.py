@@ -141,12 +141,13 @@ def test_concurrent_builds_refuse_or_wait_and_a_double_ctrl_c_leaves_nothing(tmp
 
 @pytest.fixture
 def standin(debian_image, tmp_path) -> dict:
-    """Environment and command for a build whose kiwi-ng copies the shared real image (with
-    --no-incremental: there is no root to prepare)."""
+    """Environment and command for a build whose kiwi-ng copies the shared real image and its
+    package list (with --no-incremental: there is no root to prepare)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").symlink_to(sys.executable)  # kiwi-ng is looked up beside it
     lines = "\n".join(f"echo '[ INFO    ]: 10:00:00 | {marker}'" for marker, _ in PHASES)
+    packages = debian_image.with_suffix(".packages")  # KIWI's package list, for the SBOM
     kiwi = bin_dir / "kiwi-ng"
     kiwi.write_text(f"""#!/bin/bash
 # Stand-in kiwi-ng: KIWI's phase lines, then a copy of the real image as its result.
@@ -154,7 +155,9 @@ while [ $# -gt 0 ]; do [ "$1" = --target-dir ] && target=$2; shift; done
 {lines}
 mkdir -p "$target"
 cp --sparse=always {debian_image} "$target/{debian_image.name}"
-echo '{{"disk_format_image": {{"filename": "'"$target/{debian_image.name}"'"}}}}' > "$target/kiwi.result.json"
+cp {packages} "$target/{packages.name}"
+echo '{{"disk_format_image": {{"filename": "'"$target/{debian_image.name}"'"}},
+       "image_packages": {{"filename": "'"$target/{packages.name}"'"}}}}' > "$target/kiwi.result.json"
 """)
     kiwi.chmod(0o755)
     (tmp_path / "tmp").mkdir()
