@@ -41,7 +41,7 @@ def boot_phases(image: Path, accel: str, work: Path) -> tuple[dict[str, float], 
     def boot() -> None:
         try:
             result["boot"] = boot_image(image, accel=accel, console_log=console_log, timeout=600)
-        except BaseException as error:  # reported by the main thread
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread, which re-raises it
             result["error"] = error
 
     started = time.monotonic()

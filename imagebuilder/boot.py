@@ -17,10 +17,10 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import click
 from rich.console import Console
@@ -129,7 +129,9 @@ def running(args: list[str], output: Path):
     """QEMU in its own process group (a Ctrl-C reaches us, not it), stopped and reaped on exit."""
     with open(output, "wb") as sink:
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
-                                   start_new_session=True, preexec_fn=die_with_parent)
+                                   start_new_session=True,
+                                   # PR_SET_PDEATHSIG can only be set in the child itself
+                                   preexec_fn=die_with_parent)  # noqa: PLW1509
     try:
         yield process
     finally:

@@ -10,17 +10,18 @@ released (mounts, loop devices) and removed, and only the log and reports are ke
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import platform
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 from . import (__version__, cleanup, hostcheck, incremental, kiwi, kiwicheck, locks, outdir,
                publish, sbom, signals)
@@ -232,7 +233,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
                                    secrets)
     names = list(phase_started)
     kiwi_phases = {name: round(phase_started[after] - phase_started[name], 1)
-                   for name, after in zip(names, names[1:])}
+                   for name, after in itertools.pairwise(names)}
 
     on_phase("publish")
     mark = time.monotonic()
@@ -274,7 +275,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
     digests = publish.artifact_digests(publish_dir, {image.name: image_digest})
     return {
         "tdx_image_version": __version__,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "target": {"name": target.name, "title": target.title, "description": target.description,
                    "profile": target.profile, "release": target.chosen.name},
         "inputs": {
@@ -341,7 +342,7 @@ def _keep_failure_evidence(publish_dir: Path, failed_dir: Path,
         message, exit_code = repr(error), 1
     publish.write_json(collected / outdir.FAILURE_RECORD, {
         "tdx_image_version": __version__,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "error": message, "exit_code": exit_code, "files": sorted(path.name for path in evidence)})
     publish.replace_directory(collected, failed_dir)
     return failed_dir

@@ -31,9 +31,9 @@ import subprocess
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import cleanup, kiwi
 from .errors import HostError
@@ -165,7 +165,7 @@ class RootCache:
 
     def locked(self):
         self.directory.mkdir(parents=True, exist_ok=True)
-        lock = open(self.directory / ".lock", "w")
+        lock = open(self.directory / ".lock", "w")  # noqa: SIM115 - the caller holds it as the lock
         fcntl.flock(lock, fcntl.LOCK_EX)
         return lock  # closing it releases the lock
 

@@ -52,6 +52,6 @@ def _check_in_this_process(request: dict) -> None:
 if __name__ == "__main__":
     try:
         _check_in_this_process(json.load(sys.stdin))
-    except Exception as error:  # KiwiError subclasses and schema failures alike: report, exit 1
+    except Exception as error:  # noqa: BLE001 - KiwiError subclasses and schema failures alike: report, exit 1
         print(f"{type(error).__name__}: {error}".replace("\n", " "))
         sys.exit(1)

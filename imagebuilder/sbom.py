@@ -13,7 +13,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -135,7 +135,7 @@ def document(packages: list[Package], image: Path, image_sha256: str, target: Ta
         "documentNamespace": "https://spdx.org/spdxdocs/tdx-image-"
                              f"{uuid.uuid5(uuid.NAMESPACE_URL, image_sha256)}",
         "creationInfo": {
-            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "creators": [f"Tool: tdx-image-{__version__}"],
         },
         "packages": spdx_packages,

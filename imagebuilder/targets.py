@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from .errors import CredentialsError, InputError, RepositoryError
 from .repos import DEBIAN_KEYRING, Repository, host_debian_mirrors, host_zypper_repositories

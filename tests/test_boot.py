@@ -2,6 +2,7 @@
 QEMU never outlives a boot. QEMU is replaced by a script that behaves as the real one did here
 (writes the serial console file, prints "KVM internal error" and stays paused, or exits)."""
 
+import itertools
 import json
 import os
 import shutil
@@ -322,7 +323,7 @@ def test_progress_reports_elapsed_time_and_the_last_console_line(qemu, image, tm
         boot.boot_image(image, accel="tcg", timeout=1, console_log=tmp_path / "console.log",
                         progress=lambda elapsed, line: seen.append((elapsed, line)))
 
-    assert seen and all(b[0] >= a[0] for a, b in zip(seen, seen[1:]))
+    assert seen and all(b[0] >= a[0] for a, b in itertools.pairwise(seen))
     assert seen[-1][0] > 1 and seen[-1][1] == "Loading Linux 6.12 ..."
 
 

@@ -18,7 +18,7 @@ MIRROR = "http://mirror.invalid"  # never contacted: KIWI's checks are offline
 
 @pytest.mark.parametrize("name", sorted({t.description for t in TARGETS.values()}))
 def test_compose_layers_overlay_and_chains_config_scripts(tmp_path, name):
-    description = TARGETS[[n for n, t in TARGETS.items() if t.description == name][0]].description_dir
+    description = next(t for t in TARGETS.values() if t.description == name).description_dir
     composition = compose(description, SHARED_OVERLAY, tmp_path / "d")
     config_sh = (composition.path / "config.sh").read_text()
     # Target setup first, then the overlay's; each fragment intact and the whole valid bash.

@@ -81,7 +81,6 @@ def test_sigterm_stops_kiwi_and_raises_interrupted(tmp_path):
                                  "echo '[ INFO    ]: 10:00:00 | Preparing new root system'\n"
                                  "while true; do sleep 0.1; done\n")
     threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
-    started = time.monotonic()
     with pytest.raises(Interrupted, match="SIGTERM"):
         kiwi.run(make_run(tmp_path, script), tmp_path / "log", lambda phase: None)
     assert marker.exists(), "KIWI must get SIGINT to unwind its own mounts"

@@ -21,7 +21,7 @@ class MenuEntry:
     kernel: str = ""
     cmdline: str = ""
     initrds: list[str] = field(default_factory=list)
-    children: list["MenuEntry"] = field(default_factory=list)  # a submenu's entries
+    children: list[MenuEntry] = field(default_factory=list)  # a submenu's entries
 
 
 @dataclass

@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .disk import BIOS_BOOT_TYPE, ESP_TYPE, LINUX_ROOT_TYPES
 from .inspection import MANIFEST_IN_IMAGE, Inspection, Unavailable

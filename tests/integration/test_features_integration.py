@@ -8,7 +8,6 @@ import json
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from spdx_tools.spdx.parser.parse_anything import parse_file
