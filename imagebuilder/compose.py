@@ -77,7 +77,11 @@ def home(user: str) -> str:
 
 def image_format(config_xml: Path) -> str:
     """The disk format a description builds: its <type format=...>, raw when it has none."""
-    return ET.parse(config_xml).find("preferences/type").get("format", "raw")
+    image_type = ET.parse(config_xml).find("preferences/type")
+    if image_type is None:
+        raise InputError(f"{config_xml} has no <preferences><type>",
+                         "a KIWI description names the image type it builds")
+    return image_type.get("format", "raw")
 
 
 def _customise_config_xml(config_xml: Path, custom: Customisation) -> None:

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -120,7 +120,7 @@ class Redactor:
 
 
 def run(build: KiwiRun, log_path: Path, on_phase: Callable[[str], None],
-        secrets: list[str] = ()) -> float:
+        secrets: Sequence[str] = ()) -> float:
     """Run the build; return its wall time.  Raises a typed error on failure or interrupt.
 
     A signal (signals.py) is forwarded to KIWI as the SIGINT a terminal's Ctrl-C would send:

@@ -219,12 +219,13 @@ class Launch:
             ET.SubElement(domain, "cpu", mode="host-passthrough")
         ET.SubElement(domain, "on_reboot").text = "destroy"
         devices = ET.SubElement(domain, "devices")
-        disk = ET.SubElement(devices, "disk", type="file", device="disk")
-        ET.SubElement(disk, "driver", name="qemu", type=self.disk_format)
-        ET.SubElement(disk, "source", file=str(Path(self.disk).resolve()))
-        ET.SubElement(disk, "target", dev="vda", bus="virtio")
-        if self.snapshot:
-            ET.SubElement(disk, "transient")  # libvirt's throwaway overlay, like snapshot=on
+        if self.disk is not None:
+            disk = ET.SubElement(devices, "disk", type="file", device="disk")
+            ET.SubElement(disk, "driver", name="qemu", type=self.disk_format)
+            ET.SubElement(disk, "source", file=str(self.disk.resolve()))
+            ET.SubElement(disk, "target", dev="vda", bus="virtio")
+            if self.snapshot:
+                ET.SubElement(disk, "transient")  # libvirt's throwaway overlay, like snapshot=on
         interface = ET.SubElement(devices, "interface", type="user")
         ET.SubElement(interface, "model", type="virtio")
         if self.ssh_port:
@@ -321,10 +322,11 @@ def tdx_host_problems(tdvf: Path | None) -> list[str]:
 def require_tdx_host(tdvf: Path | None) -> Path:
     """The TDVF to launch with, or a HostError naming everything the host lacks."""
     problems = tdx_host_problems(tdvf)
-    if problems:
-        raise HostError("this host cannot run a TD: " + "; ".join(problems),
+    firmware = tdvf or find_tdvf()
+    if problems or firmware is None:  # None with no problem: the TDVF went away since the check
+        raise HostError("this host cannot run a TD: " + "; ".join(problems or ["no TDVF firmware"]),
                         "run tdx-image doctor on a TDX host")
-    return tdvf or find_tdvf()
+    return firmware
 
 
 @click.command("run")

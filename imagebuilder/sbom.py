@@ -33,7 +33,7 @@ class Package:
     epoch: str | None
     version: str
     release: str | None
-    arch: str
+    arch: str | None  # rpm's gpg-pubkey entries have none
     disturl: str | None
     license: str | None
 
@@ -50,15 +50,18 @@ def read_packages(packages_file: Path) -> list[Package]:
         if not line.strip():
             continue
         fields = [None if value in ("None", "(none)", "") else value for value in line.split("|")]
-        if len(fields) != 7 or not fields[0] or not fields[2]:
-            raise BuildError(f"{packages_file}:{number}: not a KIWI package line: {line!r}")
-        packages.append(Package(*fields))
+        if len(fields) == 7:
+            name, epoch, version, release, arch, disturl, license_ = fields
+            if name and version:
+                packages.append(Package(name, epoch, version, release, arch, disturl, license_))
+                continue
+        raise BuildError(f"{packages_file}:{number}: not a KIWI package line: {line!r}")
     return packages
 
 
 def read_dpkg_status(status: Path) -> dict[tuple[str, str], dict[str, str]]:
     """(package, architecture) -> its fields, from a dpkg status file (RFC 822 paragraphs)."""
-    entries = {}
+    entries: dict[tuple[str, str], dict[str, str]] = {}
     try:
         text = status.read_text(errors="replace")
     except OSError:
@@ -104,7 +107,7 @@ def document(packages: list[Package], image: Path, image_sha256: str, target: Ta
                       "relatedSpdxElement": image_id}]
     for index, package in enumerate(packages, 1):
         spdx_id = f"SPDXRef-Package-{index}-" + re.sub(r"[^A-Za-z0-9.-]", "-", package.name)
-        fields = dpkg.get((package.name, package.arch), {})
+        fields = dpkg.get((package.name, package.arch or ""), {})
         entry = {
             "SPDXID": spdx_id,
             "name": package.name,

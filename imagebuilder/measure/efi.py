@@ -50,9 +50,10 @@ class PeImage:
 
             self.data, self.name, self.lief = data, name, lief
             lief.logging.disable()
-            self.binary = lief.PE.parse(io.BytesIO(data))
-        if self.binary is None:
+            binary = lief.PE.parse(io.BytesIO(data))
+        if binary is None:
             raise EfiError(f"{name} is not a PE/COFF image")
+        self.binary = binary
 
     @cached_property
     def authenticode_sha384(self) -> bytes:
@@ -65,6 +66,8 @@ class PeImage:
         strings = header.pointerto_symbol_table + header.numberof_symbols * 18
         for section in self.binary.sections:
             name = section.name
+            if isinstance(name, bytes):  # LIEF's raw bytes for a name that is no valid UTF-8
+                name = name.decode(errors="replace")
             if name.startswith("/") and name[1:].isdigit():
                 start = strings + int(name[1:])
                 name = self.data[start : self.data.find(b"\0", start)].decode(errors="replace")
