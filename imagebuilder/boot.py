@@ -337,7 +337,7 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
         raise CheckFailed(f"the guest booted but is not running as a TD: {selfcheck.get('reason')}",
                           f"console log: {console_log}")
     measurements = None
-    if tpm:
+    if prediction is not None:  # with tpm
         measurements = compare_measurements(prediction["pcr_sha384"],
                                             selfcheck.get("pcr_sha384") or {}, "PCR")
     elif tdx and selfcheck.get("rtmr"):  # kernels before 6.16 do not expose RTMRs

@@ -47,7 +47,7 @@ OS_RELEASE = "/etc/os-release"
 
 
 def os_release(path: str = OS_RELEASE) -> dict[str, str]:
-    fields = {}
+    fields: dict[str, str] = {}
     try:
         lines = Path(path).read_text().splitlines()
     except OSError:

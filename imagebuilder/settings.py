@@ -180,6 +180,6 @@ def sources(ctx: click.Context) -> dict[str, str]:
     """Where each parameter's value came from: the command line, the environment, the config
     file (named), or the default."""
     config = ctx.meta.get("tdx_image.config")
-    names = {ParameterSource.COMMANDLINE: "command line", ParameterSource.ENVIRONMENT: "environment",
+    names: dict[ParameterSource | None, str] = {ParameterSource.COMMANDLINE: "command line", ParameterSource.ENVIRONMENT: "environment",
              ParameterSource.DEFAULT_MAP: str(config), ParameterSource.DEFAULT: "default"}
     return {p.name: names.get(ctx.get_parameter_source(p.name), "default") for p in ctx.command.params}

@@ -37,6 +37,8 @@ class Release:
 
 
 def _debian_repositories(release: Release, mirror: str | None) -> list[Repository]:
+    main: str | None
+    security: str | None
     if mirror:
         main, security = mirror.rstrip("/"), mirror.rstrip("/") + "-security"
     else:

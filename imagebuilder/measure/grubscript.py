@@ -136,7 +136,7 @@ class Parser:
         return word.bare if word else None
 
     def statements(self, terminators: tuple[str, ...] = ()) -> list:
-        nodes = []
+        nodes: list[If | Function | Command] = []
         while True:
             self.skip_separators()
             if not self.peek():

@@ -30,7 +30,7 @@ from ..validate.filesystems import Ext4, Fat, FilesystemError
 from ..validate.inspection import Inspection, Unavailable
 from . import eventlog as ev
 from .efi import EfiError, GrubImage, PeImage, Shim, gpt_event_data
-from .grubscript import Grub, Unpredictable
+from .grubscript import Grub, Unpredictable, Volume
 
 REMOVABLE_LOADER = "/EFI/BOOT/BOOTX64.EFI"
 SHIM_FALLBACK = "/EFI/BOOT/fbx64.efi"
@@ -146,9 +146,9 @@ def fat_serial(disk: Disk, offset: int) -> str:
     return f"{serial >> 16:04X}-{serial & 0xFFFF:04X}"
 
 
-def grub_volumes(inspection: Inspection) -> dict[str, object]:
+def grub_volumes(inspection: Inspection) -> dict[str, Volume]:
     """grub's names for the partitions it can read on the only disk: (hd0,gptN)."""
-    volumes = {}
+    volumes: dict[str, Volume] = {}
     for part in inspection.partitions:
         device = f"hd0,gpt{part.number}"
         try:

@@ -166,7 +166,8 @@ def initrd_members(data: bytes) -> list[str]:
 
 def _cpio_walk(archive: bytes, position: int) -> tuple[list[str], int]:
     """Member paths of the cpio archive at ``position`` and where it ends (after its trailer)."""
-    start, names = position, []
+    start = position
+    names: list[str] = []
     while True:
         magic = archive[position:position + 6]
         if magic in CPIO_NEWC:

@@ -256,7 +256,8 @@ class Fat:
 
     def _chain(self, first: int, size: int | None = None) -> bytes:
         end = {12: 0xFF8, 16: 0xFFF8, 32: 0x0FFFFFF8}[self.bits]
-        parts, cluster, seen = [], first, set()
+        parts: list[bytes] = []
+        cluster, seen = first, set()
         while 2 <= cluster < end and cluster not in seen and (size is None or len(parts) * self.cluster_bytes < size):
             seen.add(cluster)
             parts.append(self.part.read(self.data_offset + (cluster - 2) * self.cluster_bytes, self.cluster_bytes))

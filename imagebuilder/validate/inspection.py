@@ -144,6 +144,7 @@ class Inspection:
     @cached_property
     def manifest(self) -> dict[str, dict[str, str]] | None:
         """The overlay manifest's files: from ``--manifest`` if given, else the image's own (or None)."""
+        text: bytes | None
         if self.manifest_file is not None:
             try:
                 text = self.manifest_file.read_bytes()
