@@ -87,3 +87,10 @@ def test_without_customisation_the_description_is_copied_unchanged(tmp_path):
     assert (composition.path / "config.xml").read_bytes() == \
         (TARGETS["leap"].description_dir / "config.xml").read_bytes()
     assert image_format(composition.path / "config.xml") == "qcow2"
+
+
+def test_a_description_without_an_image_type_is_an_input_error(tmp_path):
+    config_xml = tmp_path / "config.xml"
+    config_xml.write_text('<image schemaversion="8.0" name="x"><preferences/></image>\n')
+    with pytest.raises(InputError, match="has no <preferences><type>"):
+        image_format(config_xml)

@@ -325,3 +325,18 @@ def test_run_persistent_writes_the_image_and_takes_the_launch_options(small_imag
     assert (option_values(command, "-smp"), option_values(command, "-m")) == (["3"], ["1536"])
     assert f"if=pflash,format=raw,snapshot=on,file={variables}" in option_values(command, "-drive")
     assert option_values(command, "-netdev") == ["user,id=net0,hostfwd=tcp:127.0.0.1:2022-:22"]
+
+
+def test_a_tdvf_gone_after_the_check_is_a_host_error(monkeypatch, tmp_path):
+    found = fake_host(monkeypatch, tmp_path)
+    checks = iter([found, None])  # present for tdx_host_problems, gone when it is to be used
+    monkeypatch.setattr(launch, "find_tdvf", lambda: next(checks))
+
+    with pytest.raises(HostError, match="this host cannot run a TD: no TDVF firmware"):
+        launch.require_tdx_host(None)
+
+
+def test_a_firmware_only_libvirt_domain_has_no_disk():
+    domain = ET.fromstring(Launch(disk=None, accel="tcg").libvirt_xml("firmware"))
+    assert domain.find("devices/disk") is None
+    assert domain.find("devices/interface") is not None
