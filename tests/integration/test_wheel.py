@@ -59,15 +59,16 @@ def run_installed(bin_dir: Path, cwd: Path, *args) -> subprocess.CompletedProces
 
 
 def test_the_wheel_carries_every_module_description_and_overlay_file(installed):
+    """Every file of the package, the descriptions and the overlay, at its place in the wheel,
+    and executables (the overlay's self-check, the ESP shim) still executable once installed."""
     wheel, = (installed.parent.parent / "dist").glob("tdx_image-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
-    expected = {f"imagebuilder/{path.relative_to(PROJECT_ROOT / 'imagebuilder')}"
-                for path in (PROJECT_ROOT / "imagebuilder").rglob("*")
-                if path.is_file() and "__pycache__" not in path.parts}
-    for top in ("kiwi_descriptions", "overlays"):
-        expected |= {f"imagebuilder/{path.relative_to(PROJECT_ROOT)}"
-                     for path in (PROJECT_ROOT / top).rglob("*") if path.is_file()}
-    assert expected - names == set()
+    package, = installed.parent.glob("lib/python3*/site-packages/imagebuilder")
+    sources = {f"imagebuilder/{path.relative_to(top if top.name == 'imagebuilder' else PROJECT_ROOT)}": path
+               for top in (PROJECT_ROOT / name for name in ("imagebuilder", "kiwi_descriptions", "overlays"))
+               for path in top.rglob("*") if path.is_file() and "__pycache__" not in path.parts}
+    assert set(sources) - set(zipfile.ZipFile(wheel).namelist()) == set()
+    for name, source in sources.items():
+        assert os.access(package.parent / name, os.X_OK) == os.access(source, os.X_OK), name
 
 
 def test_installed_wheel_dry_runs_a_build_from_another_directory(installed, tmp_path):
@@ -93,8 +94,7 @@ def test_installed_wheel_validates_an_image_from_another_directory(installed, tm
 
 
 def test_installed_wheel_refuses_an_out_inside_its_package(installed, tmp_path):
-    site = installed.parent / "lib"
-    package, = site.glob("python3*/site-packages/imagebuilder")
+    package, = installed.parent.glob("lib/python3*/site-packages/imagebuilder")
     result = run_installed(installed, tmp_path, "build", "debian", "--dry-run", "--mirror",
                            "http://deb.example/debian", "--out", package / "overlays" / "o", "--force")
     assert result.returncode == 2 and "lies inside this project's" in result.stderr, result.stderr
