@@ -19,14 +19,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import tomllib
+from importlib import metadata
 from pathlib import Path
 
 from . import hostcheck, outdir, settings
 from .build import BuildRequest
 from .errors import HostError, InputError, Interrupted, RepositoryError, TdxImageError
 from .repos import ZYPP_ROOT_ENV, Repository
-from .targets import PROJECT_ROOT
+from .targets import DESCRIPTIONS_DIR, OVERLAYS_DIR, PACKAGE_DIR
 
 ENGINE_ENV = "TDX_IMAGE_CONTAINER_ENGINE"
 ENGINES = ("podman", "docker")
@@ -59,9 +59,10 @@ def engine() -> str:
 
 
 def requirements() -> list[str]:
-    """The project's Python dependencies, as pyproject.toml states them."""
-    with open(PROJECT_ROOT / "pyproject.toml", "rb") as pyproject:
-        return tomllib.load(pyproject)["project"]["dependencies"]
+    """The project's Python dependencies, as its installed metadata (pyproject.toml) states
+    them; a checkout is installed editable (setup.sh), a wheel normally."""
+    return [requirement for requirement in metadata.requires("tdx-image") or []
+            if "extra ==" not in requirement]
 
 
 def builder_tag(base_image: str) -> str:
@@ -130,16 +131,23 @@ def _fetch_wheels(requirements_file: Path, wheels: Path) -> None:
                                   "check this host's access to PyPI")
 
 
+def _driver_sources() -> list[Path]:
+    """What the driver in the container reads, at the same paths: the package and, in a
+    checkout, the descriptions and overlays beside it (a wheel has them inside the package).
+    Never the whole site-packages: the container's venv has its own KIWI and libraries."""
+    return [PACKAGE_DIR, *(d for d in (DESCRIPTIONS_DIR, OVERLAYS_DIR) if not d.is_relative_to(PACKAGE_DIR))]
+
+
 def run_command(engine_path: str, image: str, request: BuildRequest, as_json: bool) -> list[str]:
     """The engine command running ``tdx-image build`` inside ``image`` for ``request``."""
     out_dir = request.out_dir.resolve()
     cache_dir = request.cache_dir.resolve()
     command = [engine_path, "run", "--rm", "--privileged", "--network", "host",
                "--volume", "/dev:/dev",
-               "--volume", f"{PROJECT_ROOT}:{PROJECT_ROOT}:ro",
+               *[word for source in _driver_sources() for word in ("--volume", f"{source}:{source}:ro")],
                "--volume", f"{out_dir.parent}:{out_dir.parent}",
                "--volume", f"{cache_dir}:{cache_dir}",
-               "--env", f"PYTHONPATH={PROJECT_ROOT}", "--workdir", str(PROJECT_ROOT)]
+               "--env", f"PYTHONPATH={PACKAGE_DIR.parent}", "--workdir", str(PACKAGE_DIR.parent)]
     inputs = [request.custom.ssh_key, request.credentials_file, *request.signing_keys]
     for path in (Path(p).resolve() for p in inputs if p):
         command += ["--volume", f"{path}:{path}:ro"]

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from .errors import InputError
-from .targets import DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT
+from .targets import DESCRIPTIONS_DIR, IS_CHECKOUT, OVERLAYS_DIR, PACKAGE_DIR, PROJECT_ROOT
 
 # A published build: build.json with these fields, and nothing but the artifacts it lists.
 BUILD_RECORD = "build.json"
@@ -23,8 +23,11 @@ PUBLISHED_DIRECTORIES = {"description"}
 FAILURE_RECORD = "failure.json"
 FAILURE_RECORD_FIELDS = {"tdx_image_version", "error", "exit_code", "files"}
 # Nothing may be written below these (an output inside a description is copied into itself).
-SOURCE_DIRS = (DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT / "imagebuilder", PROJECT_ROOT / ".git",
-               PROJECT_ROOT / ".venv")
+# An installed wheel has no checkout around it: then the package is all there is to protect.
+SOURCE_DIRS = (DESCRIPTIONS_DIR, OVERLAYS_DIR, PACKAGE_DIR,
+               *((PROJECT_ROOT / ".git", PROJECT_ROOT / ".venv") if IS_CHECKOUT else ()))
+SAFE_EXAMPLE = PROJECT_ROOT / "out" if IS_CHECKOUT else Path.home() / "tdx-image-out"
+CHECKOUT_DIRS = (PROJECT_ROOT, PROJECT_ROOT / "tests", PROJECT_ROOT / "benchmarks") if IS_CHECKOUT else ()
 
 
 def failed_dir(out_dir: Path) -> Path:
@@ -61,8 +64,7 @@ def foreign_entries(directory: Path) -> list[str]:
 
 def _protected() -> list[Path]:
     home = os.environ.get("HOME")
-    places = [Path.cwd(), PROJECT_ROOT, *SOURCE_DIRS, PROJECT_ROOT / "tests",
-              PROJECT_ROOT / "benchmarks"]
+    places = [Path.cwd(), *CHECKOUT_DIRS, *SOURCE_DIRS]
     if home:
         places.append(Path(home))
     return [place.resolve() for place in places]
@@ -81,7 +83,7 @@ def refuse_protected(path: Path, option: str, extra: tuple[Path, ...] = ()) -> N
     for source in SOURCE_DIRS:
         if path.is_relative_to(source.resolve()):
             raise InputError(f"{option} {path} lies inside this project's {source.name}/",
-                             f"choose a directory outside it, e.g. {PROJECT_ROOT / 'out'}")
+                             f"choose a directory outside it, e.g. {SAFE_EXAMPLE}")
 
 
 def replaceable(path: Path) -> bool:

@@ -11,15 +11,28 @@ from __future__ import annotations
 import re
 import urllib.parse
 from collections.abc import Callable
+from importlib import resources
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import CredentialsError, InputError, RepositoryError
 from .repos import DEBIAN_KEYRING, Repository, host_debian_mirrors, host_zypper_repositories
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DESCRIPTIONS_DIR = PROJECT_ROOT / "kiwi_descriptions"
-OVERLAYS_DIR = PROJECT_ROOT / "overlays"
+PACKAGE_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = PACKAGE_DIR.parent  # a checkout's root; site-packages when installed from a wheel
+
+
+def _data_dir(name: str) -> Path:
+    """A wheel carries kiwi_descriptions/ and overlays/ inside the package (pyproject.toml maps
+    them there); a checkout keeps them at its top level, beside the package.  KIWI reads real
+    directories, so the package must be installed unzipped (as pip does)."""
+    packaged = resources.files(__package__) / name
+    return Path(str(packaged)) if packaged.is_dir() else PROJECT_ROOT / name
+
+
+DESCRIPTIONS_DIR = _data_dir("kiwi_descriptions")
+OVERLAYS_DIR = _data_dir("overlays")
+IS_CHECKOUT = DESCRIPTIONS_DIR.parent == PROJECT_ROOT
 
 OPENSUSE_MIRROR = "https://download.opensuse.org"
 # SUSE Customer Center's package host: it serves registered systems per-repository tokens, not

@@ -10,7 +10,7 @@ from imagebuilder import container
 from imagebuilder.build import BuildRequest
 from imagebuilder.compose import Customisation
 from imagebuilder.repos import parse_repo_option
-from imagebuilder.targets import PROJECT_ROOT, get_target
+from imagebuilder.targets import DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT, get_target
 from tests.conftest import run_cli
 
 
@@ -29,7 +29,10 @@ def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, 
     engine_part, inner = command[:command.index("builder:tag")], command[command.index("builder:tag") + 1:]
     volumes = [engine_part[i + 1] for i, word in enumerate(engine_part) if word == "--volume"]
     assert "--privileged" in engine_part and "/dev:/dev" in volumes
-    assert f"{PROJECT_ROOT}:{PROJECT_ROOT}:ro" in volumes
+    # The driver and, beside it in a checkout, the descriptions and overlays; not the checkout.
+    for source in (PROJECT_ROOT / "imagebuilder", DESCRIPTIONS_DIR, OVERLAYS_DIR):
+        assert f"{source}:{source}:ro" in volumes
+    assert f"{PROJECT_ROOT}:{PROJECT_ROOT}:ro" not in volumes
     assert f"{tmp_path / 'out'}:{tmp_path / 'out'}" in volumes
     assert f"{key}:{key}:ro" in volumes
     assert inner[:5] == [container.VENV_PYTHON, "-m", "imagebuilder", "build", "leap"]
