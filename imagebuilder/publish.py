@@ -74,6 +74,26 @@ def artifact_digests(publish_dir: Path, known: dict[str, str]) -> dict[str, dict
             for path in sorted(publish_dir.iterdir()) if path.is_file() and path.name != "build.json"}
 
 
+class Relocation:
+    """Rewrite the paths in a record (every string, however deep) from where a build made its
+    files to where they end up: ``{staged directory: final path}``, longest first."""
+
+    def __init__(self, moves: dict[Path, str]):
+        self.moves = sorted(((str(staged), final) for staged, final in moves.items()),
+                            key=lambda move: len(move[0]), reverse=True)
+
+    def __call__(self, value):
+        if isinstance(value, str):
+            for staged, final in self.moves:
+                value = value.replace(staged, final)
+            return value
+        if isinstance(value, dict):
+            return {key: self(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self(item) for item in value]
+        return value
+
+
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 

@@ -310,8 +310,8 @@ def test_the_result_serialises_for_the_build_record(qemu, image, tmp_path):
     qemu.behave(console=REAL_LINE)
     result = boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log")
     assert set(json.loads(json.dumps(result.to_dict()))) == {
-        "accel", "fallback_reason", "seconds_to_selfcheck", "selfcheck", "console_log",
-        "measurements"}
+        "schema_version", "accel", "fallback_reason", "seconds_to_selfcheck", "selfcheck",
+        "console_log", "measurements"}
 
 
 def test_progress_reports_elapsed_time_and_the_last_console_line(qemu, image, tmp_path):
