@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -79,13 +80,15 @@ class Relocation:
     files to where they end up: ``{staged directory: final path}``, longest first."""
 
     def __init__(self, moves: dict[Path, str]):
-        self.moves = sorted(((str(staged), final) for staged, final in moves.items()),
-                            key=lambda move: len(move[0]), reverse=True)
+        # A whole path component only: ``staging/description`` is not ``staging/description-x``.
+        self.moves = [(re.compile(re.escape(str(staged)) + r"(?![^/\s,:;\"'])"), final)
+                      for staged, final in sorted(moves.items(), key=lambda move: len(str(move[0])),
+                                                  reverse=True)]
 
     def __call__(self, value):
         if isinstance(value, str):
             for staged, final in self.moves:
-                value = value.replace(staged, final)
+                value = staged.sub(lambda _: final, value)
             return value
         if isinstance(value, dict):
             return {key: self(item) for key, item in value.items()}

@@ -34,8 +34,10 @@ def test_relocation_names_published_paths_never_staging_ones(tmp_path):
                                 staging / "description": str(tmp_path / "out" / "description")})
     record = {"image": str(staging / "publish" / "img.qcow2"), "ok": True, "n": 3,
               "command": ["--description", str(staging / "description"),
-                          "--target-dir", str(staging / "kiwi")]}
+                          "--target-dir", str(staging / "kiwi"),
+                          "--description", f"{staging}/description-incremental"]}
     assert final(record) == {"image": str(tmp_path / "out" / "img.qcow2"), "ok": True, "n": 3,
                              "command": ["--description", str(tmp_path / "out" / "description"),
-                                         "--target-dir", "<staging>/kiwi"]}
+                                         "--target-dir", "<staging>/kiwi",
+                                         "--description", "<staging>/description-incremental"]}
     assert ".staging-" not in json.dumps(final(record))
