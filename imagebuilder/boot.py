@@ -31,6 +31,7 @@ from .errors import CheckFailed, HostError, InputError, Interrupted
 from .inputs import Seconds, require_regular_file
 from .launch import QEMU, Launch, disk_format, require_ovmf, require_tdx_host
 from .measure import predict
+from .schemas import SCHEMA_VERSION
 
 SELFCHECK_PREFIX = "TDX-SELFCHECK "
 # CSI sequences (colours, cursor moves) and charset switches that systemd and GRUB print.
@@ -73,7 +74,7 @@ class BootResult:
     measurements: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"accel": self.accel, "fallback_reason": self.fallback_reason,
+        return {"schema_version": SCHEMA_VERSION, "accel": self.accel, "fallback_reason": self.fallback_reason,
                 "seconds_to_selfcheck": round(self.seconds_to_selfcheck, 1),
                 "selfcheck": self.selfcheck, "console_log": str(self.console_log),
                 "measurements": self.measurements}

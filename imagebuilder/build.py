@@ -32,6 +32,7 @@ from .errors import (CheckFailed, CredentialsError, HostError, InputError, Inter
 from .inputs import require_regular_file, require_writable_dir
 from .measure import predict
 from .repos import Credentials, Repository, check_reachable, load_credentials
+from .schemas import SCHEMA_VERSION
 from .targets import SHARED_OVERLAY, Target
 from .validate import validate_image
 
@@ -171,7 +172,8 @@ def _stage_and_publish(request: BuildRequest, out_dir: Path, credentials: Creden
     publish_dir = staging / "publish"
     try:
         publish_dir.mkdir()
-        record = _build_in(request, staging, publish_dir, credentials, esp_fallback, on_phase)
+        record = _build_in(request, staging, publish_dir, out_dir, credentials, esp_fallback,
+                           on_phase)
         record["durations_s"]["total"] = round(time.monotonic() - started, 1)
         publish.write_json(publish_dir / "build.json", record)
         with signals.deferred():
@@ -194,10 +196,13 @@ def _stage_and_publish(request: BuildRequest, out_dir: Path, credentials: Creden
             _remove_staging(staging)
 
 
-def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
+def _build_in(request: BuildRequest, staging: Path, publish_dir: Path, out_dir: Path,
               credentials: Credentials | None, esp_fallback: bool,
               on_phase: Callable[[str], None]) -> dict:
     timings: dict[str, float] = {}
+    # Records name files where they will be once published, not where they are built.
+    final = publish.Relocation({publish_dir: str(out_dir), staging: "<staging>",
+                                staging / "description": str(out_dir / "description")})
     target = request.target
     on_phase("compose")
     mark = time.monotonic()
@@ -249,7 +254,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
     on_phase("validate")
     mark = time.monotonic()
     report = validate_image(image, manifest=publish_dir / "overlay-manifest.json")
-    publish.write_json(publish_dir / "validation.json", report.to_dict())
+    publish.write_json(publish_dir / "validation.json", final(report.to_dict()))
     report.write_junit(publish_dir / "validation.junit.xml")
     timings["validate"] = time.monotonic() - mark
     if not report.ok:
@@ -260,20 +265,21 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
     # What a verifier expects this image to measure (RTMR1/2, PCRs); its digest is in build.json.
     on_phase("measure")
     mark = time.monotonic()
-    publish.write_json(publish_dir / "measurements.json", predict(image).to_dict())
+    publish.write_json(publish_dir / "measurements.json", final(predict(image).to_dict()))
     timings["measure"] = time.monotonic() - mark
 
     boot = None
     if request.boot_test:
         on_phase("boot test")
         mark = time.monotonic()
-        boot = boot_image(image, console_log=publish_dir / "boot-console.log",
-                          timeout=request.boot_timeout).to_dict()
+        boot = final(boot_image(image, console_log=publish_dir / "boot-console.log",
+                                timeout=request.boot_timeout).to_dict())
         publish.write_json(publish_dir / "boot.json", boot)
         timings["boot_test"] = time.monotonic() - mark
 
     digests = publish.artifact_digests(publish_dir, {image.name: image_digest})
     return {
+        "schema_version": SCHEMA_VERSION,
         "tdx_image_version": __version__,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "target": {"name": target.name, "title": target.title, "description": target.description,
@@ -292,7 +298,7 @@ def _build_in(request: BuildRequest, staging: Path, publish_dir: Path,
                  "esp_fallback": esp_fallback},
         "tools": {"kiwi": hostcheck.kiwi_version(),
                   "qemu-img": hostcheck.tool_version(["qemu-img", "--version"])},
-        "kiwi_command": [kiwi.Redactor(secrets)(word) for word in run.command()],
+        "kiwi_command": final([kiwi.Redactor(secrets)(word) for word in run.command()]),
         "incremental": reuse.incremental,
         "incremental_reason": reuse.reason,
         "prepared_root_key": reuse.key,

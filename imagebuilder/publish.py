@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -72,6 +73,28 @@ def artifact_digests(publish_dir: Path, known: dict[str, str]) -> dict[str, dict
     the disk image, which write_checksum already hashed."""
     return {path.name: {"sha256": known.get(path.name) or sha256_file(path), "bytes": path.stat().st_size}
             for path in sorted(publish_dir.iterdir()) if path.is_file() and path.name != "build.json"}
+
+
+class Relocation:
+    """Rewrite the paths in a record (every string, however deep) from where a build made its
+    files to where they end up: ``{staged directory: final path}``, longest first."""
+
+    def __init__(self, moves: dict[Path, str]):
+        # A whole path component only: ``staging/description`` is not ``staging/description-x``.
+        self.moves = [(re.compile(re.escape(str(staged)) + r"(?![^/\s,:;\"'])"), final)
+                      for staged, final in sorted(moves.items(), key=lambda move: len(str(move[0])),
+                                                  reverse=True)]
+
+    def __call__(self, value):
+        if isinstance(value, str):
+            for staged, final in self.moves:
+                value = staged.sub(lambda _match, final=final: final, value)
+            return value
+        if isinstance(value, dict):
+            return {key: self(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self(item) for item in value]
+        return value
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -31,6 +31,21 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
+def schema_errors(record: str, document: dict) -> list[str]:
+    """Why ``document`` does not match the shipped schema of ``record`` (empty: it does)."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
+    from imagebuilder.schemas import RECORDS, schema
+
+    registry = Registry().with_resources(
+        (f"urn:tdx-image:schema:{name}", Resource.from_contents(schema(name))) for name in RECORDS)
+    validator = Draft202012Validator(schema(record), registry=registry,
+                                     format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+            for error in validator.iter_errors(document)]
+
+
 def run_cli_on_terminal(*args, timeout: float = 900) -> tuple[int, str]:
     """Run the real command line with stdout and stderr on a terminal (a pty), as a user sees it;
     return its exit status and everything it wrote (escape sequences included)."""

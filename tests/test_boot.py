@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from imagebuilder import boot, launch
 from imagebuilder.errors import CheckFailed, HostError, InputError, Interrupted
+from tests.conftest import schema_errors
 
 # The line as the real debian image printed it, with systemd's colour codes around it.
 REAL_LINE = (
@@ -311,8 +312,21 @@ def test_the_result_serialises_for_the_build_record(qemu, image, tmp_path):
     qemu.behave(console=REAL_LINE)
     result = boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log")
     assert set(json.loads(json.dumps(result.to_dict()))) == {
-        "accel", "fallback_reason", "seconds_to_selfcheck", "selfcheck", "console_log",
-        "measurements"}
+        "schema_version", "accel", "fallback_reason", "seconds_to_selfcheck", "selfcheck",
+        "console_log", "measurements"}
+
+
+def test_boot_json_matches_the_shipped_schema(qemu, image, tmp_path, monkeypatch):
+    qemu.behave(console=REAL_LINE)
+    plain = boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log")
+    monkeypatch.setattr(boot, "require_tdx_host", lambda tdvf: tmp_path / "tdvf.fd")
+    qemu.behave(console=TD_LINE)
+    td = boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "td.log")
+    for result in (plain, td):
+        document = json.loads(json.dumps(result.to_dict()))
+        assert schema_errors("boot", document) == []
+    assert schema_errors("boot", {**document, "accel": "hvf"})
+    assert schema_errors("boot", {**document, "selfcheck": {"td": "yes", "version": 1}})
 
 
 def test_progress_reports_elapsed_time_and_the_last_console_line(qemu, image, tmp_path):

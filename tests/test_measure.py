@@ -7,6 +7,7 @@ its body verbatim.
 """
 
 import hashlib
+import json
 import shutil
 import struct
 from pathlib import Path
@@ -20,6 +21,7 @@ from imagebuilder.measure import eventlog as ev
 from imagebuilder.measure.efi import EFI_CERT_X509_GUID, SHIM_LOCK_GUID, signature_list
 from imagebuilder.measure.grubscript import GrubSyntaxError, Grub, Unpredictable, loader_cmdline
 from imagebuilder.measure.predict import Prediction, Step, compare_with_log
+from tests.conftest import schema_errors
 
 
 def sha384(data: bytes) -> bytes:
@@ -101,6 +103,8 @@ def test_unpredicted_registers_have_no_value_and_go_tdx_guest_leaves_them_unchec
     document = prediction.to_dict()
     assert set(document["pcr_sha384"]) == {"4", "5", "8", "9", "14"}
     assert set(document["rtmr"]) == {"1", "2"} and document["rtmr"]["2"] is None
+    assert schema_errors("measurements", json.loads(json.dumps(document))) == []
+    assert schema_errors("measurements", {**document, "rtmr": {"1": "00"}})
 
 
 def test_signature_list_is_shims_single_entry_layout():

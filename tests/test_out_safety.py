@@ -153,7 +153,7 @@ def staged_build(tmp_path, monkeypatch, failure=None, during=lambda: None):
     from imagebuilder import build
     from imagebuilder.targets import TARGETS
 
-    def fake_build_in(request, staging, publish_dir, credentials, esp_fallback, on_phase):
+    def fake_build_in(request, staging, publish_dir, out_dir, credentials, esp_fallback, on_phase):
         (publish_dir / "build.log").write_text("kiwi said things\n")
         (publish_dir / "img.qcow2").write_text("disk")
         during()

@@ -19,6 +19,8 @@ import pytest
 
 from imagebuilder.validate import CHECKS, validate_image
 
+from tests.conftest import schema_errors
+
 REPO = Path(__file__).resolve().parents[1]
 OVERLAY_ROOT = REPO / "overlays" / "tdx" / "root"
 MANIFEST_IN_IMAGE = "/usr/lib/tdx-image/overlay-manifest.json"
@@ -295,6 +297,21 @@ def test_intact_synthetic_image_passes_every_check(synthetic_image):
     report = validate_image(synthetic_image)
     assert statuses(report) == {}, json.dumps(report.to_dict(), indent=1)
     assert report.ok
+
+
+def test_reports_match_the_shipped_schema_which_refuses_what_the_code_does_not_write(synthetic_image, tmp_path):
+    intact = validate_image(synthetic_image).to_dict()
+    broken_raw = tmp_path / "broken.raw"
+    sh("cp", "--sparse=always", synthetic_image, broken_raw)
+    _corrupt_root_superblock(broken_raw)
+    broken = validate_image(broken_raw).to_dict()
+    assert {check["status"] for check in broken["checks"]} >= {"pass", "fail", "skip"}
+    for document in (intact, broken):
+        assert schema_errors("validation", json.loads(json.dumps(document))) == []
+    assert schema_errors("validation", {**intact, "verdict": "ok"})  # closed: an unknown key
+    assert schema_errors("validation", {key: value for key, value in intact.items() if key != "ok"})
+    row = {**intact["checks"][0], "status": "passed"}
+    assert schema_errors("validation", {**intact, "checks": [row]})
 
 
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=[breakage.name for breakage in BREAKAGES])

@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..validate.disk import ESP_TYPE, LINUX_ROOT_TYPES, Disk, RawDisk, open_disk
 from ..validate.filesystems import Ext4, Fat, FilesystemError
 from ..validate.inspection import Inspection, Unavailable
+from ..schemas import SCHEMA_VERSION
 from . import eventlog as ev
 from .efi import EfiError, GrubImage, PeImage, Shim, gpt_event_data
 from .grubscript import Grub, Unpredictable, Volume
@@ -96,6 +97,7 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return {
+            "schema_version": SCHEMA_VERSION,
             "image": self.image,
             "rtmr": {str(i): self.rtmr(i) for i in PREDICTED_RTMRS},
             "pcr_sha384": {str(i): self.pcr(i) for i in PREDICTED_PCRS},

@@ -9,6 +9,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..schemas import SCHEMA_VERSION
+
 STATUS_STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "info": "cyan", "skip": "magenta"}
 
 
@@ -37,7 +39,7 @@ class Report:
         return [check for check in self.checks if check.severity == "fail" and check.status != "pass"]
 
     def to_dict(self) -> dict:
-        return {"image": self.image, "ok": self.ok, "checks": [asdict(check) for check in self.checks],
+        return {"schema_version": SCHEMA_VERSION, "image": self.image, "ok": self.ok, "checks": [asdict(check) for check in self.checks],
                 "duration_s": round(self.duration_s, 3)}
 
     def render(self, console: Console) -> None:

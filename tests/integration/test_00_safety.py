@@ -21,7 +21,7 @@ import pytest
 
 from imagebuilder import cleanup
 from imagebuilder.kiwi import PHASES
-from tests.conftest import TDX_IMAGE, error_line, run_cli
+from tests.conftest import TDX_IMAGE, error_line, run_cli, schema_errors
 
 pytestmark = pytest.mark.integration
 
@@ -176,6 +176,9 @@ def test_the_standin_build_publishes_and_replaces_an_earlier_output(standin, tmp
         assert result.returncode == 0, result.stderr
         record = json.loads((out / "build.json").read_text())
         assert record["validation"]["ok"] and (out / record["image"]).is_file()
+    for name in ("build", "validation", "measurements"):
+        text = (out / f"{name}.json").read_text()
+        assert schema_errors(name, json.loads(text)) == [] and ".staging-" not in text, name
     assert sorted(p.name for p in out.parent.iterdir()) == ["debian"]
     assert list((tmp_path / "tmp").iterdir()) == []
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from imagebuilder import cleanup
+from imagebuilder.schemas import RECORDS
+from tests.conftest import schema_errors
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +58,21 @@ def test_published_set_is_complete(debian_build):
     result = json.loads((debian_build / "kiwi.result.json").read_text())
     assert result["disk_format_image"]["filename"] == image
 
+
+
+def test_published_records_match_their_schemas_and_name_no_staging_path(debian_build):
+    for record in RECORDS:
+        document = json.loads((debian_build / f"{record}.json").read_text())
+        assert schema_errors(record, document) == [], record
+    build = json.loads((debian_build / "build.json").read_text())
+    assert build["boot_test"] == json.loads((debian_build / "boot.json").read_text())
+    assert json.loads((debian_build / "validation.json").read_text())["image"] == str(
+        debian_build.resolve() / build["image"])
+    for path in debian_build.glob("*.json"):
+        assert ".staging-" not in path.read_text(), path.name
+    published = str(debian_build.resolve())
+    for word in build["kiwi_command"]:  # a published path named there exists
+        assert not word.startswith(published) or Path(word).exists(), word
 
 def test_checksum_verifies(debian_build, debian_image):
     subprocess.run(["sha256sum", "--check", "--strict", f"{debian_image.name}.sha256"],
