@@ -61,8 +61,16 @@ def compose(description: Path, overlay: Path, destination: Path,
     manifest = destination / "root" / MANIFEST_PATH
     manifest.write_text(json.dumps({"overlay": overlay.name, "files": files}, indent=2,
                                    sort_keys=True) + "\n")
-    _compose_config_sh(destination / "config.sh",
-                       [description / "config.sh", overlay / "config.sh"])
+    fragments: list[tuple[str, Path | str]] = [
+        (f"{description.name}/config.sh", description / "config.sh"),
+        (f"{overlay.name}/config.sh", overlay / "config.sh")]
+    if custom.ssh_key and custom.ssh_user != "root":
+        # sshd reads authorized_keys as the user; the overlay's files arrive owned by root, and
+        # KIWI only hands a home to its user when it creates the user, which an incremental
+        # build's package step has already done (before the overlay existed).
+        fragments.append(("--ssh-user", f'chown -R "{custom.ssh_user}:" '
+                          f'"{home(custom.ssh_user)}/.ssh"'))
+    _compose_config_sh(destination / "config.sh", fragments)
     if custom.ssh_key:
         _authorize_ssh_key(custom.ssh_key, destination / "root" / home(custom.ssh_user).lstrip("/")
                            / ".ssh")
@@ -132,17 +140,20 @@ def _overlay_manifest(overlay_root: Path) -> dict[str, dict]:
     return files
 
 
-def _compose_config_sh(destination: Path, fragments: list[Path]) -> None:
-    """One config.sh running each existing fragment in its own subshell, in order.
+def _compose_config_sh(destination: Path, fragments: list[tuple[str, Path | str]]) -> None:
+    """One config.sh running each fragment (a script file, skipped when absent, or script text)
+    in its own subshell, in order.
 
     A subshell keeps one fragment's ``exit`` or shell options from skipping the next.
     """
     parts = ["#!/bin/bash", "# Composed by tdx-image: target setup, then the shared overlay.",
              "set -euo pipefail"]
-    for fragment in fragments:
-        if fragment.is_file():
-            parts += [f"# ---- {fragment.parent.name}/{fragment.name}", "(",
-                      fragment.read_text().rstrip("\n"), ")"]
+    for name, fragment in fragments:
+        if isinstance(fragment, Path):
+            if not fragment.is_file():
+                continue
+            fragment = fragment.read_text()
+        parts += [f"# ---- {name}", "(", fragment.rstrip("\n"), ")"]
     destination.write_text("\n".join(parts) + "\n")
     destination.chmod(0o755)
 

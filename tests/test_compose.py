@@ -77,6 +77,9 @@ def test_customisations_become_kiwi_elements_that_kiwi_accepts(tmp_path, name, d
     assert (user.get("name"), user.get("home"), user.get("password")) == ("tester", "/home/tester", "*")
     assert (composition.path / "root/home/tester/.ssh/authorized_keys").read_text() == KEY
     assert not (composition.path / "root/root/.ssh").exists()
+    # sshd reads the key as the user: config.sh (last, after the overlay's) hands it over.
+    config_sh = (composition.path / "config.sh").read_text()
+    assert config_sh.index("# ---- tdx/config.sh") < config_sh.index('chown -R "tester:" "/home/tester/.ssh"')
     assert "<!--" in config.read_text()  # the description's comments are kept
     # KIWI's own schema and runtime checks accept the result.
     check_description(composition.path, target.profile, target.repositories(MIRROR))

@@ -76,6 +76,8 @@ def test_run_forwards_ssh_to_the_named_user_and_never_writes_the_image(debian_im
             result = subprocess.run(ssh, capture_output=True, text=True, timeout=60)
             if result.returncode == 0 or time.monotonic() > deadline or qemu.poll() is not None:
                 break
+            if "Permission denied" in result.stderr:  # sshd is up and refused the key: final
+                break
             time.sleep(5)
     finally:
         qemu.terminate()  # `run --exec` became QEMU: this is the QEMU we started
