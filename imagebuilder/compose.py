@@ -66,8 +66,7 @@ def compose(description: Path, overlay: Path, destination: Path,
         (f"{overlay.name}/config.sh", overlay / "config.sh")]
     if custom.ssh_key and custom.ssh_user != "root":
         # sshd reads authorized_keys as the user; the overlay's files arrive owned by root, and
-        # KIWI only hands a home to its user when it creates the user, which an incremental
-        # build's package step has already done (before the overlay existed).
+        # KIWI hands a home to its user only when it creates the user.
         fragments.append(("--ssh-user", f'chown -R "{custom.ssh_user}:" '
                           f'"{home(custom.ssh_user)}/.ssh"'))
     _compose_config_sh(destination / "config.sh", fragments)

@@ -39,7 +39,7 @@ from . import cleanup, kiwi
 from .errors import HostError
 from .repos import Credentials, Repository, metadata_request
 
-KEY_VERSION = 1  # bump when what goes into a prepared root changes in this module
+KEY_VERSION = 2  # bump when what goes into a prepared root changes in this module
 ROOTS_DIR = "prepared-roots"
 KEEP_ROOTS = 2  # most recently used roots kept per cache directory (about 0.5 GB each)
 # Preferences that steer the package manager while packages are installed.
@@ -49,6 +49,9 @@ PACKAGE_PREFERENCES = ("packagemanager", "rpm-excludedocs", "rpm-check-signature
 PREPARE_FILES = ("post_bootstrap.sh",)
 # Package sections KIWI applies after config.sh: left to the full build.
 LATE_PACKAGE_TYPES = ("delete", "uninstall")
+# Sections the key does not cover, so the prepared root must not hold their effect: users are
+# created by the full build, after the overlay is placed, as in a plain KIWI build.
+LATE_SECTIONS = ("users",)
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,11 @@ def _reduced_description(description: Path, destination: Path) -> None:
     destination.mkdir()
     xml = ElementTree.parse(description / "config.xml")
     image = xml.getroot()
-    for packages in [element for element in image.findall("packages")
-                     if element.get("type") in LATE_PACKAGE_TYPES]:
-        image.remove(packages)
+    late = [element for element in image.findall("packages")
+            if element.get("type") in LATE_PACKAGE_TYPES]
+    late += [element for name in LATE_SECTIONS for element in image.findall(name)]
+    for element in late:
+        image.remove(element)
     xml.write(destination / "config.xml", encoding="utf-8", xml_declaration=True)
     for name in _prepare_files(image):
         if (description / name).is_file():

@@ -71,6 +71,19 @@ PACKAGE_CHANGES = {
 }
 
 
+def test_the_package_step_creates_no_users(tmp_path):
+    # The key does not cover <users>: a root prepared for one build's users must not carry
+    # them into another build's image.
+    source = tmp_path / "source"
+    shutil.copytree(DEBIAN, source)
+    config = source / "config.xml"
+    config.write_text(config.read_text().replace(
+        "</image>", '<users><user name="tester" home="/home/tester" password="*"/></users></image>'))
+    incremental._reduced_description(source, tmp_path / "reduced")
+    reduced = (tmp_path / "reduced" / "config.xml").read_text()
+    assert "<users" not in reduced and "<packages" in reduced
+
+
 @pytest.mark.parametrize("edit", LATER_CHANGES.values(), ids=LATER_CHANGES)
 def test_changes_applied_after_package_install_keep_the_key(tmp_path, apt_repo, edit):
     assert _key(tmp_path, apt_repo, _description(tmp_path, "a")) == \
