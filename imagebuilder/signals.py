@@ -44,6 +44,7 @@ class _State:
     pending = False  # a signal arrived inside deferred() and is still to be raised
     received: list[int] = []
     groups: dict[int, tuple[int, float]] = {}  # process group -> (stop signal, grace)
+    callbacks: list = []  # what runner.Process registered: called on the first signal
     timers: list[threading.Timer] = []
 
 
@@ -53,6 +54,8 @@ def _handler(signum, _frame):
         return  # the first signal's cleanup is under way; nothing may cut it short
     for group, (stop, grace) in list(_State.groups.items()):
         _stop(group, stop, grace)
+    for callback in list(_State.callbacks):
+        callback()
     if _State.deferred:
         _State.pending = True
     else:
@@ -78,6 +81,7 @@ def handled():
         return
     _State.received, _State.pending, _State.deferred, _State.groups, _State.timers = \
         [], False, 0, {}, []
+    _State.callbacks = []
     previous = {sig: signal.signal(sig, _handler) for sig in HANDLED}
     _State.installed = 1
     try:
@@ -102,6 +106,19 @@ def deferred():
         if not _State.deferred and _State.pending:
             _State.pending = False
             raise Interrupt(_State.received[0])
+
+
+@contextmanager
+def on_signal(callback):
+    """While the block runs, the first signal calls ``callback()`` (in the signal handler: it
+    must only send signals or start timers); at once if that signal has already arrived."""
+    _State.callbacks.append(callback)
+    if _State.received:
+        callback()
+    try:
+        yield
+    finally:
+        _State.callbacks.remove(callback)
 
 
 @contextmanager
