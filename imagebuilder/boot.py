@@ -46,6 +46,8 @@ TAIL_LINES = 6
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SWTPM = "swtpm"
 SWTPM_START_SECONDS = 10.0
+# How long `boot` and `build --boot-test` wait for the self-check: a TCG boot here takes 27-50 s.
+DEFAULT_TIMEOUT_S = 300.0
 
 # What a console that does not reach the self-check shows, in order of precedence: (pattern,
 # reason, whether the boot can no longer succeed, so waiting longer is pointless).
@@ -295,7 +297,7 @@ def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: st
 
 
 def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool = False,
-               timeout: float = 300.0, console_log: Path, firmware: Path | None = None,
+               timeout: float = DEFAULT_TIMEOUT_S, console_log: Path, firmware: Path | None = None,
                progress: Callable[[float, str], None] | None = None) -> BootResult:
     """Boot a throwaway copy of ``image`` and return the guest's self-check report.
 
@@ -387,7 +389,7 @@ def verdict(result: BootResult, tdx: bool) -> str:
 @click.option("--tpm", is_flag=True,
               help="Reference VM with a software TPM (swtpm); pass only if the guest's PCRs equal "
                    "`tdx-image measure`.")
-@click.option("--timeout", type=Seconds(1), default=300.0, show_default=True,
+@click.option("--timeout", type=Seconds(1), default=DEFAULT_TIMEOUT_S, show_default=True,
               help="Seconds to wait for the self-check line.")
 @click.option("--console-log", type=click.Path(dir_okay=False, path_type=Path),
               help="Serial console log [default: IMAGE.console.log in the current directory].")

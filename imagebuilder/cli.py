@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
-from . import __version__, settings, signals
+from . import __version__, progress, settings, signals
 from . import build as builder
-from .build import DEFAULT_CACHE_DIR, BuildRequest
+from .build import BuildRequest
 from .errors import Interrupted, TdxImageError
-from .repos import check_url, parse_repo_option
-from .targets import TARGETS, get_target
+from .targets import get_target
 
 
 EXIT_CODES = """\b
@@ -78,12 +78,12 @@ def main():
 
 
 class PhaseDisplay:
-    """One line per finished build phase with its duration, a spinner on the running one."""
+    """The build's phase events on the console: a spinner on the running phase (on a terminal),
+    one line per finished phase or step with its duration, a cross on the one that failed."""
 
     def __init__(self, console: Console):
         self.console = console
         self.status = console.status("starting")
-        self.current: tuple[str, float] | None = None
 
     def __enter__(self):
         self.status.start()
@@ -91,74 +91,32 @@ class PhaseDisplay:
 
     def __exit__(self, *exc_info):
         self.status.stop()
-        if self.current and exc_info[0] is not None:
-            self.console.print(f"[red]✗[/] {self.current[0]}")
 
-    def __call__(self, phase: str) -> None:
-        self._finish_current()
-        if phase == "done":
-            self.current = None
-            return
-        self.current = (phase, time.monotonic())
-        self.status.update(f"{phase} …")
-        if not self.console.is_terminal:  # no spinner in a log: say when each phase starts
-            self.console.print(f"… {phase}", soft_wrap=True)
-
-    def _finish_current(self) -> None:
-        if self.current:
-            name, started = self.current
-            self.console.print(f"[green]✓[/] {name} [dim]({time.monotonic() - started:.1f}s)[/]")
+    def __call__(self, event: progress.Event) -> None:
+        indent = "  " if event.within else ""
+        if event.status == progress.STARTED:
+            doing = event.message or event.phase
+            self.status.update(f"{escape(str(doing))} …")
+            if not self.console.is_terminal:  # no spinner in a log: say when each phase starts
+                self.console.print(f"… {escape(str(doing))}", soft_wrap=True)
+        elif event.status == progress.FINISHED:
+            self.console.print(f"{indent}[green]✓[/] {escape(str(event.phase))} "
+                               f"[dim]({event.duration_s:.1f}s)[/]")
+        elif event.status == progress.FAILED:
+            self.console.print(f"{indent}[red]✗[/] {escape(str(event.phase))} "
+                               f"[dim]({event.duration_s:.1f}s)[/]")
+        else:
+            self.console.print(f"[yellow]note[/]: {escape(str(event.message))}", soft_wrap=True)
 
 
 @main.command()
-@click.argument("target", metavar="TARGET",
-                shell_complete=lambda ctx, param, incomplete: [
-                    name for name in TARGETS if name.startswith(incomplete)])
-@click.option("--release", metavar="RELEASE",
-              help="The distribution release: leap 15.5 (default) or 15.6; sles 15-SP5 "
-                   "(default), 15-SP6 or 15-SP7; debian 12.")
-@click.option("--container", is_flag=True,
-              help="Build inside the target's own container image (podman or docker): how "
-                   "Leap and SLES are built on a non-SUSE host.")
-@click.option("--container-image", metavar="IMAGE",
-              help="The container image for --container.  [default: openSUSE Leap or SLE BCI "
-                   "of the release; debian: localhost/tdx-image-debian:12 from "
-                   "containers/make-debian-12-image]")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the artifacts are published.  [default: out/TARGET]")
-@click.option("--mirror", metavar="URL",
-              help="Base URL of the distribution's repositories (Debian: the archive, its "
-                   "-security twin is used too; Leap: a download.opensuse.org mirror; SLES: an "
-                   "RMT/SMT or SCC base).  [default: Debian from the host's apt sources, Leap "
-                   "download.opensuse.org, SLES updates.suse.com]")
-@click.option("--repo", "repos", multiple=True, metavar="URL[,SUITE[,COMPONENTS]]",
-              help="Add a repository: URL alone is rpm-md; with SUITE it is an apt repository.")
-@click.option("--credentials", "credentials_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Repository credentials file (username=/password= lines, as SUSEConnect's "
-                   "SCCcredentials); or set TDX_IMAGE_REPO_USER and TDX_IMAGE_REPO_PASSWORD.")
-@click.option("--signing-key", "signing_keys", multiple=True,
-              type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Trust this repository signing key (repeatable).")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=DEFAULT_CACHE_DIR, show_default=True, envvar="TDX_IMAGE_CACHE_DIR",
-              help="Package cache shared by all builds (or set TDX_IMAGE_CACHE_DIR).")
-@click.option("--boot-test", is_flag=True, help="Boot the image in QEMU after validation.")
-@click.option("--no-incremental", is_flag=True,
-              help="Bootstrap and install packages afresh instead of reusing the prepared root "
-                   "cached for the same packages, repositories and repository metadata.")
-@click.option("--dry-run", is_flag=True,
-              help="Compose and check the description, print the kiwi-ng command, build nothing.")
-@click.option("--force", is_flag=True,
-              help="Replace --out (and OUT.failed) even if they hold files tdx-image did not "
-                   "write.  Never: the current directory, /, $HOME, the project's directories.")
 @settings.options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def build(dry_run, as_json, container, container_image, **options):
+def build(dry_run, as_json, container, container_image, progress_format, **values):
     """Build a TDX guest image of TARGET (debian, leap or sles) with KIWI.
 
     Any option can also be set in tdx-image.toml (see --config); the command line wins.
     """
-    request = build_request(**options)
+    request = build_request(values)
     if dry_run:
         plan = builder.dry_run(request)
         if as_json:
@@ -175,50 +133,45 @@ def build(dry_run, as_json, container, container_image, **options):
         containers.build(request, container_image, as_json)
         return
     builder.hostcheck.require_build_host(request.target)  # refused before anything else
-    console = Console(stderr=True)
-    if not builder.hostcheck.kernel_mounts_vfat():
-        console.print("[yellow]note[/]: this kernel cannot mount vfat; the EFI partition is "
-                      "written with mtools instead (ESP fallback)")
-    with PhaseDisplay(console) as display:
-        record = builder.build(request, display)
+    if progress_format == "json":
+        record = builder.build(request, progress.JsonLines(sys.stderr))
+    else:
+        console = Console(stderr=True)
+        with PhaseDisplay(console) as display:
+            record = builder.build(request, display)
+        if not as_json:
+            console.print(f"[green]built[/] {request.out_dir / record['image']} in "
+                          f"{record['durations_s']['total']}s (KIWI {record['durations_s']['kiwi']}s, "
+                          f"validation passed); SBOM {record['sbom']['file']}")
     if as_json:
         click.echo(json.dumps(record, indent=2))
-    else:
-        out = request.out_dir
-        console.print(f"[green]built[/] {out / record['image']} in {record['durations_s']['total']}s "
-                      f"(KIWI {record['durations_s']['kiwi']}s, validation passed); "
-                      f"SBOM {record['sbom']['file']}")
 
 
-def build_request(target, release, out_dir, mirror, repos, credentials_file, signing_keys,
-                  cache_dir, boot_test, no_incremental, force, custom) -> BuildRequest:
-    return BuildRequest(
-        target=get_target(target, release),
-        out_dir=out_dir or Path("out") / target,
-        mirror=check_url("--mirror", mirror) if mirror is not None else None,
-        extra_repositories=[parse_repo_option(value) for value in repos],
-        credentials_file=credentials_file,
-        signing_keys=[key.resolve() for key in signing_keys],
-        cache_dir=cache_dir.resolve(),
-        boot_test=boot_test,
-        incremental=not no_incremental,
-        force=force,
-        custom=custom,
-    )
+def build_request(values: dict) -> BuildRequest:
+    """The request the options' values make: a request setting fills the BuildRequest field of
+    its name (settings.SETTINGS); the target with its release, --out's default and
+    --no-incremental are the ones to derive."""
+    target = get_target(values["target"], values["release"])
+    given = {field.name: values[field.name] for field in dataclasses.fields(BuildRequest)
+             if field.name in values}
+    return BuildRequest(**{**given, "target": target,
+                           "out_dir": values["out_dir"] or Path("out") / target.name,
+                           "incremental": not values["no_incremental"],
+                           "custom": settings.customisation(values)})
 
 
 @click.pass_context
-@settings.customised
-def _summary(ctx, as_json, container, container_image, **options):
+def _summary(ctx, as_json, **values):
     from .summary import show  # the summary composes the description: keep `build` light
 
-    show(build_request(**options), settings.sources(ctx), as_json,
-         container=container_image or ("the target's" if container else None))
+    show(build_request(values), values, settings.sources(ctx), as_json)
 
 
-# `summary` takes exactly the options `build` takes (and reads the same config file).
+# `summary` takes the options `build` takes (and reads the same config file), but for how a
+# build runs and reports.
 main.add_command(click.Command(
-    "summary", callback=_summary, params=[p for p in build.params if p.name != "dry_run"],
+    "summary", callback=_summary, params=[p for p in build.params
+                                          if p.name is None or settings.BY_FIELD[p.name].summary],
     help="Print the resolved settings and what `build` would build (no root, no network)."))
 
 # The other verbs live with the step they drive: validation, the boot test, launch, host checks.

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
@@ -37,12 +37,6 @@ class Customisation:
     image_format: str | None = None  # qcow2, raw or vmdk; None: the description's
     ssh_key: Path | None = None
     ssh_user: str = "root"
-
-    def record(self) -> dict:
-        """For build.json's inputs: every setting as given (the public key's path, not its text)."""
-        return {field.name: str(value) if isinstance(value, Path)
-                else list(value) if isinstance(value, tuple) else value
-                for field in fields(self) for value in [getattr(self, field.name)]}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,8 @@ PHASES = (
 )
 # The first phase after KIWI's package manager is done with the shared package cache.
 CACHE_DONE_PHASE = "partition"
+# KIWI's last marker: its build is over (no phase of its own).
+DONE_PHASE = PHASES[-1][1]
 ERROR_LINE = re.compile(r"\[ ERROR\s*\]: [\d:]+ \| (Kiwi\w+): (.*)")
 # Seconds KIWI gets after SIGINT to unwind its mounts before the process group is killed.
 STOP_GRACE = 120
@@ -120,8 +121,9 @@ class Redactor:
 
 
 def run(build: KiwiRun, log_path: Path, on_phase: Callable[[str], None],
-        secrets: Sequence[str] = ()) -> float:
-    """Run the build; return its wall time.  Raises a typed error on failure or interrupt.
+        secrets: Sequence[str] = ()) -> None:
+    """Run the build, reporting KIWI's phases to ``on_phase`` (from another thread) as their
+    markers appear.  Raises a typed error on failure or interrupt.
 
     A signal (signals.py) is forwarded to KIWI as the SIGINT a terminal's Ctrl-C would send:
     KIWI unwinds its mounts on KeyboardInterrupt.  Its output is read to the end meanwhile, then
@@ -130,7 +132,6 @@ def run(build: KiwiRun, log_path: Path, on_phase: Callable[[str], None],
     """
     build.prepare_esp_fallback()
     redact = Redactor(list(secrets))
-    started = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log, signals.handled(), signals.deferred():
         signals.adopt_orphans()
         process = subprocess.Popen(
@@ -159,7 +160,6 @@ def run(build: KiwiRun, log_path: Path, on_phase: Callable[[str], None],
                               f"KIWI's log: {log_path}")
     if process.returncode != 0:
         raise classify(follower.error, process.returncode, log_path)
-    return time.monotonic() - started
 
 
 class _Follower(threading.Thread):

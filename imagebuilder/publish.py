@@ -16,8 +16,10 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+from .compose import MANIFEST_PATH
 from .errors import BuildError
 
 # kiwi.result.json keys we publish, under KIWI's own file names.  The raw disk is left out when
@@ -25,6 +27,11 @@ from .errors import BuildError
 PUBLISHED_RESULTS = ("disk_format_image", "disk_format_machine_settings", "image_packages",
                      "image_verified", "image_changes")
 CHUNK = 4 * 1024 * 1024
+# Below KIWI's target directory: the image root, and in it KIWI's state XML (the description as
+# KIWI applied it, repositories included).
+IMAGE_ROOT = Path("build/image-root")
+KIWI_STATE = IMAGE_ROOT / "image" / "config.xml"
+OVERLAY_MANIFEST = "overlay-manifest.json"
 
 
 def sha256_file(path: Path) -> str:
@@ -59,6 +66,22 @@ def collect(kiwi_target: Path, publish_dir: Path) -> dict[str, Path]:
         entry["filename"] = published[key].name if key in published else None
     (publish_dir / "kiwi.result.json").write_text(json.dumps(results, indent=4, sort_keys=True) + "\n")
     return {**published, "image": published[image_key]}
+
+
+def overlay_manifest(composed: Path, publish_dir: Path) -> Path:
+    """The manifest of the overlay's files that the composition placed in the image, beside it
+    (``validate --manifest`` compares the image with it)."""
+    return Path(shutil.copy(composed / "root" / MANIFEST_PATH, publish_dir / OVERLAY_MANIFEST))
+
+
+def description(composed: Path, kiwi_target: Path, destination: Path,
+                redact: Callable[[str], str]) -> None:
+    """The composed description, plus KIWI's state XML as ``kiwi-expanded.xml`` (secrets
+    redacted: the repositories in it may carry tokens)."""
+    shutil.copytree(composed, destination, symlinks=True)
+    state = kiwi_target / KIWI_STATE
+    if state.is_file():
+        (destination / "kiwi-expanded.xml").write_text(redact(state.read_text()))
 
 
 def write_checksum(path: Path) -> str:

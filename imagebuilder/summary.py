@@ -17,11 +17,11 @@ from rich.table import Table
 from .build import BuildRequest, compose_description
 from .compose import image_format
 from .errors import CredentialsError, RepositoryError
-from .settings import SETTINGS
+from .settings import CUSTOM, SETTINGS, plain
 
 
-def plan(request: BuildRequest, sources: dict[str, str], container: str | None = None) -> dict:
-    """What ``build`` would do with ``request``, as data."""
+def plan(request: BuildRequest, values: dict, sources: dict[str, str]) -> dict:
+    """What ``build`` would do with ``request``, as data; ``values`` are the options' values."""
     target, custom = request.target, request.custom
     with tempfile.TemporaryDirectory(prefix="tdx-image-summary-") as work:
         config = compose_description(request, Path(work) / "description").path / "config.xml"
@@ -39,19 +39,18 @@ def plan(request: BuildRequest, sources: dict[str, str], container: str | None =
         credentials = "given" if request.credentials() else "not needed"
     except (RepositoryError, CredentialsError) as error:  # what the build would stop at
         refusal = str(error)
+    # Values as the build takes them: defaults resolved, customisations as applied.
+    resolved = {"out_dir": request.out_dir, "release": target.chosen.name,
+                "cache_dir": request.cache_dir,
+                "extra_repositories": [repository.url for repository in request.extra_repositories]}
     return {
         "target": {"name": target.name, "title": target.title, "profile": target.profile,
                    "release": target.chosen.name},
-        "settings": {
-            "out": {"value": str(request.out_dir), "from": sources.get("out_dir", "default")},
-            "mirror": {"value": request.mirror, "from": sources.get("mirror", "default")},
-            **{setting.option[2:]: {"value": custom.record()[setting.field],
-                                    "from": sources.get(setting.field)} for setting in SETTINGS},
-            "boot-test": {"value": request.boot_test, "from": sources.get("boot_test")},
-            "container": {"value": container, "from": sources.get("container_image")
-                          if sources.get("container_image") != "default" else sources.get("container")},
-            "cache-dir": {"value": str(request.cache_dir), "from": sources.get("cache_dir")},
-        },
+        "settings": {  # what a config file could set, but for the target (above)
+            s.key: {"value": plain(resolved[s.field] if s.field in resolved else getattr(
+                        custom, s.field) if s.part == CUSTOM else values[s.field]),
+                    "from": sources.get(s.field, "default")}
+            for s in SETTINGS if s.configurable and s.field != "target"},
         "image": {
             "file": f"{image.get('name')}.x86_64-{version}.{disk_format}",
             "format": disk_format,
@@ -66,9 +65,8 @@ def plan(request: BuildRequest, sources: dict[str, str], container: str | None =
     }
 
 
-def show(request: BuildRequest, sources: dict[str, str], as_json: bool,
-         container: str | None = None) -> None:
-    summary = plan(request, sources, container)
+def show(request: BuildRequest, values: dict, sources: dict[str, str], as_json: bool) -> None:
+    summary = plan(request, values, sources)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

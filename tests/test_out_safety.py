@@ -153,7 +153,8 @@ def staged_build(tmp_path, monkeypatch, failure=None, during=lambda: None):
     from imagebuilder import build
     from imagebuilder.targets import TARGETS
 
-    def fake_build_in(request, staging, publish_dir, out_dir, credentials, esp_fallback, on_phase):
+    def fake_build_in(staging):
+        publish_dir = staging.publish
         (publish_dir / "build.log").write_text("kiwi said things\n")
         (publish_dir / "img.qcow2").write_text("disk")
         during()
@@ -162,10 +163,9 @@ def staged_build(tmp_path, monkeypatch, failure=None, during=lambda: None):
         return {"durations_s": {}, "tdx_image_version": "0.1.0", "target": {}, "image": "img.qcow2",
                 "artifacts": {"img.qcow2": {}, "build.log": {}}}
 
-    monkeypatch.setattr(build, "_build_in", fake_build_in)
     request = build.BuildRequest(target=TARGETS["debian"], out_dir=tmp_path / "out",
                                  cache_dir=tmp_path / "cache")
-    return build._stage_and_publish(request, tmp_path / "out", None, False, lambda p: None, 0.0)
+    return build._stage_and_publish(request, tmp_path / "out", fake_build_in)
 
 
 def test_a_failed_build_names_its_log_where_it_is_kept(tmp_path, monkeypatch):

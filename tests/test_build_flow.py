@@ -1,0 +1,225 @@
+"""`tdx-image build` end to end in seconds, without root: the real flow (preflight aside) around a
+stand-in kiwi-ng that prints KIWI's phase lines and "builds" a small synthetic image.
+
+Real here: the command line, settings, outdir checks, locks (in a temporary lock directory), the
+repository check (local file:// repositories), composition, the incremental prepared root,
+kiwi.run with its log and redaction, publishing, the SBOM, validation of the synthetic image
+(tests/test_validate_checks.py makes it; every check runs), measurement, build.json, the
+exchange into --out, OUT.failed, and the phase events.  Passed through a seam: build.preflight
+(root, host tools, free space), which a non-root test machine cannot pass.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from imagebuilder import build, locks
+from imagebuilder.cli import main
+from imagebuilder.kiwi import DONE_PHASE, PHASES
+from tests.conftest import schema_errors
+from tests.test_validate_checks import BREAKAGES, build_synthetic_image
+
+IMAGE = "tdx-guest-debian-12.x86_64-12.0.0.raw"
+SECRET = "hunter2-s3cret"
+TOP_PHASES = ["check repositories", "compose", "prepared root", "kiwi", "publish", "validate",
+              "measure"]
+KIWI_STEPS = [name for _, name in PHASES if name != DONE_PHASE]
+KIWI_NG = r"""#!/bin/bash
+# Stand-in kiwi-ng: KIWI's phase lines (each marker as KIWI prints it), a root for
+# `system prepare`, a synthetic disk image and its package list for `system build`.
+while [ $# -gt 0 ]; do
+    case $1 in
+        --root) root=$2 ;;
+        --target-dir) target=$2 ;;
+        --description) description=$2 ;;
+    esac
+    shift
+done
+say() { echo "[ INFO    ]: 10:00:00 | $1"; }
+# What KIWI must never pass on: the repository password, here in its own output.
+cat "$(dirname "$description")/credentials" 2>/dev/null
+say '@PREPARE@'
+say '@BOOTSTRAP@'
+if [ -n "$FAKE_KIWI_STOP" ]; then  # the build is stopped by SIGTERM while KIWI bootstraps
+    sleep 0.5
+    kill -TERM "$PPID"
+    while true; do sleep 0.1; done
+fi
+say '@INSTALL@ for build type: oem'
+if [ -n "$FAKE_KIWI_FAIL" ]; then
+    echo '[ ERROR   ]: 10:00:01 | KiwiDiskGeometryError: the disk is too small'
+    exit 1
+fi
+if [ -n "$root" ]; then
+    mkdir -p "$root/var/lib/dpkg"
+    printf 'Package: dbus\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.14\n' \
+        > "$root/var/lib/dpkg/status"
+    exit 0
+fi
+@LATER@
+mkdir -p "$target/build/image-root/image"
+echo "<image><repository>file:///mirror?password=$(cut -d: -f2 "$(dirname "$description")/credentials" 2>/dev/null)</repository></image>" \
+    > "$target/build/image-root/image/config.xml"
+cp --sparse=always "$FAKE_KIWI_IMAGE" "$target/@IMAGE@"
+echo 'dbus|None|1.14|None|amd64|None|None' > "$target/@BASE@.packages"
+echo '{"disk_image": {"filename": "'"$target/@IMAGE@"'"},
+       "image_packages": {"filename": "'"$target/@BASE@.packages"'"}}' > "$target/kiwi.result.json"
+"""
+for placeholder, text in {"@PREPARE@": PHASES[0][0], "@BOOTSTRAP@": PHASES[1][0],
+                          "@INSTALL@": PHASES[2][0], "@BASE@": IMAGE.removesuffix(".raw"),
+                          "@IMAGE@": IMAGE,
+                          "@LATER@": "\n".join(f"say '{marker}'" for marker, _ in PHASES[3:])}.items():
+    KIWI_NG = KIWI_NG.replace(placeholder, text)
+
+
+@pytest.fixture(scope="module")
+def synthetic_image(tmp_path_factory) -> Path:
+    return build_synthetic_image(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture
+def standin(tmp_path, monkeypatch, synthetic_image) -> Path:
+    """A host for `build debian`: the stand-in kiwi-ng, local repositories, a lock directory; the
+    preflight passes.  Returns the --out to build into."""
+    kiwi_ng = tmp_path / "bin" / "kiwi-ng"
+    kiwi_ng.parent.mkdir()
+    kiwi_ng.write_text(KIWI_NG)
+    kiwi_ng.chmod(0o755)
+    monkeypatch.setattr(build, "preflight", lambda request, out_dir: build.Host(str(kiwi_ng), False))
+    monkeypatch.setattr(locks, "LOCK_DIR", tmp_path / "locks")
+    for suite, base in (("bookworm", "debian"), ("bookworm-updates", "debian"),
+                       ("bookworm-security", "debian-security")):
+        release = tmp_path / "mirror" / base / "dists" / suite / "InRelease"
+        release.parent.mkdir(parents=True)
+        release.write_text(f"Suite: {suite}\n")
+    monkeypatch.setenv("FAKE_KIWI_IMAGE", str(synthetic_image))
+    monkeypatch.setenv("TDX_IMAGE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TDX_IMAGE_REPO_USER", "builder")
+    monkeypatch.setenv("TDX_IMAGE_REPO_PASSWORD", SECRET)
+    (tmp_path / "images").mkdir()
+    return tmp_path / "images" / "debian"
+
+
+def run_build(out: Path, *options: str):
+    mirror = f"file://{out.parent.parent / 'mirror' / 'debian'}"
+    return CliRunner().invoke(main, ["build", "debian", "--out", str(out), "--mirror", mirror,
+                                     *options])
+
+
+def events(stderr: str) -> list[dict]:
+    """The --progress=json stream: every line one JSON object."""
+    return [json.loads(line) for line in stderr.splitlines()]
+
+
+def phase_events(stream: list[dict], within: str | None = None) -> list[tuple[str, str]]:
+    return [(event["status"], event["phase"]) for event in stream
+            if event["status"] != "note" and event.get("within") == within]
+
+
+def published_text(directory: Path) -> str:
+    return "".join(path.read_text(errors="replace") for path in directory.rglob("*")
+                   if path.is_file() and not path.name.endswith(".raw"))
+
+
+def test_a_build_publishes_a_validated_image_and_reports_every_phase(standin):
+    result = run_build(standin, "--progress=json", "--json")
+
+    assert result.exit_code == 0, result.output + result.stderr
+    record = json.loads(result.stdout)
+    assert record == json.loads((standin / "build.json").read_text())
+    assert schema_errors("build", record) == []
+    assert sorted(p.name for p in standin.parent.iterdir()) == ["debian"]  # no staging left
+    assert {IMAGE, f"{IMAGE}.sha256", IMAGE.replace(".raw", ".spdx.json"), "kiwi.result.json",
+            "build.log", "prepare.log", "overlay-manifest.json", "validation.json",
+            "validation.junit.xml", "measurements.json", "description"} <= {
+        p.name for p in standin.iterdir()}
+    assert (standin / "description" / "kiwi-expanded.xml").is_file()
+    assert json.loads((standin / "validation.json").read_text())["ok"] is True
+    assert record["inputs"]["credentials_used"] is True and record["incremental"] is False
+    # The secret KIWI printed and wrote into its state XML reached no event, log or record.
+    assert SECRET not in result.stderr + result.stdout + published_text(standin)
+    assert "***" in (standin / "build.log").read_text()
+
+    stream = events(result.stderr)
+    assert {"status", "phase", "time"} <= set(stream[0])
+    top = phase_events(stream)
+    assert top == [(status, name) for name in TOP_PHASES for status in ("started", "finished")]
+    assert [name for status, name in phase_events(stream, "kiwi") if status == "started"] == KIWI_STEPS
+    assert [name for status, name in phase_events(stream, "prepared root")
+            if status == "started"] == [f"prepare root: {step}" for step in KIWI_STEPS[:3]] + [
+        "cache prepared root"]
+    # build.json's durations are the events' durations.
+    finished = {event["phase"]: event["duration_s"] for event in stream
+                if event["status"] == "finished"}
+    durations = record["durations_s"]
+    assert {name: durations[name.replace(" ", "_")] for name in TOP_PHASES} == {
+        name: finished[name] for name in TOP_PHASES}
+    assert durations["kiwi_phases"] == {name: seconds for name, seconds in finished.items()
+                                        if name not in TOP_PHASES}
+    assert durations["total"] >= sum(durations[name.replace(" ", "_")] for name in TOP_PHASES) - 0.5
+
+    # A second build reuses the prepared root and replaces the first one's output.
+    again = run_build(standin, "--progress=json", "--json")
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["incremental"] is True
+    assert [name for status, name in phase_events(events(again.stderr), "prepared root")
+            if status == "started"] == ["copy prepared root"]
+
+
+def test_an_image_that_fails_validation_is_kept_out_of_out(standin, synthetic_image, tmp_path,
+                                                          monkeypatch):
+    broken = tmp_path / "broken.raw"
+    shutil.copy(synthetic_image, broken)
+    next(b for b in BREAKAGES if b.name == "machine-id baked in").break_image(broken)
+    monkeypatch.setenv("FAKE_KIWI_IMAGE", str(broken))
+
+    result = run_build(standin, "--progress=json")
+
+    assert result.exit_code == 1, result.stderr
+    assert "error: the built image failed validation: secure.machine-id" in result.stderr
+    assert sorted(p.name for p in standin.parent.iterdir()) == ["debian.failed"]
+    failed = standin.parent / "debian.failed"
+    assert json.loads((failed / "validation.json").read_text())["ok"] is False
+    failure = json.loads((failed / "failure.json").read_text())
+    assert failure["exit_code"] == 1 and "validation.json" in failure["files"]
+    assert not any(path.suffix == ".raw" for path in failed.iterdir())
+    stream = events(result.stderr.split("\nerror: ")[0])
+    assert phase_events(stream)[-2:] == [("started", "validate"), ("failed", "validate")]
+
+
+def test_a_kiwi_failure_shows_which_phase_failed_and_keeps_the_log(standin, monkeypatch):
+    monkeypatch.setenv("FAKE_KIWI_FAIL", "1")
+
+    result = run_build(standin, "--no-incremental")  # the display, not on a terminal
+
+    assert result.exit_code == 6, result.stderr
+    lines = result.stderr.splitlines()
+    assert "… bootstrap" in lines and "  ✗ install packages (0.0s)" in lines
+    assert any(line.startswith("✗ kiwi (") for line in lines)
+    assert lines[-1].startswith("error: KiwiDiskGeometryError: the disk is too small (full log: "
+                                f"{standin.parent / 'debian.failed' / 'build.log'})")
+    failed = standin.parent / "debian.failed"
+    assert "KiwiDiskGeometryError" in (failed / "build.log").read_text()
+    assert json.loads((failed / "failure.json").read_text())["exit_code"] == 6
+    assert sorted(p.name for p in standin.parent.iterdir()) == ["debian.failed"]
+
+
+def test_an_interrupt_mid_phase_ends_it_as_failed(standin, monkeypatch):
+    monkeypatch.setenv("FAKE_KIWI_STOP", "1")
+
+    result = run_build(standin, "--no-incremental", "--progress=json")
+
+    assert result.exit_code == 130, result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: build stopped by SIGTERM")
+    stream = events(result.stderr.split("\nerror: ")[0])
+    (started, step), (ended, same_step) = phase_events(stream, "kiwi")[-2:]
+    assert (started, ended, same_step) == ("started", "failed", step)
+    assert phase_events(stream)[-1] == ("failed", "kiwi")
+    failed = standin.parent / "debian.failed"
+    assert json.loads((failed / "failure.json").read_text())["exit_code"] == 130
+    assert sorted(p.name for p in standin.parent.iterdir()) == ["debian.failed"]
