@@ -12,7 +12,9 @@ exchange into --out, OUT.failed, and the phase events.  Passed through a seam: b
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -223,3 +225,21 @@ def test_an_interrupt_mid_phase_ends_it_as_failed(standin, monkeypatch):
     failed = standin.parent / "debian.failed"
     assert json.loads((failed / "failure.json").read_text())["exit_code"] == 130
     assert sorted(p.name for p in standin.parent.iterdir()) == ["debian.failed"]
+
+
+def test_a_wait_for_the_package_cache_is_a_phase_of_its_own(standin, tmp_path):
+    other_build = locks.Lock("cache", tmp_path / "cache")  # installing packages for a second
+    assert other_build.try_acquire()
+    threading.Timer(1.0, other_build.release).start()
+
+    result = run_build(standin, "--no-incremental", "--progress=json")
+
+    assert result.exit_code == 0, result.stderr
+    wait = [event for event in events(result.stderr)
+            if event.get("phase") == "wait for the package cache"]
+    assert [event["status"] for event in wait] == ["started", "finished"]
+    assert wait[0]["message"] == (f"wait for the package cache {tmp_path / 'cache'} "
+                                  f"(build pid {os.getpid()} is using it)")
+    assert wait[1]["duration_s"] >= 0.9
+    durations = json.loads((standin / "build.json").read_text())["durations_s"]
+    assert durations["wait_for_the_package_cache"] == wait[1]["duration_s"]

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from imagebuilder import boot, cli, settings
 from imagebuilder.build import BuildRequest, compose_description
 from imagebuilder.cli import main
+from imagebuilder.schemas import schema
 from imagebuilder.compose import Customisation
 from imagebuilder.targets import get_target
 
@@ -142,3 +144,39 @@ def test_the_target_can_come_from_the_config_file_only(project):
     os.remove(project / "tdx-image.toml")
     result = CliRunner().invoke(main, ["summary"])
     assert result.exit_code == 2 and "Missing argument 'TARGET'" in result.output
+
+
+def test_the_readme_options_table_is_the_list_of_settings():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- options table: generated from imagebuilder/settings.py -->\n")
+    end = readme.index("<!-- end of the options table -->")
+    assert readme[readme.index("\n", start) + 1:end] == settings.readme_table(), (
+        "README's options table differs from imagebuilder/settings.py; paste this:\n"
+        + settings.readme_table())
+
+
+def test_one_list_makes_the_options_the_config_keys_and_the_recorded_inputs(project):
+    assert [p.name for p in cli.build.params] == [s.field for s in settings.SETTINGS]
+    summary_command = cli.main.commands["summary"]
+    assert {p.name for p in summary_command.params} == {s.field for s in settings.SETTINGS
+                                                        if s.summary}
+    # What the config file may not set is refused by its key, as an unknown setting.
+    for setting in settings.SETTINGS:
+        (project / "tdx-image.toml").write_text(f"{setting.key} = {'true' if setting.flag else '1'}\n")
+        result = CliRunner().invoke(main, ["summary", "debian"])
+        assert (f"unknown setting {setting.key!r}" in result.output) == (not setting.configurable), (
+            setting.key, result.output)
+    # build.json's inputs: the recorded settings, and the schema knows each of them.
+    schema_inputs = schema("build")["properties"]["inputs"]
+    recorded = settings.recorded(BuildRequest(target=get_target("debian"), out_dir=project / "o"))
+    assert set(recorded) == {s.field for s in settings.SETTINGS if s.recorded}
+    assert set(recorded) <= set(schema_inputs["required"])
+
+
+def test_the_boot_timeout_has_one_default_and_an_option(project):
+    assert BuildRequest(target=get_target("debian"), out_dir=project).boot_timeout == \
+        boot.DEFAULT_TIMEOUT_S == next(p for p in boot.boot_command.params if p.name == "timeout").default
+    code, plan = summary("debian", "--boot-timeout", "900")
+    assert code == 0 and plan["settings"]["boot-timeout"] == {"value": 900.0, "from": "command line"}
+    result = CliRunner().invoke(main, ["summary", "debian", "--boot-timeout", "nan"])
+    assert result.exit_code == 2 and "not a finite number" in result.output
