@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -141,7 +141,8 @@ class BuildContext:
     run: kiwi.KiwiRun | None = None
     reuse: incremental.Decision | None = None
 
-    def phase(self, name: str, message: str | None = None):
+    def phase(self, name: str, message: str | None = None) -> AbstractContextManager[None]:
+        """Run a step of the build as a phase: timed, and reported as it starts and ends."""
         return self.phases.phase(name, message)
 
     @cached_property

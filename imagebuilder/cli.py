@@ -102,6 +102,8 @@ class PhaseDisplay:
         elif event.status == progress.FINISHED:
             self.console.print(f"{indent}[green]✓[/] {escape(str(event.phase))} "
                                f"[dim]({event.duration_s:.1f}s)[/]")
+            if event.within:  # until the next step starts, the phase it ran in goes on
+                self.status.update(f"{escape(event.within)} …")
         elif event.status == progress.FAILED:
             self.console.print(f"{indent}[red]✗[/] {escape(str(event.phase))} "
                                f"[dim]({event.duration_s:.1f}s)[/]")

@@ -43,7 +43,7 @@ class TargetName(click.ParamType):
                 if name.startswith(incomplete)]
 
 
-class RepositoryURL(click.ParamType):
+class MirrorURL(click.ParamType):
     name = "url"
 
     def convert(self, value, param, ctx):
@@ -192,7 +192,7 @@ SETTINGS = (
             click.Path(file_okay=False, path_type=Path), metavar="DIR", shown_default="out/TARGET"),
     Setting("--mirror", "mirror", "Base URL of the distribution's repositories (Debian: the "
             "archive, its -security twin is used too; Leap: a download.opensuse.org mirror; SLES: "
-            "an RMT/SMT or SCC base).", RepositoryURL(), metavar="URL", recorded=True,
+            "an RMT/SMT or SCC base).", MirrorURL(), metavar="URL", recorded=True,
             shown_default="Debian from the host's apt sources, Leap download.opensuse.org, SLES "
             "the registered host's repositories"),
     Setting("--repo", "extra_repositories", "Add a repository: URL alone is rpm-md; with SUITE it "
