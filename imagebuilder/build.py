@@ -220,11 +220,10 @@ def build(request: BuildRequest, on_event: Listener) -> dict:
     """Build, check and publish; return the build record (also written as build.json)."""
     durations = Durations()
     phases = Phases(on_event, durations)
-    target = request.target
     # --out first (refused before anything else), then a host that cannot build this target at
     # all, then the user's other inputs, then the host's root, tools and space.
     out_dir = outdir.check(request.out_dir, request.force, request.cache_dir)
-    hostcheck.require_build_host(target)
+    hostcheck.require_build_host(request.target)
     if request.custom.ssh_key:
         read_ssh_keys(request.custom.ssh_key)
     for key in request.signing_keys:
