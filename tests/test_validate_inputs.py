@@ -11,7 +11,7 @@ import pytest
 
 from imagebuilder.errors import InputError
 from imagebuilder.validate import CHECKS, validate_image
-from imagebuilder.validate.boot import initrd_members, parse_grub_config
+from imagebuilder.validate.bootchain import initrd_members, parse_grub_config
 from imagebuilder.validate.disk import open_disk
 from tests.conftest import run_cli
 from tests.test_validate_checks import build_synthetic_image, sh
@@ -157,7 +157,7 @@ def test_both_gpt_copies_damaged(tmp_path, synthetic_qcow2):
             disk.seek(-1, 1)
             disk.write(bytes([byte ^ 0xFF]))
     gpt = next(check for check in validate_image(raw).checks if check.id == "disk.gpt")
-    assert gpt.status == "fail" and "primary" in gpt.evidence and "backup" in gpt.evidence
+    assert gpt.status == "fail" and "primary" in gpt.detail and "backup" in gpt.detail
 
 
 def test_grub_default_follows_saved_entry_and_submenu_paths():

@@ -12,17 +12,9 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..results import FAIL, INFO, WARN, Finding
 from .disk import BIOS_BOOT_TYPE, ESP_TYPE, LINUX_ROOT_TYPES
 from .inspection import MANIFEST_IN_IMAGE, Inspection, Unavailable
-
-FAIL, WARN, INFO = "fail", "warn", "info"
-
-
-@dataclass(frozen=True)
-class Finding:
-    passed: bool
-    evidence: str
-
 
 @dataclass(frozen=True)
 class Check:

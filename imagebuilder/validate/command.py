@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ..errors import CheckFailed, InputError
 from ..inputs import require_writable_file
+from .validator import validate_image
 
 
 @click.command("validate")
@@ -24,8 +25,6 @@ from ..inputs import require_writable_file
 def validate_command(image: Path, as_json: bool, junit: Path | None, manifest: Path | None,
                      measurements: Path | None):
     """Check, without booting, that IMAGE will boot as an Intel TDX guest and is safe to ship."""
-    from . import validate_image  # here, not at the top: the package imports this module
-
     if junit:
         require_writable_file(junit, "--junit")
     report = validate_image(image, manifest=manifest, measurements=measurements)

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..errors import InputError
-from .boot import GrubConfig, InitrdError, MenuEntry, initrd_members, parse_grub_config, parse_grubenv, parse_kernel_config
+from .bootchain import GrubConfig, InitrdError, MenuEntry, initrd_members, parse_grub_config, parse_grubenv, parse_kernel_config
 from .disk import ESP_TYPE, LINUX_ROOT_TYPES, Disk, Gpt, Partition, read_gpt
 from .filesystems import Ext4, Fat, FilesystemError
 
