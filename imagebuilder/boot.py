@@ -12,7 +12,6 @@ import ctypes
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -26,20 +25,18 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from . import launch, signals
+from . import requirements, signals
 from .errors import CheckFailed, HostError, InputError, Interrupted
 from .inputs import Seconds, require_regular_file
-from .launch import QEMU, Launch, disk_format, require_ovmf, require_tdx_host
+from .launch import KVM_FAILURE, Launch, choose_accel, read
 from .measure import predict
+from .requirements import require_ovmf, require_tdx_host
 from .schemas import SCHEMA_VERSION
+from .validate.disk import image_format as disk_format
 
 SELFCHECK_PREFIX = "TDX-SELFCHECK "
 # CSI sequences (colours, cursor moves) and charset switches that systemd and GRUB print.
 ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-9;?=]*[A-Za-z]|[()][A-Za-z0-9])")
-KVM_FAILURE = "KVM internal error"
-# OVMF prints this on the serial console as soon as it picks a boot option.
-FIRMWARE_STARTED = "BdsDxe:"
-KVM_PROBE_SECONDS = 20.0
 POLL_SECONDS = 0.5
 STOP_SECONDS = 5.0
 TAIL_LINES = 6
@@ -115,13 +112,6 @@ def last_lines(console: str, count: int = TAIL_LINES) -> list[str]:
     return [line.strip() for line in console_text(console).splitlines() if line.strip()][-count:]
 
 
-def read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-
-
 def die_with_parent() -> None:
     """In the child: the kernel kills it if we die without cleaning up (SIGKILL, a crash)."""
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -153,58 +143,6 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(STOP_SECONDS)
         except subprocess.TimeoutExpired:
             continue
-
-
-def kvm_failure() -> str | None:
-    """Why KVM cannot run a UEFI guest on this host, or None when it can.
-
-    /dev/kvm can exist and QEMU still stop at the firmware's first instructions with "KVM
-    internal error" (nested or partial virtualisation), so the firmware alone is started under
-    KVM and must reach its boot manager.
-    """
-    if not os.path.exists(launch.KVM_DEVICE):
-        return f"{launch.KVM_DEVICE} is absent"
-    if not os.access(launch.KVM_DEVICE, os.R_OK | os.W_OK):
-        return f"{launch.KVM_DEVICE} is not accessible to this user"
-    with tempfile.TemporaryDirectory(prefix="tdx-image-kvm-") as work:
-        console, output = Path(work) / "console", Path(work) / "qemu.out"
-        probe = Launch(disk=None, memory_mib=256, cpus=1, accel="kvm", serial=f"file:{console}")
-        with running(probe.qemu_args(), output) as process:
-            deadline = time.monotonic() + KVM_PROBE_SECONDS
-            while time.monotonic() < deadline:
-                if FIRMWARE_STARTED in read(console):
-                    return None
-                errors = read(output)
-                if KVM_FAILURE in errors:
-                    first = errors[errors.index(KVM_FAILURE):].splitlines()[0]
-                    detail = " (emulation failure)" if "emulation failure" in errors else ""
-                    return f"QEMU stops with '{first}'{detail}"
-                if process.poll() is not None:
-                    return f"QEMU exited: {(errors.strip().splitlines() or ['no output'])[-1]}"
-                time.sleep(POLL_SECONDS)
-    return f"the firmware printed nothing within {KVM_PROBE_SECONDS:.0f} s under KVM"
-
-
-def choose_accel(requested: str, tdx: bool) -> tuple[str, str]:
-    """(accelerator, why auto fell back to software emulation or "")."""
-    if tdx:
-        if requested == "tcg":
-            raise InputError("a TD cannot run under software emulation (--accel tcg)",
-                             "use --accel kvm or auto with --tdx")
-        return "kvm", ""
-    if requested == "auto":
-        reason = kvm_failure()
-        return ("tcg", f"KVM unusable: {reason}") if reason else ("kvm", "")
-    if requested == "kvm" and not os.path.exists(launch.KVM_DEVICE):
-        raise HostError(f"--accel kvm but {launch.KVM_DEVICE} is absent", "use --accel auto or tcg")
-    return requested, ""
-
-
-def require_qemu() -> None:
-    if not shutil.which(QEMU):
-        raise HostError(f"{QEMU} is not installed", "apt-get install qemu-system-x86")
-    if not shutil.which("qemu-img"):
-        raise HostError("qemu-img is not installed", "apt-get install qemu-utils")
 
 
 def create_overlay(image: Path, image_format: str, overlay: Path) -> None:
@@ -312,9 +250,7 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     require_regular_file(image, "image")
     if tpm and tdx:
         raise InputError("--tpm and --tdx are different VMs", "boot once with each")
-    require_qemu()
-    if tpm and not shutil.which(SWTPM):
-        raise HostError("swtpm is not installed", "apt-get install swtpm")
+    requirements.require("boot", *(["boot:tpm"] if tpm else []))
     image_format = disk_format(image)  # a truncated qcow2 fails here, not after the timeout
     tdvf = require_tdx_host(firmware) if tdx else None
     ovmf = None if tdx else require_ovmf(firmware)

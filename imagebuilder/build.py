@@ -25,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 
 from . import (__version__, cleanup, hostcheck, incremental, kiwi, kiwicheck, locks, outdir,
-               publish, sbom, settings, signals)
+               publish, requirements, sbom, settings, signals)
 from .boot import DEFAULT_TIMEOUT_S, boot_image
 from .compose import Composition, Customisation, compose, read_ssh_keys
 from .errors import (CheckFailed, CredentialsError, HostError, InputError, Interrupted,
@@ -223,7 +223,8 @@ def build(request: BuildRequest, on_event: Listener) -> dict:
     # --out first (refused before anything else), then a host that cannot build this target at
     # all, then the user's other inputs, then the host's root, tools and space.
     out_dir = outdir.check(request.out_dir, request.force, request.cache_dir)
-    hostcheck.require_build_host(request.target)
+    requirements.require(f"build:{request.target.package_manager}",
+                         context=requirements.Context(target=request.target))
     if request.custom.ssh_key:
         read_ssh_keys(request.custom.ssh_key)
     for key in request.signing_keys:
@@ -241,18 +242,13 @@ def build(request: BuildRequest, on_event: Listener) -> dict:
 
 
 def preflight(request: BuildRequest, out_dir: Path) -> Host:
-    """What the host must offer before a KIWI run is worth starting (hostcheck.py)."""
-    hostcheck.require_root()
+    """What the host must offer before a KIWI run is worth starting (requirements.py)."""
+    requirements.require("root")
     require_writable_dir(out_dir.parent, f"--out {out_dir}")
     require_writable_dir(request.cache_dir, f"--cache-dir {request.cache_dir}")
-    kiwi_command = hostcheck.require_kiwi()
-    hostcheck.require_tools(hostcheck.DISK_TOOLS)
-    hostcheck.require_tools(hostcheck.PACKAGE_MANAGER_TOOLS[request.target.package_manager])
-    esp_fallback = not hostcheck.kernel_mounts_vfat()
-    if esp_fallback:
-        hostcheck.require_tools(hostcheck.ESP_FALLBACK_TOOLS)
-    hostcheck.require_free_space(out_dir.parent)
-    return Host(kiwi_command, esp_fallback)
+    requirements.require("build", context=requirements.Context(build_dir=out_dir.parent,
+                                                               target=request.target))
+    return Host(hostcheck.kiwi_command(), esp_fallback=not hostcheck.kernel_mounts_vfat())
 
 
 def _stage_and_publish(request: BuildRequest, out_dir: Path,

@@ -134,7 +134,8 @@ def build(dry_run, as_json, container, container_image, progress_format, **value
 
         containers.build(request, container_image, as_json)
         return
-    builder.hostcheck.require_build_host(request.target)  # refused before anything else
+    builder.requirements.require(f"build:{request.target.package_manager}",  # refused first
+                                 context=builder.requirements.Context(target=request.target))
     if progress_format == "json":
         record = builder.build(request, progress.JsonLines(sys.stderr))
     else:
@@ -177,12 +178,12 @@ main.add_command(click.Command(
     help="Print the resolved settings and what `build` would build (no root, no network)."))
 
 # The other verbs live with the step they drive: validation, the boot test, launch, host checks.
-from . import boot, doctor, launch  # noqa: E402
+from . import boot, doctor, launch_command  # noqa: E402
 from .measure.command import measure_command  # noqa: E402
-from .validate import validate_command  # noqa: E402
+from .validate.command import validate_command  # noqa: E402
 
 main.add_command(validate_command)
 main.add_command(boot.boot_command)
-main.add_command(launch.run_command)
+main.add_command(launch_command.run_command)
 main.add_command(doctor.doctor_command)
 main.add_command(measure_command)

@@ -22,10 +22,11 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from . import hostcheck, outdir, settings
+from . import outdir, settings
 from .build import BuildRequest
 from .errors import HostError, InputError, Interrupted, RepositoryError, TdxImageError
 from .repos import ZYPP_ROOT_ENV, Repository
+from .requirements import require as require_host  # requirements() here: the builder's pip ones
 from .targets import DESCRIPTIONS_DIR, OVERLAYS_DIR, PACKAGE_DIR
 
 ENGINE_ENV = "TDX_IMAGE_CONTAINER_ENGINE"
@@ -186,7 +187,7 @@ def build(request: BuildRequest, container_image: str | None, as_json: bool) -> 
         raise InputError("--boot-test is not run inside the container",
                          "boot the published image on this host: tdx-image boot OUT/IMAGE.qcow2")
     outdir.check(request.out_dir, request.force, request.cache_dir)  # before any container work
-    hostcheck.require_root()
+    require_host("container")
     engine_path = engine()
     base = container_image or request.target.chosen.container_image
     image = ensure_builder(engine_path, base, lambda text: print(text, file=sys.stderr))

@@ -1,5 +1,6 @@
 """How a guest image is launched: the QEMU command line and the equivalent libvirt domain, for a
-plain UEFI VM and for an Intel TDX trust domain (TD), and what a host lacks to run a TD.
+plain UEFI VM and for an Intel TDX trust domain (TD); the firmware and the host facts a launch
+depends on (which OVMF and TDVF, KVM, QEMU's TDX support), and which accelerator to use.
 
 The TD launch follows QEMU's docs/system/i386/tdx.rst (tdx-guest object, split kernel irqchip,
 confidential-guest-support, firmware via -bios because a TD has no read-only memory for pflash)
@@ -12,19 +13,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
-import subprocess
+import tempfile
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
-
+from . import hostcheck, runner
 from .errors import HostError, InputError
-from .inputs import require_writable_file, write_text
-# qcow2 or raw for a readable image; a truncated qcow2 or a text file is an InputError.
-from .validate.disk import image_format as disk_format
+
 
 QEMU = "qemu-system-x86_64"
 # Debian's ovmf package: the code is mapped read-only, the variable store template is used
@@ -66,6 +64,11 @@ TDX_OBJECT_ID = "tdx0"
 TDX_POLICY = "0x10000000"
 KVM_TDX_PARAMETER = Path("/sys/module/kvm_intel/parameters/tdx")
 KVM_DEVICE = "/dev/kvm"
+KVM_FAILURE = "KVM internal error"
+# OVMF prints this on the serial console as soon as it picks a boot option.
+FIRMWARE_STARTED = "BdsDxe:"
+KVM_PROBE_SECONDS = 20.0
+POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -97,13 +100,10 @@ def firmware_for(path: Path) -> Firmware:
     return Firmware(path, variables if variables and variables.is_file() else None)
 
 
-def host_family(os_release: Path = Path("/etc/os-release")) -> str | None:
+def host_family(os_release: Path = Path(hostcheck.OS_RELEASE)) -> str | None:
     """debian, fedora or suse from /etc/os-release's ID and ID_LIKE, None for others."""
-    try:
-        fields = dict(line.split("=", 1) for line in os_release.read_text().splitlines() if "=" in line)
-    except OSError:
-        return None
-    words = " ".join(fields.get(key, "").strip('"') for key in ("ID", "ID_LIKE")).split()
+    fields = hostcheck.os_release(str(os_release))
+    words = " ".join(fields.get(key, "") for key in ("ID", "ID_LIKE")).split()
     return next((FAMILY[word] for word in words if word in FAMILY), None)
 
 
@@ -113,17 +113,6 @@ def firmware_install_hint() -> str:
         return FIRMWARE_INSTALL[family]
     return "install OVMF: " + "; ".join(f"{name}: {command}"
                                         for name, command in FIRMWARE_INSTALL.items())
-
-
-def require_ovmf(requested: Path | None) -> Firmware:
-    """The firmware for a plain UEFI VM: the one asked for, else the host's OVMF."""
-    if requested is not None:
-        return firmware_for(requested)
-    found = find_ovmf()
-    if found is None:
-        raise HostError("no UEFI firmware (OVMF) in " + ", ".join(str(code) for code, _ in OVMF_CANDIDATES),
-                        f"{firmware_install_hint()}, or pass --firmware FILE")
-    return found
 
 
 def qgs_object_properties(qgs: str | None) -> dict:
@@ -260,21 +249,12 @@ def find_tdvf() -> Path | None:
 
 def qemu_version() -> str:
     """``7.2.22`` from ``QEMU emulator version 7.2.22 (Debian ...)``, or "" without QEMU."""
-    try:
-        out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-    match = re.search(r"version (\S+)", out)
+    match = re.search(r"version (\S+)", runner.probe([QEMU, "--version"]))
     return match.group(1) if match else ""
 
 
 def qemu_has_tdx_guest() -> bool:
-    try:
-        out = subprocess.run([QEMU, "-object", "help"], capture_output=True, text=True,
-                             timeout=10).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "tdx-guest" in out.split()
+    return "tdx-guest" in runner.probe([QEMU, "-object", "help"]).split()
 
 
 def cpu_vendor(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
@@ -293,91 +273,55 @@ def kvm_tdx_enabled(parameter: Path = KVM_TDX_PARAMETER) -> str:
         return ""
 
 
-def tdx_host_problems(tdvf: Path | None) -> list[str]:
-    """What this host lacks to launch a TD with ``tdvf`` (None: search the usual paths)."""
-    problems = []
-    vendor = cpu_vendor()
-    if vendor != "GenuineIntel":
-        problems.append(f"the CPU is {vendor}, TDX needs an Intel Xeon with TDX")
-    tdx = kvm_tdx_enabled()
-    if not tdx:
-        problems.append("kvm_intel is not loaded (no /sys/module/kvm_intel/parameters/tdx)")
-    elif tdx != "Y":
-        problems.append(f"kvm_intel has tdx={tdx}, needs tdx=Y (a TDX host kernel and BIOS)")
-    if not os.path.exists(KVM_DEVICE):
-        problems.append(f"{KVM_DEVICE} is missing")
-    if not qemu_has_tdx_guest():
-        version = qemu_version()
-        problems.append(f"QEMU {version} has no tdx-guest object (needs QEMU >= 10.1)" if version
-                        else f"{QEMU} is not installed")
-    if tdvf is None:
-        if find_tdvf() is None:
-            problems.append("no TDVF firmware in " + ", ".join(map(str, TDVF_CANDIDATES))
-                            + f" ({firmware_install_hint()}, a release with TDX support)")
-    elif not is_tdvf(tdvf):
-        problems.append(f"{tdvf} is not TDVF (no TDX metadata)")
-    return problems
+def read(path: Path) -> str:
+    """What a program has written to ``path`` so far ("" before it has)."""
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
-def require_tdx_host(tdvf: Path | None) -> Path:
-    """The TDVF to launch with, or a HostError naming everything the host lacks."""
-    problems = tdx_host_problems(tdvf)
-    firmware = tdvf or find_tdvf()
-    if problems or firmware is None:  # None with no problem: the TDVF went away since the check
-        raise HostError("this host cannot run a TD: " + "; ".join(problems or ["no TDVF firmware"]),
-                        "run tdx-image doctor on a TDX host")
-    return firmware
+def kvm_failure() -> str | None:
+    """Why KVM cannot run a UEFI guest on this host, or None when it can.
 
-
-@click.command("run")
-@click.argument("image", type=click.Path(path_type=Path))
-@click.option("--tdx", is_flag=True, help="Launch as an Intel TDX trust domain.")
-@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
-              show_default=True, help="auto: KVM where it works, else software emulation.")
-@click.option("--memory", "memory_mib", type=click.IntRange(256), default=2048,
-              show_default=True, help="Guest memory in MiB.")
-@click.option("--cpus", type=click.IntRange(1), default=2, show_default=True)
-@click.option("--firmware", "--tdvf", "firmware", type=click.Path(path_type=Path),
-              help="UEFI firmware (TDVF with --tdx).  [default: the host's OVMF]")
-@click.option("--ssh-port", type=click.IntRange(1, 65535),
-              help="Forward this port on 127.0.0.1 to the guest's SSH port 22.")
-@click.option("--persistent", is_flag=True,
-              help="Write the guest's changes into IMAGE.  [default: a throwaway overlay; IMAGE "
-                   "is never written]")
-@click.option("--qgs", default=DEFAULT_QGS, show_default=True, metavar="vsock:CID:PORT|unix:PATH|none",
-              help="With --tdx: the Quote Generation Service attestation asks for quotes.")
-@click.option("--libvirt-xml", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write the equivalent libvirt domain XML to this file.")
-@click.option("--exec", "execute", is_flag=True, help="Run QEMU instead of printing its command.")
-@click.option("--json", "as_json", is_flag=True, help="Print the QEMU command as JSON.")
-def run_command(image, tdx, accel, memory_mib, cpus, firmware, ssh_port, persistent, qgs,
-                libvirt_xml, execute, as_json):
-    """Print (or run with --exec) the QEMU command that launches IMAGE.
-
-    The serial console is on the terminal (Ctrl-A X quits QEMU); a guest reboot ends QEMU.
+    /dev/kvm can exist and QEMU still stop at the firmware's first instructions with "KVM
+    internal error" (nested or partial virtualisation), so the firmware alone is started under
+    KVM and must reach its boot manager.
     """
-    from .boot import choose_accel  # here, not at the top: boot builds on this module
+    if not os.path.exists(KVM_DEVICE):
+        return f"{KVM_DEVICE} is absent"
+    if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
+        return f"{KVM_DEVICE} is not accessible to this user"
+    with tempfile.TemporaryDirectory(prefix="tdx-image-kvm-") as work:
+        console, output = Path(work) / "console", Path(work) / "qemu.out"
+        probe = Launch(disk=None, memory_mib=256, cpus=1, accel="kvm", serial=f"file:{console}")
+        with open(output, "wb") as sink, runner.Process(probe.qemu_args(), stdout=sink, stderr=sink,
+                                                        die_with_parent=True) as process:
+            deadline = time.monotonic() + KVM_PROBE_SECONDS
+            while time.monotonic() < deadline:
+                if FIRMWARE_STARTED in read(console):
+                    return None
+                errors = read(output)
+                if KVM_FAILURE in errors:
+                    first = errors[errors.index(KVM_FAILURE):].splitlines()[0]
+                    detail = " (emulation failure)" if "emulation failure" in errors else ""
+                    return f"QEMU stops with '{first}'{detail}"
+                if process.poll() is not None:
+                    return f"QEMU exited: {(errors.strip().splitlines() or ['no output'])[-1]}"
+                time.sleep(POLL_SECONDS)
+    return f"the firmware printed nothing within {KVM_PROBE_SECONDS:.0f} s under KVM"
 
-    if libvirt_xml:
-        require_writable_file(libvirt_xml, "--libvirt-xml")
-    tdvf = None
-    if tdx and execute:
-        tdvf = require_tdx_host(firmware)
-    elif tdx:
-        # Printing is also for copying the command to a TDX host: say what this one lacks.
-        for problem in tdx_host_problems(firmware):
-            click.echo(f"note: this host cannot run it: {problem}", err=True)
-        tdvf = firmware or find_tdvf() or TDVF_CANDIDATES[0]
-    launch = Launch(disk=image.resolve(), disk_format=disk_format(image), memory_mib=memory_mib,
-                    cpus=cpus, accel=choose_accel(accel, tdx)[0], tdx=tdx, tdvf=tdvf,
-                    firmware=None if tdx else (require_ovmf(firmware) if execute or firmware
-                                               else find_ovmf()),
-                    snapshot=not persistent, ssh_port=ssh_port,
-                    qgs=None if qgs == "none" else qgs)
-    if libvirt_xml:
-        write_text(libvirt_xml, launch.libvirt_xml(name=f"tdx-image-{image.stem}"), "--libvirt-xml")
-        click.echo(f"libvirt domain written to {libvirt_xml}", err=True)
-    args = launch.qemu_args()
-    if execute:
-        os.execvp(args[0], args)
-    click.echo(json.dumps({"ok": True, "command": args}, indent=2) if as_json else shlex.join(args))
+
+def choose_accel(requested: str, tdx: bool) -> tuple[str, str]:
+    """(accelerator, why auto fell back to software emulation or "")."""
+    if tdx:
+        if requested == "tcg":
+            raise InputError("a TD cannot run under software emulation (--accel tcg)",
+                             "use --accel kvm or auto with --tdx")
+        return "kvm", ""
+    if requested == "auto":
+        reason = kvm_failure()
+        return ("tcg", f"KVM unusable: {reason}") if reason else ("kvm", "")
+    if requested == "kvm" and not os.path.exists(KVM_DEVICE):
+        raise HostError(f"--accel kvm but {KVM_DEVICE} is absent", "use --accel auto or tcg")
+    return requested, ""

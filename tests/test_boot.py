@@ -90,6 +90,7 @@ def qemu(tmp_path, monkeypatch) -> FakeQemu:
     kvm.touch()
     monkeypatch.setattr(launch, "KVM_DEVICE", str(kvm))
     monkeypatch.setattr(boot, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(launch, "POLL_SECONDS", 0.05)
     return FakeQemu(tmp_path, monkeypatch)
 
 
@@ -140,38 +141,38 @@ def test_a_stuck_console_is_diagnosed(console, expected, final):
 
 
 def test_auto_falls_back_to_software_emulation_when_kvm_fails(monkeypatch):
-    monkeypatch.setattr(boot, "kvm_failure", lambda: "QEMU stops with 'KVM internal error'")
-    assert boot.choose_accel("auto", tdx=False) == ("tcg", "KVM unusable: QEMU stops with 'KVM internal error'")
+    monkeypatch.setattr(launch, "kvm_failure", lambda: "QEMU stops with 'KVM internal error'")
+    assert launch.choose_accel("auto", tdx=False) == ("tcg", "KVM unusable: QEMU stops with 'KVM internal error'")
 
 
 def test_auto_uses_kvm_when_it_works(monkeypatch):
-    monkeypatch.setattr(boot, "kvm_failure", lambda: None)
-    assert boot.choose_accel("auto", tdx=False) == ("kvm", "")
+    monkeypatch.setattr(launch, "kvm_failure", lambda: None)
+    assert launch.choose_accel("auto", tdx=False) == ("kvm", "")
 
 
 def test_a_td_always_uses_kvm_and_refuses_software_emulation(monkeypatch):
-    monkeypatch.setattr(boot, "kvm_failure", lambda: pytest.fail("a TD must not probe for a fallback"))
-    assert boot.choose_accel("auto", tdx=True) == ("kvm", "")
+    monkeypatch.setattr(launch, "kvm_failure", lambda: pytest.fail("a TD must not probe for a fallback"))
+    assert launch.choose_accel("auto", tdx=True) == ("kvm", "")
     with pytest.raises(InputError):
-        boot.choose_accel("tcg", tdx=True)
+        launch.choose_accel("tcg", tdx=True)
 
 
 def test_explicit_kvm_without_the_device_is_a_host_error(monkeypatch, tmp_path):
     monkeypatch.setattr(launch, "KVM_DEVICE", str(tmp_path / "absent"))
     with pytest.raises(HostError):
-        boot.choose_accel("kvm", tdx=False)
-    assert boot.kvm_failure() == f"{tmp_path / 'absent'} is absent"
+        launch.choose_accel("kvm", tdx=False)
+    assert launch.kvm_failure() == f"{tmp_path / 'absent'} is absent"
 
 
 def test_kvm_probe_sees_the_internal_error_and_stops_qemu(qemu):
     qemu.behave(stderr="KVM internal error. Suberror: 1\nextra data[0]: 0x1\nemulation failure\n")
-    assert boot.kvm_failure() == "QEMU stops with 'KVM internal error. Suberror: 1' (emulation failure)"
+    assert launch.kvm_failure() == "QEMU stops with 'KVM internal error. Suberror: 1' (emulation failure)"
     qemu.assert_gone()
 
 
 def test_kvm_probe_accepts_firmware_that_reaches_its_boot_manager(qemu):
     qemu.behave(console='BdsDxe: loading Boot0001 "EFI Internal Shell"\r\n')
-    assert boot.kvm_failure() is None
+    assert launch.kvm_failure() is None
     qemu.assert_gone()
 
 

@@ -1,39 +1,46 @@
 """doctor's decisions with faked probes: statuses, details, JSON and the exit code."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from imagebuilder import cli, doctor, hostcheck
-from imagebuilder.doctor import FAIL, OK, WARN, Check
+from imagebuilder import cli, doctor, hostcheck, launch, runner
 from imagebuilder.errors import RepositoryError
+from imagebuilder.results import FAIL, PASS, WARN, Result
+
+
+def doctor_check(name: str) -> Result:
+    """One row of doctor's build section, as doctor evaluates it."""
+    return next(check for check in doctor.host_checks("build", Path(".")) if check.id == name)
 
 
 def test_no_vfat_with_mtools_is_the_fallback(monkeypatch):
     monkeypatch.setattr(hostcheck, "kernel_mounts_vfat", lambda: False)
-    monkeypatch.setattr(hostcheck, "missing_tools", lambda tools: {})
-    check = doctor.vfat_check()
+    monkeypatch.setattr(runner, "missing", lambda tools: [])
+    check = doctor_check("vfat (EFI partition)")
     assert (check.status, check.detail) == (
         WARN, "the kernel cannot mount vfat: the EFI partition is written with mtools instead")
 
 
 def test_no_vfat_and_no_mtools_fails(monkeypatch):
     monkeypatch.setattr(hostcheck, "kernel_mounts_vfat", lambda: False)
-    monkeypatch.setattr(hostcheck, "missing_tools", lambda tools: {"mcopy": "mtools"})
-    check = doctor.vfat_check()
+    monkeypatch.setattr(runner, "missing", lambda tools: [tool for tool in tools if tool == "mcopy"])
+    check = doctor_check("vfat (EFI partition)")
     assert check.status == FAIL and "mcopy" in check.detail
 
 
 def test_a_kernel_with_vfat_needs_no_fallback(monkeypatch):
     monkeypatch.setattr(hostcheck, "kernel_mounts_vfat", lambda: True)
-    assert doctor.vfat_check().status == OK
+    assert doctor_check("vfat (EFI partition)").status == PASS
 
 
 def test_missing_tools_name_their_packages(monkeypatch):
-    monkeypatch.setattr(hostcheck, "missing_tools", lambda tools: {"sgdisk": "gdisk"})
-    check = doctor.tools_check("host tools", hostcheck.DISK_TOOLS, FAIL)
-    assert (check.status, check.detail) == (FAIL, "missing: sgdisk (gdisk)")
+    monkeypatch.setattr(runner, "missing", lambda tools: [tool for tool in tools if tool == "sgdisk"])
+    monkeypatch.setattr(launch, "host_family", lambda: "debian")
+    check = doctor_check("host tools")
+    assert (check.status, check.detail, check.hint) == (FAIL, "sgdisk is not installed", "apt-get install gdisk")
 
 
 def test_an_unreachable_repository_warns_for_that_target(monkeypatch):
@@ -48,26 +55,27 @@ def test_an_unreachable_repository_warns_for_that_target(monkeypatch):
 def test_reachable_repositories_are_counted(monkeypatch):
     monkeypatch.setattr(doctor, "check_reachable", lambda repositories, credentials, timeout: None)
     check = doctor.repository_check("leap")
-    assert (check.status, check.detail) == (OK, "4 reachable")
+    assert (check.status, check.detail) == (PASS, "4 reachable")
 
 
-def fake_tdx_host(monkeypatch, *, vendor, tdx, kvm_problem, qemu_tdx, tdvf):
-    monkeypatch.setattr(doctor, "cpu_vendor", lambda: vendor)
-    monkeypatch.setattr(doctor, "kvm_tdx_enabled", lambda: tdx)
-    monkeypatch.setattr(doctor, "kvm_failure", lambda: kvm_problem)
-    monkeypatch.setattr(doctor, "qemu_version", lambda: "7.2.22")
-    monkeypatch.setattr(doctor, "qemu_has_tdx_guest", lambda: qemu_tdx)
-    monkeypatch.setattr(doctor, "find_tdvf", lambda: tdvf)
+def fake_tdx_host(monkeypatch, *, vendor, tdx, kvm_problem, qemu_tdx, tdvf, kvm_device):
+    monkeypatch.setattr(launch, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(launch, "kvm_tdx_enabled", lambda: tdx)
+    monkeypatch.setattr(launch, "kvm_failure", lambda: kvm_problem)
+    monkeypatch.setattr(launch, "qemu_version", lambda: "7.2.22")
+    monkeypatch.setattr(launch, "qemu_has_tdx_guest", lambda: qemu_tdx)
+    monkeypatch.setattr(launch, "find_tdvf", lambda: tdvf)
+    monkeypatch.setattr(launch, "KVM_DEVICE", str(kvm_device))
 
 
 def test_a_host_like_the_ci_machines_is_reported_as_it_is(monkeypatch):
     fake_tdx_host(monkeypatch, vendor="GenuineIntel", tdx="",
                   kvm_problem="QEMU stops with 'KVM internal error. Suberror: 1'", qemu_tdx=False,
-                  tdvf=None)
-    checks = {check.name: check for check in doctor.tdx_checks()}
+                  tdvf=None, kvm_device="/dev/null")
+    checks = {check.id: check for check in doctor.tdx_checks()}
 
-    assert checks["CPU"].status == OK
-    assert checks["kvm_intel tdx"].detail.startswith("kvm_intel not loaded")
+    assert checks["CPU"].status == PASS
+    assert checks["kvm_intel tdx"].detail.startswith("kvm_intel is not loaded")
     assert checks["KVM"].status == FAIL and "fall back to software emulation" in checks["KVM"].detail
     assert checks["QEMU tdx-guest"].detail == "QEMU 7.2.22 has no tdx-guest object (needs QEMU >= 10.1)"
     assert checks["TDVF firmware"].status == FAIL
@@ -75,21 +83,21 @@ def test_a_host_like_the_ci_machines_is_reported_as_it_is(monkeypatch):
 
 def test_a_tdx_host_passes(monkeypatch, tmp_path):
     fake_tdx_host(monkeypatch, vendor="GenuineIntel", tdx="Y", kvm_problem=None, qemu_tdx=True,
-                  tdvf=tmp_path / "OVMF.fd")
-    assert {check.status for check in doctor.tdx_checks()} == {OK}
+                  tdvf=tmp_path / "OVMF.fd", kvm_device="/dev/null")
+    assert {check.status for check in doctor.tdx_checks()} == {PASS}
 
 
 @pytest.fixture
 def canned_checks(monkeypatch):
-    def use(build: list[Check], tdx: list[Check]):
+    def use(build: list[Result], tdx: list[Result]):
         monkeypatch.setattr(doctor, "build_checks", lambda build_dir: build)
         monkeypatch.setattr(doctor, "tdx_checks", lambda: tdx)
     return use
 
 
 def test_json_lists_every_check_and_the_exit_code_follows_failures(canned_checks):
-    canned_checks([Check("build", "root", OK, "running as root")],
-                  [Check("tdx", "CPU", FAIL, "AuthenticAMD")])
+    canned_checks([Result("root", PASS, "running as root", group="build")],
+                  [Result("CPU", FAIL, "AuthenticAMD", group="tdx")])
 
     result = CliRunner().invoke(cli.main, ["doctor", "--json"])
 
@@ -100,8 +108,8 @@ def test_json_lists_every_check_and_the_exit_code_follows_failures(canned_checks
 
 
 def test_only_build_ignores_the_tdx_host(canned_checks):
-    canned_checks([Check("build", "vfat (EFI partition)", WARN, "mtools fallback")],
-                  [Check("tdx", "CPU", FAIL, "AuthenticAMD")])
+    canned_checks([Result("vfat (EFI partition)", WARN, "mtools fallback", group="build")],
+                  [Result("CPU", FAIL, "AuthenticAMD", group="tdx")])
 
     result = CliRunner().invoke(doctor.doctor_command, ["--only", "build"])
 
@@ -111,13 +119,12 @@ def test_only_build_ignores_the_tdx_host(canned_checks):
 
 def test_suse_targets_on_another_host_point_at_the_container(monkeypatch):
     monkeypatch.setattr(hostcheck, "build_host_problem", lambda target: "not a SUSE 15 host")
-    monkeypatch.setattr(doctor.shutil, "which", lambda name: "/usr/bin/podman" if name == "podman" else None)
-    check = doctor.suse_host_check()
-    assert (check.status, check.detail) == (
-        WARN, "not a SUSE 15 host; build with --container (podman is installed): "
-              "sudo tdx-image build leap --container")
+    check = doctor_check("SUSE targets (leap, sles)")
+    assert (check.status, check.detail, check.hint) == (
+        WARN, "not a SUSE 15 host",
+        "build in the target's own container: sudo tdx-image build leap --container")
 
 
 def test_suse_targets_on_a_suse_15_host_build_natively(monkeypatch):
     monkeypatch.setattr(hostcheck, "build_host_problem", lambda target: None)
-    assert doctor.suse_host_check().status == OK
+    assert doctor_check("SUSE targets (leap, sles)").status == PASS

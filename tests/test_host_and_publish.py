@@ -6,7 +6,7 @@ from collections import namedtuple
 
 import pytest
 
-from imagebuilder import hostcheck, publish
+from imagebuilder import hostcheck, launch, publish, requirements
 from imagebuilder.errors import BuildError, HostError
 
 Usage = namedtuple("Usage", "total used free")
@@ -27,21 +27,23 @@ def test_free_space_is_checked_on_the_nearest_existing_parent(tmp_path, monkeypa
     monkeypatch.setattr(hostcheck.shutil, "disk_usage",
                         lambda path: seen.append(path) or Usage(10, 9, 2 * 1024**3))
     with pytest.raises(HostError, match=r"only 2.0 GiB free .* needs 8 GiB"):
-        hostcheck.require_free_space(tmp_path / "not" / "yet")
+        requirements.require("free disk", context=requirements.Context(build_dir=tmp_path / "not" / "yet"))
     assert seen == [tmp_path]
 
 
 def test_missing_tools_name_their_packages(monkeypatch):
     monkeypatch.setattr(hostcheck.shutil, "which", lambda tool: None if tool == "mcopy" else "/x")
+    monkeypatch.setattr(hostcheck, "kernel_mounts_vfat", lambda: False)
+    monkeypatch.setattr(launch, "host_family", lambda: "debian")
     with pytest.raises(HostError, match="mcopy") as raised:
-        hostcheck.require_tools(hostcheck.ESP_FALLBACK_TOOLS)
+        requirements.require("vfat (EFI partition)")
     assert raised.value.hint == "apt-get install mtools"
 
 
 def test_not_root_is_refused(monkeypatch):
-    monkeypatch.setattr(hostcheck.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(requirements.os, "geteuid", lambda: 1000)
     with pytest.raises(HostError, match="needs root"):
-        hostcheck.require_root()
+        requirements.require("root")
 
 
 def kiwi_target(tmp_path, disks=("disk_format_image", "disk_image")):
@@ -116,7 +118,7 @@ def test_missing_kiwi_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setattr(hostcheck.sys, "executable", str(tmp_path / "python"))
     monkeypatch.setattr(hostcheck.shutil, "which", lambda tool: None)
     with pytest.raises(HostError, match="kiwi-ng is not installed") as raised:
-        hostcheck.require_kiwi()
+        requirements.require("kiwi")
     assert "setup.sh" in raised.value.hint
 
 
@@ -124,4 +126,4 @@ def test_wrong_kiwi_series_is_refused(monkeypatch):
     monkeypatch.setattr(hostcheck, "kiwi_command", lambda: "/usr/bin/kiwi-ng")
     monkeypatch.setattr(hostcheck, "kiwi_version", lambda: "9.24.48")
     with pytest.raises(HostError, match="kiwi 9.24.48 found"):
-        hostcheck.require_kiwi()
+        requirements.require("kiwi")

@@ -15,9 +15,9 @@ def module_name(path: Path) -> str:
 def import_graph() -> dict[str, set[str]]:
     """module -> the package's modules it imports, anywhere in its code.
 
-    ``from . import x`` names the module ``x`` when there is one, else the package itself;
-    a parent package is not counted for importing its submodule (Python initialises it first,
-    but that is the package's own business, not a dependency of the importer)."""
+    ``from . import x`` names the module ``x`` when there is one, else the package itself.
+    Importing ``a.b.c`` runs ``a/b/__init__.py`` first, so the packages on the way count too,
+    except those the importer is inside of (they are being initialised already)."""
     files = {module_name(path): path for path in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in files}
     for name, path in files.items():
@@ -34,8 +34,16 @@ def import_graph() -> dict[str, set[str]]:
                            for alias in node.names]
             else:
                 continue
-            graph[name] |= {target for target in targets if target in files and target != name}
+            for target in filter(files.__contains__, targets):
+                graph[name] |= {parent for parent in ancestors(target) | {target}
+                                if parent in files and parent != name
+                                and not (name + ".").startswith(parent + ".")}
     return graph
+
+
+def ancestors(module: str) -> set[str]:
+    parts = module.split(".")
+    return {".".join(parts[:end]) for end in range(1, len(parts))}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -74,6 +82,8 @@ def test_the_graph_sees_imports_inside_functions_and_relative_ones():
     graph = import_graph()
     assert "imagebuilder.container" in graph["imagebuilder.cli"]  # imported inside a function
     assert "imagebuilder.validate.checks" in graph["imagebuilder.measure.check"]  # from ..validate.checks
+    assert "imagebuilder.validate" in graph["imagebuilder.measure.predict"]  # runs its __init__
+    assert "imagebuilder.validate" not in graph["imagebuilder.validate.checks"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 

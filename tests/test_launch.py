@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from imagebuilder import launch
+from imagebuilder import launch, launch_command, requirements
 from imagebuilder.errors import HostError, InputError
 from imagebuilder.launch import Launch
 
@@ -148,15 +148,15 @@ def fake_host(monkeypatch, tmp_path, *, vendor="GenuineIntel", tdx="Y", qemu_tdx
 
 def test_a_ready_tdx_host_has_no_problems(monkeypatch, tmp_path):
     found = fake_host(monkeypatch, tmp_path)
-    assert launch.tdx_host_problems(None) == []
-    assert launch.require_tdx_host(None) == found
+    assert requirements.tdx_host_problems(None) == []
+    assert requirements.require_tdx_host(None) == found
 
 
 def test_a_host_without_tdx_is_told_everything_it_lacks(monkeypatch, tmp_path):
     fake_host(monkeypatch, tmp_path, vendor="AuthenticAMD", tdx="", qemu_tdx=False, tdvf=False)
 
     with pytest.raises(HostError) as raised:
-        launch.require_tdx_host(None)
+        requirements.require_tdx_host(None)
     message = str(raised.value)
     assert "AuthenticAMD" in message
     assert "kvm_intel is not loaded" in message
@@ -167,7 +167,7 @@ def test_a_host_without_tdx_is_told_everything_it_lacks(monkeypatch, tmp_path):
 
 def test_tdx_disabled_in_kvm_and_a_non_tdvf_firmware_are_named(monkeypatch, tmp_path):
     fake_host(monkeypatch, tmp_path, tdx="N")
-    problems = launch.tdx_host_problems(firmware(tmp_path, with_metadata=False))
+    problems = requirements.tdx_host_problems(firmware(tmp_path, with_metadata=False))
     assert problems == ["kvm_intel has tdx=N, needs tdx=Y (a TDX host kernel and BIOS)",
                         f"{tmp_path / 'OVMF.fd'} is not TDVF (no TDX metadata)"]
 
@@ -194,15 +194,15 @@ def small_image(tmp_path) -> Path:
 
 @needs_qemu_img
 def test_disk_format_is_read_from_the_image(small_image, tmp_path):
-    assert launch.disk_format(small_image) == "qcow2"
+    assert launch_command.disk_format(small_image) == "qcow2"
     with pytest.raises(InputError):
-        launch.disk_format(tmp_path / "missing.qcow2")
+        launch_command.disk_format(tmp_path / "missing.qcow2")
 
 
 @needs_qemu_img
 def test_run_prints_the_command_and_writes_the_libvirt_domain(small_image, tmp_path):
     xml = tmp_path / "domain.xml"
-    result = CliRunner().invoke(launch.run_command,
+    result = CliRunner().invoke(launch_command.run_command,
                                 [str(small_image), "--accel", "tcg", "--memory", "1024",
                                  "--libvirt-xml", str(xml)])
 
@@ -222,7 +222,7 @@ def test_run_tdx_exec_stops_before_qemu_on_a_host_without_tdx(small_image, tmp_p
     fake_host(monkeypatch, tmp_path, qemu_tdx=False)
     monkeypatch.setattr(launch.os, "execvp", lambda *args: pytest.fail("QEMU was started"))
 
-    result = CliRunner().invoke(launch.run_command, [str(small_image), "--tdx", "--exec"])
+    result = CliRunner().invoke(launch_command.run_command, [str(small_image), "--tdx", "--exec"])
 
     assert isinstance(result.exception, HostError)
     assert "no tdx-guest object" in str(result.exception)
@@ -283,7 +283,7 @@ def test_firmware_is_found_where_the_distributions_put_it(tmp_path, monkeypatch)
     pairs[1][1].unlink()
     monkeypatch.setattr(launch, "host_family", lambda: "suse")
     with pytest.raises(HostError, match="no UEFI firmware") as raised:
-        launch.require_ovmf(None)
+        requirements.require_ovmf(None)
     assert raised.value.hint.startswith("zypper install qemu-ovmf-x86_64")
 
 
@@ -315,7 +315,7 @@ def test_run_persistent_writes_the_image_and_takes_the_launch_options(small_imag
     code.touch()
     variables.touch()
     monkeypatch.setattr(launch, "OVMF_CANDIDATES", ((code, variables),))
-    result = CliRunner().invoke(launch.run_command,
+    result = CliRunner().invoke(launch_command.run_command,
                                 [str(small_image), "--accel", "tcg", "--persistent", "--cpus", "3",
                                  "--memory", "1536", "--ssh-port", "2022", "--firmware", str(code)])
 
@@ -333,7 +333,7 @@ def test_a_tdvf_gone_after_the_check_is_a_host_error(monkeypatch, tmp_path):
     monkeypatch.setattr(launch, "find_tdvf", lambda: next(checks))
 
     with pytest.raises(HostError, match="this host cannot run a TD: no TDVF firmware"):
-        launch.require_tdx_host(None)
+        requirements.require_tdx_host(None)
 
 
 def test_a_firmware_only_libvirt_domain_has_no_disk():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import boot
+from imagebuilder import boot, runner
 from imagebuilder.errors import CheckFailed, HostError, InputError
 from imagebuilder.launch import Launch
 from imagebuilder.measure import eventlog as ev
@@ -328,7 +328,6 @@ def test_tpm_boot_refuses_a_td_and_needs_swtpm(tmp_path, monkeypatch):
     image.write_bytes(b"")
     with pytest.raises(InputError, match="--tpm and --tdx"):
         boot.boot_image(image, tpm=True, tdx=True, console_log=tmp_path / "console.log")
-    monkeypatch.setattr(boot, "require_qemu", lambda: None)
-    monkeypatch.setattr(boot.shutil, "which", lambda name: None)
+    monkeypatch.setattr(runner, "missing", lambda tools: [tool for tool in tools if tool == "swtpm"])
     with pytest.raises(HostError, match="swtpm is not installed"):
         boot.boot_image(image, tpm=True, console_log=tmp_path / "console.log")

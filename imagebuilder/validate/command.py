@@ -10,6 +10,7 @@ from rich.console import Console
 
 from ..errors import CheckFailed, InputError
 from ..inputs import require_writable_file
+from ..measure.check import measurements_check
 from .validator import validate_image
 
 
@@ -27,7 +28,8 @@ def validate_command(image: Path, as_json: bool, junit: Path | None, manifest: P
     """Check, without booting, that IMAGE will boot as an Intel TDX guest and is safe to ship."""
     if junit:
         require_writable_file(junit, "--junit")
-    report = validate_image(image, manifest=manifest, measurements=measurements)
+    more = [measurements_check(measurements)] if measurements is not None else []
+    report = validate_image(image, manifest=manifest, more=more)
     if junit:
         try:
             report.write_junit(junit)

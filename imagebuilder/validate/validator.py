@@ -1,13 +1,13 @@
-"""Every check of ``checks.CHECKS`` run on one image, read in place."""
+"""Every check of ``checks.CHECKS`` (and any the caller adds) run on one image, read in place."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 
 from ..inputs import require_regular_file
-from ..measure.check import measurements_check
 from ..results import SKIP, Result, status_of
 from .checks import CHECKS, Check
 from .disk import open_disk
@@ -15,15 +15,12 @@ from .inspection import Inspection, Unavailable
 from .report import Report
 
 
-def validate_image(image: Path, manifest: Path | None = None,
-                   measurements: Path | None = None) -> Report:
+def validate_image(image: Path, manifest: Path | None = None, more: Iterable[Check] = ()) -> Report:
     """Run every check on ``image``; raises errors.InputError if the image cannot be read at all."""
     started = time.monotonic()
     if manifest is not None:  # before the image is read: a FIFO would hang the read
         require_regular_file(Path(manifest), "--manifest")
-    checks = list(CHECKS)
-    if measurements is not None:
-        checks.append(measurements_check(measurements))
+    checks = [*CHECKS, *more]
     with closing(open_disk(Path(image))) as disk:
         inspection = Inspection(disk, manifest)
         results = [_run(check, inspection) for check in checks]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import launch
+from imagebuilder import launch, requirements
 
 from ..conftest import run_cli
 
@@ -69,7 +69,7 @@ def test_an_image_with_its_esp_emptied_fails_with_the_reason(debian_image, tmp_p
 
 
 def test_tdx_on_a_host_without_tdx_stops_before_qemu(debian_image, tmp_path):
-    if not launch.tdx_host_problems(None):
+    if not requirements.tdx_host_problems(None):
         pytest.skip("this host can run TDs")
     log = tmp_path / "console.log"
 
