@@ -153,7 +153,7 @@ def uefi_firmware(context: Context) -> Finding:
 def intel_cpu(context: Context) -> Finding:
     vendor = launch.cpu_vendor()
     if vendor != "GenuineIntel":
-        return Finding(False, f"the CPU is {vendor}, TDX needs an Intel Xeon with TDX")
+        return Finding(False, f"{vendor}: TDX needs an Intel Xeon with TDX")
     return Finding(True, vendor)
 
 
