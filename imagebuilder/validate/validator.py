@@ -23,11 +23,11 @@ def validate_image(image: Path, manifest: Path | None = None, more: Iterable[Che
     checks = [*CHECKS, *more]
     with closing(open_disk(Path(image))) as disk:
         inspection = Inspection(disk, manifest)
-        results = [_run(check, inspection) for check in checks]
+        results = [_evaluate(check, inspection) for check in checks]
     return Report(str(image), results, time.monotonic() - started)
 
 
-def _run(check: Check, inspection: Inspection) -> Result:
+def _evaluate(check: Check, inspection: Inspection) -> Result:
     try:
         finding = check.probe(inspection)
     except Unavailable as missing:
