@@ -2,18 +2,14 @@
 the guest's ``TDX-SELFCHECK {json}`` line on the serial console.
 
 Last step of the flow (... artifacts -> validation -> boot). The image is never written: QEMU
-runs a qcow2 overlay backed by it, in a temporary directory. QEMU runs in its own process group,
-which is killed and reaped whatever happens (timeout, error, Ctrl-C, SIGTERM).
+runs a qcow2 overlay backed by it, in a temporary directory. QEMU runs in its own process group
+(runner.Process), which is stopped and reaped whatever happens (timeout, error, Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
 import re
-import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +21,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from . import requirements, signals
+from . import requirements, runner, signals
 from .errors import CheckFailed, HostError, InputError, Interrupted
 from .inputs import Seconds, require_regular_file
 from .launch import KVM_FAILURE, Launch, choose_accel, read
@@ -38,9 +34,7 @@ SELFCHECK_PREFIX = "TDX-SELFCHECK "
 # CSI sequences (colours, cursor moves) and charset switches that systemd and GRUB print.
 ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-9;?=]*[A-Za-z]|[()][A-Za-z0-9])")
 POLL_SECONDS = 0.5
-STOP_SECONDS = 5.0
 TAIL_LINES = 6
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 SWTPM = "swtpm"
 SWTPM_START_SECONDS = 10.0
 # How long `boot` and `build --boot-test` wait for the self-check: a TCG boot here takes 27-50 s.
@@ -112,48 +106,23 @@ def last_lines(console: str, count: int = TAIL_LINES) -> list[str]:
     return [line.strip() for line in console_text(console).splitlines() if line.strip()][-count:]
 
 
-def die_with_parent() -> None:
-    """In the child: the kernel kills it if we die without cleaning up (SIGKILL, a crash)."""
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 @contextmanager
 def running(args: list[str], output: Path):
-    """QEMU in its own process group (a Ctrl-C reaches us, not it), stopped and reaped on exit."""
-    with open(output, "wb") as sink:
-        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
-                                   start_new_session=True,
-                                   # PR_SET_PDEATHSIG can only be set in the child itself
-                                   preexec_fn=die_with_parent)  # noqa: PLW1509
-    try:
+    """QEMU (or swtpm) writing to ``output``, stopped and reaped on exit, killed by the kernel
+    if we die first."""
+    with open(output, "wb") as sink, \
+            runner.Process(args, stdout=sink, stderr=sink, die_with_parent=True) as process:
         yield process
-    finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            process.wait(STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def create_overlay(image: Path, image_format: str, overlay: Path) -> None:
-    result = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format,
-                             "-b", str(image.resolve()), str(overlay)],
-                            capture_output=True, text=True)
+    result = runner.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format,
+                         "-b", str(image.resolve()), str(overlay)], text=True)
     if result.returncode != 0:
         raise InputError(f"cannot create an overlay on {image}: {result.stderr.strip()}")
 
 
-def wait_for_selfcheck(process: subprocess.Popen, console_log: Path, output: Path,
+def wait_for_selfcheck(process: runner.Process, console_log: Path, output: Path,
                        timeout: float, accel: str,
                        progress: Callable[[float, str], None] | None = None) -> tuple[dict, float]:
     started = time.monotonic()

@@ -25,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 
 from . import (__version__, cleanup, hostcheck, incremental, kiwi, kiwicheck, locks, outdir,
-               publish, requirements, sbom, settings, signals)
+               publish, requirements, runner, sbom, settings, signals)
 from .boot import DEFAULT_TIMEOUT_S, boot_image
 from .compose import Composition, Customisation, compose, read_ssh_keys
 from .errors import (CheckFailed, CredentialsError, HostError, InputError, Interrupted,
@@ -150,8 +150,8 @@ class BuildContext:
         return self.request.secrets(self.credentials)
 
     @cached_property
-    def redact(self) -> kiwi.Redactor:
-        return kiwi.Redactor(self.secrets)
+    def redact(self) -> runner.Redactor:
+        return runner.Redactor(self.secrets)
 
     @cached_property
     def final(self) -> publish.Relocation:

@@ -16,13 +16,12 @@ import hashlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from . import outdir, settings
+from . import kiwi, outdir, runner, settings
 from .build import BuildRequest
 from .errors import HostError, InputError, Interrupted, RepositoryError, TdxImageError
 from .repos import ZYPP_ROOT_ENV, Repository
@@ -36,6 +35,8 @@ VENV_PYTHON = "/opt/tdx-image/bin/python"
 CONTAINER_PYTHON = "3.11"  # Debian 12's python3; python311 on SUSE 15 (container-provision.sh)
 GLIBC_MINOR = 31  # the oldest glibc among the builder images: Leap 15.5 / SLE 15 SP5, 2.31
 HOST_ZYPP_MOUNT = "/run/tdx-image/host"  # the host's /etc/zypp appears below this
+# Seconds the build inside gets to stop after SIGINT: KIWI's own grace and the engine's teardown.
+STOP_GRACE = kiwi.STOP_GRACE + 30
 RESTRICTED_HOST_HINT = ("on hosts with cgroups v1 or a fixed RLIMIT_NOFILE (Debian 12 here) "
                         "set CONTAINERS_CONF=containers/containers.conf (runc, no default ulimits)")
 
@@ -55,8 +56,7 @@ def engine() -> str:
         found = shutil.which(name)
         if found:
             return found
-    raise HostError(f"--container needs {wanted or 'podman or docker'}",
-                    "apt-get install podman runc, or zypper install podman")
+    raise HostError(f"--container needs {wanted or 'podman or docker'}", runner.install_hint("podman"))
 
 
 def requirements() -> list[str]:
@@ -74,7 +74,7 @@ def builder_tag(base_image: str) -> str:
 
 
 def image_exists(engine_path: str, image: str) -> bool:
-    return subprocess.run([engine_path, "image", "inspect", image], capture_output=True).returncode == 0
+    return runner.run([engine_path, "image", "inspect", image]).returncode == 0
 
 
 def ensure_builder(engine_path: str, base_image: str, on_progress=print) -> str:
@@ -84,10 +84,10 @@ def ensure_builder(engine_path: str, base_image: str, on_progress=print) -> str:
         return tag
     on_progress(f"making the builder image {tag} from {base_image} (once)")
     if not image_exists(engine_path, base_image):
-        pulled = subprocess.run([engine_path, "pull", base_image], capture_output=True, text=True)
+        pulled = runner.run([engine_path, "pull", base_image])
         if pulled.returncode != 0:
             raise RepositoryError(f"cannot get the container image {base_image}: "
-                                  f"{_last_line(pulled.stderr)}",
+                                  f"{runner.last_line(pulled)}",
                                   "make its registry reachable or name a local image with "
                                   "--container-image; debian's is made by "
                                   "containers/make-debian-12-image")
@@ -100,12 +100,12 @@ def ensure_builder(engine_path: str, base_image: str, on_progress=print) -> str:
             f"FROM {base_image}\n"
             "COPY . /tmp/tdx-image-builder/\n"
             "RUN sh /tmp/tdx-image-builder/provision && rm -rf /tmp/tdx-image-builder\n")
-        result = subprocess.run([engine_path, "build", "--network", "host", "--tag", tag,
-                                 "--file", str(context / "Containerfile"), str(context)],
-                                stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        result = runner.run([engine_path, "build", "--network", "host", "--tag", tag,
+                             "--file", str(context / "Containerfile"), str(context)],
+                            stdout=sys.stderr)
     if result.returncode != 0:
         raise HostError(f"making the builder image from {base_image} failed: "
-                        f"{_last_line(result.stderr)}", RESTRICTED_HOST_HINT)
+                        f"{runner.last_line(result)}", RESTRICTED_HOST_HINT)
     return tag
 
 
@@ -125,10 +125,10 @@ def _fetch_wheels(requirements_file: Path, wheels: Path) -> None:
          *[f"--platform={platform}" for platform in platforms], "--find-links", str(wheels),
          "--dest", str(wheels), "-r", str(requirements_file)],
     ):
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = runner.run(command)
         if result.returncode != 0:
             raise RepositoryError("pip could not fetch KIWI and the driver's dependencies for the "
-                                  f"builder image: {_last_line(result.stderr)}",
+                                  f"builder image: {runner.last_line(result)}",
                                   "check this host's access to PyPI")
 
 
@@ -193,15 +193,14 @@ def build(request: BuildRequest, container_image: str | None, as_json: bool) -> 
     image = ensure_builder(engine_path, base, lambda text: print(text, file=sys.stderr))
     for directory in (request.out_dir.resolve().parent, request.cache_dir.resolve()):
         directory.mkdir(parents=True, exist_ok=True)  # the engine mounts only what exists
-    process = subprocess.Popen(run_command(engine_path, image, request, as_json),
-                               stdin=subprocess.DEVNULL)
     try:
-        returncode = process.wait()
+        # A signal reaches the engine as SIGINT; it forwards it to the build, which releases its
+        # mounts: leaving the block waits for that, as long as the grace.
+        with runner.Process(run_command(engine_path, image, request, as_json),
+                            forward=signal.SIGINT, grace=STOP_GRACE) as process:
+            returncode = process.wait()
     except KeyboardInterrupt:
-        # The engine forwards the signal to the build, which releases its mounts; wait for it.
-        process.send_signal(signal.SIGINT)
-        process.wait()
-        raise Interrupted("the build in the container was stopped; nothing was published")
+        raise Interrupted("the build in the container was stopped; nothing was published") from None
     if returncode in (125, 126, 127):
         raise HostError(f"{Path(engine_path).name} could not run the build container "
                         f"(exit {returncode})", RESTRICTED_HOST_HINT)
@@ -214,8 +213,3 @@ def _repo_option(repo: Repository) -> str:
     if repo.type == "apt-deb":
         return f"{repo.url},{repo.distribution},{repo.components}"
     return repo.url
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"

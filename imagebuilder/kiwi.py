@@ -12,14 +12,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import cleanup, signals
+from . import cleanup, runner, signals
 from .errors import BuildError, CredentialsError, Interrupted, RepositoryError
 from .repos import Repository
 
@@ -110,16 +109,6 @@ class KiwiRun:
                 link.symlink_to(HOSTSHIM)
 
 
-class Redactor:
-    def __init__(self, secrets: list[str]):
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-
-    def __call__(self, line: str) -> str:
-        for secret in self.secrets:
-            line = line.replace(secret, "***")
-        return line
-
-
 def run(build: KiwiRun, log_path: Path, on_phase: Callable[[str], None],
         secrets: Sequence[str] = ()) -> None:
     """Run the build, reporting KIWI's phases to ``on_phase`` (from another thread) as their
@@ -131,24 +120,21 @@ def run(build: KiwiRun, log_path: Path, on_phase: Callable[[str], None],
     whatever it left mounted or attached is released, before Interrupted is raised.
     """
     build.prepare_esp_fallback()
-    redact = Redactor(list(secrets))
+    redact = runner.Redactor(secrets)
     with open(log_path, "w", encoding="utf-8") as log, signals.handled(), signals.deferred():
-        signals.adopt_orphans()
-        process = subprocess.Popen(
-            build.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=build.environment(),
-            start_new_session=True,  # our signal policy decides, not the terminal
-        )
+        runner.adopt_orphans()
+        process = runner.Process(build.command(), stdout=runner.PIPE, stderr=runner.STDOUT,
+                                 env=build.environment(), forward=signal.SIGINT, grace=STOP_GRACE)
         # The log is followed in a thread: KIWI's children (apt-get, dpkg, gpg-agent) hold its
         # output open, and must not keep us waiting once KIWI itself has exited.
         follower = _Follower(process, log, redact, on_phase)
         try:
-            with signals.forward_to(process, signal.SIGINT, STOP_GRACE):
+            with process:  # leaving it stops and reaps what KIWI left running
                 follower.start()
-                process.wait()
+                returncode = process.wait()
         finally:
-            signals.stop_group(process.pid)
-            follower.join()
+            if follower.is_alive():  # not started if kiwi-ng could not be
+                follower.join()
             # Whatever KIWI left (killed mid-step, or a bug), nothing stays mounted or attached.
             cleanup.release(build.target_dir)
             if build.esp_fallback_dir:
@@ -158,14 +144,14 @@ def run(build: KiwiRun, log_path: Path, on_phase: Callable[[str], None],
             raise Interrupted(f"build stopped by {signal.Signals(stopped_by).name}; KIWI's "
                               "mounts and loop devices were released and no output was published",
                               f"KIWI's log: {log_path}")
-    if process.returncode != 0:
-        raise classify(follower.error, process.returncode, log_path)
+    if returncode != 0:
+        raise classify(follower.error, returncode, log_path)
 
 
 class _Follower(threading.Thread):
     """Logs KIWI's output, reports its phases, and keeps its ERROR line (name, message)."""
 
-    def __init__(self, process: subprocess.Popen, log: TextIO, redact: Redactor,
+    def __init__(self, process: runner.Process, log: TextIO, redact: runner.Redactor,
                  on_phase: Callable[[str], None]):
         super().__init__(daemon=True)
         self.process, self.log, self.redact, self.on_phase = process, log, redact, on_phase

@@ -2,7 +2,8 @@
 
 - Each runs in a process group of its own (a terminal's Ctrl-C reaches us, not it) and, while
   it runs, the one signal policy (signals.py) stops that group: the program's ``forward``
-  signal at once, SIGKILL after ``grace`` seconds.
+  signal at once, SIGKILL after ``grace`` seconds.  Cleanup that must run to its end (umount,
+  losetup after an interrupted build) asks for ``forward=None``: the policy leaves it alone.
 - Leaving a ``Process`` block stops and reaps what is left of the group, leader or orphans
   (SIGTERM, then SIGKILL), whatever ended the block.
 - A missing program is a HostError naming the package that has it (``TOOLS``, one table for
@@ -21,6 +22,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Self
@@ -40,8 +42,8 @@ Completed = subprocess.CompletedProcess
 
 @dataclass(frozen=True)
 class Tool:
-    debian: str  # the Debian package that has it
-    suse: str  # the SUSE package that has it
+    debian: str  # the Debian package(s) that have it
+    suse: str  # the SUSE package(s) that have it
 
 
 # Every host program tdx-image or KIWI runs, and where to get it.
@@ -58,7 +60,7 @@ TOOLS: dict[str, Tool] = {
     "mkfs.ext4": Tool("e2fsprogs", "e2fsprogs"),
     "mkfs.vfat": Tool("dosfstools", "dosfstools"),
     "partx": Tool("util-linux", "util-linux"),
-    "podman": Tool("podman", "podman"),
+    "podman": Tool("podman runc", "podman"),  # runc: containers/containers.conf on cgroups v1
     "qemu-img": Tool("qemu-utils", "qemu-tools"),
     "qemu-system-x86_64": Tool("qemu-system-x86", "qemu-x86"),
     "rpm": Tool("rpm", "rpm"),
@@ -122,13 +124,15 @@ class Process:
     """A program running in its own process group for the length of a ``with`` block.
 
     ``forward`` is what a signal received meanwhile sends to the group (SIGINT lets KIWI unwind
-    its mounts; SIGTERM for the rest); ``grace`` seconds later the group is killed.  Leaving the
-    block stops whatever is left of the group and reaps it.
+    its mounts; SIGTERM for the rest; None: nothing, the program must finish); ``grace`` seconds
+    later the group is killed.  Leaving the block stops whatever is left of the group and reaps
+    it.  ``die_with_parent``: the kernel kills the program if we die without a chance to.
+    ``env`` is the program's whole environment (by default ours, with ``LC_ALL=C``).
     """
 
     def __init__(self, args: Sequence[str], *, stdin: Any = DEVNULL, stdout: Any = None,
                  stderr: Any = None, env: dict[str, str] | None = None, cwd: Path | None = None,
-                 forward: int = signal.SIGTERM, grace: float = STOP_SECONDS,
+                 forward: int | None = signal.SIGTERM, grace: float = STOP_SECONDS,
                  die_with_parent: bool = False):
         self.args = [str(arg) for arg in args]
         self._popen_options = {"stdin": stdin, "stdout": stdout, "stderr": stderr, "cwd": cwd,
@@ -146,7 +150,8 @@ class Process:
                 **self._popen_options)
         except FileNotFoundError:
             raise HostError(f"{self.args[0]} is not installed", install_hint(self.args[0])) from None
-        self._forwarding = signals.on_signal(self._signalled)
+        self._forwarding: AbstractContextManager = (
+            signals.on_signal(self._signalled) if self.forward else nullcontext())
         self._forwarding.__enter__()
         return self
 
@@ -200,6 +205,7 @@ class Process:
 
     def _signalled(self) -> None:
         """Called by the signal policy (in the handler): forward now, kill after the grace."""
+        assert self.forward is not None
         self.signal_group(self.forward)
         timer = threading.Timer(self.grace, self.signal_group, (signal.SIGKILL,))
         timer.daemon = True
@@ -246,19 +252,21 @@ class Process:
 
 def run(args: Sequence[str], *, input: bytes | str | None = None,
         text: bool = False, timeout: float | None = None, env: dict[str, str] | None = None,
-        cwd: Path | None = None) -> Completed:
-    """Run a program to its end, capturing stdout and stderr; the caller judges the exit status.
+        cwd: Path | None = None, stdout: Any = PIPE,
+        forward: int | None = signal.SIGTERM) -> Completed:
+    """Run a program to its end, capturing stderr and (unless ``stdout`` says where it goes)
+    stdout; the caller judges the exit status.
 
-    Missing program or timeout: a HostError.  A signal stops it (the policy above).
+    Missing program or timeout: a HostError.  A signal stops it (the policy above) unless
+    ``forward`` is None.
     """
-    with Process(args, stdin=PIPE if input is not None else DEVNULL, stdout=PIPE, stderr=PIPE,
-                 env=env, cwd=cwd) as process:
-        stdout, stderr = process.communicate(
-            input.encode() if isinstance(input, str) else input, timeout)
+    with Process(args, stdin=PIPE if input is not None else DEVNULL, stdout=stdout, stderr=PIPE,
+                 env=env, cwd=cwd, forward=forward) as process:
+        out, err = process.communicate(input.encode() if isinstance(input, str) else input, timeout)
         returncode = process.wait()
     if text:
-        stdout, stderr = stdout.decode(errors="replace"), stderr.decode(errors="replace")
-    return Completed(process.args, returncode, stdout, stderr)
+        out, err = out.decode(errors="replace") if out is not None else None, err.decode(errors="replace")
+    return Completed(process.args, returncode, out, err)
 
 
 def probe(args: Sequence[str], timeout: float = 10.0) -> str:

@@ -2,8 +2,8 @@
 stopped and reaped, and the cleanup on the way out runs to its end.
 
 - The first signal raises ``Interrupt`` (a KeyboardInterrupt) in the main thread, so every
-  ``finally`` and context manager on the way out runs; process groups registered with
-  ``forward_to`` get their stop signal at once.
+  ``finally`` and context manager on the way out runs; the programs running meanwhile get their
+  stop signal at once (``on_signal``: runner.Process registers them, and stops them).
 - Inside ``deferred()`` (cleanup that must finish, or a child that must unwind first) the signal
   is only recorded; it is raised when the outermost deferred block ends.
 - Every later signal is recorded and nothing else: a second Ctrl-C cannot cut short the cleanup
@@ -15,19 +15,13 @@ children (the KIWI run, the boot test) install it too when called on their own.
 
 from __future__ import annotations
 
-import ctypes
-import os
 import signal
-import subprocess
 import threading
-import time
 from contextlib import contextmanager
 
 from .errors import Interrupted
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
-GROUP_STOP_SECONDS = 5.0
 
 
 class Interrupt(KeyboardInterrupt):
@@ -43,17 +37,13 @@ class _State:
     deferred = 0
     pending = False  # a signal arrived inside deferred() and is still to be raised
     received: list[int] = []
-    groups: dict[int, tuple[int, float]] = {}  # process group -> (stop signal, grace)
     callbacks: list = []  # what runner.Process registered: called on the first signal
-    timers: list[threading.Timer] = []
 
 
 def _handler(signum, _frame):
     _State.received.append(signum)
     if len(_State.received) > 1:
         return  # the first signal's cleanup is under way; nothing may cut it short
-    for group, (stop, grace) in list(_State.groups.items()):
-        _stop(group, stop, grace)
     for callback in list(_State.callbacks):
         callback()
     if _State.deferred:
@@ -79,9 +69,7 @@ def handled():
     if _State.installed or threading.current_thread() is not threading.main_thread():
         yield
         return
-    _State.received, _State.pending, _State.deferred, _State.groups, _State.timers = \
-        [], False, 0, {}, []
-    _State.callbacks = []
+    _State.received, _State.pending, _State.deferred, _State.callbacks = [], False, 0, []
     previous = {sig: signal.signal(sig, _handler) for sig in HANDLED}
     _State.installed = 1
     try:
@@ -111,79 +99,12 @@ def deferred():
 @contextmanager
 def on_signal(callback):
     """While the block runs, the first signal calls ``callback()`` (in the signal handler: it
-    must only send signals or start timers); at once if that signal has already arrived."""
+    must only send signals or start timers); at once if that signal has already arrived while
+    the policy is installed."""
     _State.callbacks.append(callback)
-    if _State.received:
+    if _State.installed and _State.received:
         callback()
     try:
         yield
     finally:
         _State.callbacks.remove(callback)
-
-
-@contextmanager
-def forward_to(process: subprocess.Popen, stop: int, grace: float):
-    """While the block runs, a signal sends ``stop`` to ``process``'s group (started in a new
-    session) and, if it is still there ``grace`` seconds later, SIGKILL."""
-    _State.groups[process.pid] = (stop, grace)
-    if _State.received:  # arrived between the start of the process and this registration
-        _stop(process.pid, stop, grace)
-    try:
-        yield
-    finally:
-        _State.groups.pop(process.pid, None)
-        for timer in _State.timers:
-            timer.cancel()
-
-
-def _stop(group: int, stop: int, grace: float) -> None:
-    kill_group(group, stop)
-    timer = threading.Timer(grace, kill_group, (group, signal.SIGKILL))
-    timer.daemon = True
-    timer.start()
-    _State.timers.append(timer)
-
-
-def kill_group(group: int, sig: int) -> None:
-    try:
-        os.killpg(group, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def adopt_orphans() -> None:
-    """Become the reaper of orphaned descendants, so stop_group can wait for them."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def stop_group(group: int) -> None:
-    """End what is left of a process group whose leader exited (KIWI's apt-get, dpkg,
-    postinst scripts): SIGTERM, then SIGKILL, and reap those that were re-parented to us."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        kill_group(group, sig)
-        deadline = time.monotonic() + GROUP_STOP_SECONDS
-        while time.monotonic() < deadline:
-            _reap(group)
-            if not _group_alive(group):
-                return
-            time.sleep(0.1)
-
-
-def _reap(group: int) -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-group, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -2,13 +2,16 @@
 podman with a locally made Debian 12 image is tests/integration/test_container.py."""
 
 import os
+import signal
+import threading
 from pathlib import Path
 
 import pytest
 
-from imagebuilder import container
+from imagebuilder import container, signals
 from imagebuilder.build import BuildRequest
 from imagebuilder.compose import Customisation
+from imagebuilder.errors import Interrupted
 from imagebuilder.repos import parse_repo_option
 from imagebuilder.targets import DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT, get_target
 from tests.conftest import run_cli
@@ -75,3 +78,22 @@ def test_a_missing_engine_is_named(tmp_path):
     assert result.returncode == 3
     assert result.stderr == "error: --container needs no-such-engine (apt-get install podman runc, or zypper install podman)\n"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="--container needs root")
+def test_a_signal_reaches_the_engine_as_sigint_and_its_exit_is_awaited(tmp_path, monkeypatch):
+    """The build inside unwinds its mounts on the SIGINT podman forwards: we wait for it."""
+    unwound = tmp_path / "unwound"
+    engine = tmp_path / "engine"
+    engine.write_text("#!/bin/bash\n"
+                      '[ "$1" = run ] || exit 0  # image inspect: the builder image exists\n'
+                      f"trap 'sleep 0.5; touch {unwound}; exit 130' INT\n"
+                      "while true; do sleep 0.1; done\n")
+    engine.chmod(0o755)
+    monkeypatch.setenv(container.ENGINE_ENV, str(engine))
+    request = BuildRequest(target=get_target("debian"), out_dir=tmp_path / "out" / "debian",
+                           cache_dir=tmp_path / "cache")
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    with signals.handled(), pytest.raises(Interrupted, match="the build in the container was stopped"):
+        container.build(request, None, as_json=False)
+    assert unwound.exists()

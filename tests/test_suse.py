@@ -183,7 +183,7 @@ def test_suse_description_carries_keys_registration_product_and_nic_naming():
 
 def test_tokens_and_passwords_of_the_hosts_repositories_are_secrets(monkeypatch, tmp_path):
     from imagebuilder.build import BuildRequest
-    from imagebuilder.kiwi import Redactor
+    from imagebuilder.runner import Redactor
 
     monkeypatch.setenv("TDX_IMAGE_ZYPP_ROOT", str(ZYPP_SAMPLE))
     request = BuildRequest(target=get_target("sles"), out_dir=tmp_path / "sles")
