@@ -3,8 +3,9 @@ working directory, mounts of loop devices backed by files there, and those loop 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
+
+from . import runner
 
 PROC_MOUNTS = "/proc/mounts"
 SYS_BLOCK = Path("/sys/block")
@@ -49,11 +50,12 @@ def leftovers(directory: Path) -> tuple[list[str], list[str]]:
 
 
 def release(directory: Path) -> None:
+    """Runs to its end whatever signal arrives: it is how an interrupted build leaves."""
     held, loops = leftovers(directory)
     for point in reversed(held):  # innermost first
-        subprocess.run(["umount", "--lazy", point], capture_output=True)
+        runner.run(["umount", "--lazy", point], forward=None)
     for loop in loops:
         # Partitions added with partx outlive the detach; the next build handed this loop
         # device would then fail with "partx: error adding partitions".
-        subprocess.run(["partx", "--delete", loop], capture_output=True)
-        subprocess.run(["losetup", "--detach", loop], capture_output=True)
+        runner.run(["partx", "--delete", loop], forward=None)
+        runner.run(["losetup", "--detach", loop], forward=None)

@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ElementTree
@@ -35,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cleanup, kiwi
+from . import cleanup, kiwi, runner
 from .errors import HostError
 from .repos import Credentials, Repository, metadata_request
 
@@ -145,8 +144,7 @@ def _without_bootstrap(description: Path, destination: Path) -> None:
 def _copy_tree(source: Path, destination: Path) -> None:
     """Hard links, ownership, modes, times, ACLs and xattrs (file capabilities) kept."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    copied = subprocess.run(["cp", "-a", "--reflink=auto", str(source), str(destination)],
-                            capture_output=True, text=True)
+    copied = runner.run(["cp", "-a", "--reflink=auto", str(source), str(destination)], text=True)
     if copied.returncode != 0:
         raise HostError(f"cannot copy the prepared root: {copied.stderr.strip()}",
                         "check free space in the cache and output directories")

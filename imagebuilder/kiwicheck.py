@@ -8,10 +8,10 @@ replaces Python's logger class for the whole process.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
+from . import runner
 from .errors import InputError
 from .repos import Repository
 
@@ -20,8 +20,8 @@ def check_description(description: Path, profile: str | None, repositories: list
     """Raise InputError with KIWI's message if the description would not build."""
     request = {"description": str(description), "profile": profile,
                "repositories": [repo.kiwi_add_repo() for repo in repositories]}
-    result = subprocess.run([sys.executable, "-m", "imagebuilder.kiwicheck"],
-                            input=json.dumps(request), capture_output=True, text=True)
+    result = runner.run([sys.executable, "-m", "imagebuilder.kiwicheck"],
+                        input=json.dumps(request), text=True)
     if result.returncode != 0:
         lines = [line for line in result.stdout.splitlines() + result.stderr.splitlines() if line.strip()]
         raise InputError(f"KIWI rejects the description {description}: "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +73,32 @@ def test_a_signal_forwards_the_programs_own_stop_signal(tmp_path):
     assert marker.exists()
     assert process.returncode == 9
 
+
+
+DIRECT_PROCESS_USE = re.compile(r"^\s*(?:import|from)\s+subprocess\b|\bsubprocess\.|\bos\.execvp|"
+                                r"\bos\.killpg\b|\bos\.kill\(", re.MULTILINE)
+
+
+def test_no_module_but_the_runner_starts_or_signals_a_program():
+    package = Path(runner.__file__).parent
+    offenders = [f"{path.relative_to(package)}: {match.group().strip()}"
+                 for path in sorted(package.rglob("*.py"))
+                 if path.name != "runner.py"
+                 for match in DIRECT_PROCESS_USE.finditer(path.read_text())]
+    assert offenders == []
+
+
+def test_cleanup_after_a_signal_runs_to_its_end_and_work_started_then_is_stopped():
+    """cleanup.release (umount, losetup) runs after the signal that stopped a build."""
+    with signals.handled(), pytest.raises(signals.Interrupt), signals.deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        cleanup = runner.run(["sh", "-c", "sleep 0.3; echo released"], text=True, forward=None)
+        assert (cleanup.returncode, cleanup.stdout) == (0, "released\n")
+        assert runner.run(["sleep", "30"], timeout=20).returncode == -signal.SIGTERM
+
+
+def test_a_signal_under_an_earlier_policy_stops_no_later_program():
+    with signals.handled(), pytest.raises(signals.Interrupt):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert runner.run(["sh", "-c", "sleep 0.3"]).returncode == 0

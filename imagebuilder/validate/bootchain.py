@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import zstandard
 
-from .tools import message, run
+from .. import runner
 
 
 @dataclass
@@ -120,9 +120,9 @@ def _zstd(data: bytes) -> bytes:
 
 def _lz4(data: bytes) -> bytes:
     """No lz4 in Python's library; the kernel's legacy lz4 format is rare enough to call the tool."""
-    unpacked = run(["lz4", "-dc"], stdin=data)
+    unpacked = runner.run(["lz4", "-dc"], input=data)
     if unpacked.returncode != 0 and not unpacked.stdout:
-        raise InitrdError(f"lz4: {message(unpacked)}")
+        raise InitrdError(f"lz4: {runner.last_line(unpacked)}")
     return unpacked.stdout
 
 

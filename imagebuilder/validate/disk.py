@@ -17,9 +17,9 @@ from typing import Protocol
 
 import zstandard
 
+from .. import runner
 from ..errors import InputError
 from ..inputs import require_regular_file
-from .tools import message, run
 
 SECTOR = 512
 GPT_SIGNATURE = b"EFI PART"
@@ -207,9 +207,9 @@ def image_format(image: Path) -> str:
     require_regular_file(image, "image")
     if image.stat().st_size == 0:
         raise InputError(f"{image}: empty file, not a disk image")
-    info = run(["qemu-img", "info", "--output=json", str(image)])
+    info = runner.run(["qemu-img", "info", "--output=json", str(image)])
     if info.returncode != 0:
-        raise InputError(f"{image}: qemu-img cannot read it: {message(info)}")
+        raise InputError(f"{image}: qemu-img cannot read it: {runner.last_line(info)}")
     details = json.loads(info.stdout)
     if details.get("encrypted"):
         raise InputError(f"{image}: encrypted qcow2 images cannot be inspected", "validate the unencrypted image")
@@ -220,9 +220,9 @@ def image_format(image: Path) -> str:
         return "raw"
     if details["format"] == "vmdk":  # what `build --format vmdk` makes
         # A truncated vmdk converts "successfully", with zeros: qemu-img check sees it.
-        checked = run(["qemu-img", "check", "-f", "vmdk", str(image)])
+        checked = runner.run(["qemu-img", "check", "-f", "vmdk", str(image)])
         if checked.returncode != 0:
-            raise InputError(f"{image}: damaged vmdk: {message(checked)}",
+            raise InputError(f"{image}: damaged vmdk: {runner.last_line(checked)}",
                              "the file is truncated or corrupt")
         return "vmdk"
     if details["format"] != "qcow2":
@@ -259,10 +259,10 @@ def _converted_vmdk(image: Path) -> Disk:
     """A (checked) vmdk converted to a sparse raw file in a temporary directory, read from there."""
     workdir = Path(tempfile.mkdtemp(prefix="tdx-image-vmdk-"))
     raw = workdir / "disk.raw"
-    converted = run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(image), str(raw)])
+    converted = runner.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(image), str(raw)])
     if converted.returncode != 0:
         shutil.rmtree(workdir, ignore_errors=True)
-        raise InputError(f"{image}: qemu-img cannot read it: {message(converted)}")
+        raise InputError(f"{image}: qemu-img cannot read it: {runner.last_line(converted)}")
     return _TemporaryRawDisk(raw, workdir)
 
 
@@ -272,9 +272,9 @@ def _check_qcow2(image: Path, cluster_size: int) -> None:
     qemu-img check reports corruptions (exit 2) and where the image should end; a file shorter
     than that by a cluster or more lost its tail (the last compressed cluster may be partial).
     """
-    checked = run(["qemu-img", "check", "-f", "qcow2", "--output=json", str(image)])
+    checked = runner.run(["qemu-img", "check", "-f", "qcow2", "--output=json", str(image)])
     if checked.returncode == 1:  # the check could not run: unreadable header, missing backing file
-        raise InputError(f"{image}: qemu-img cannot read it: {message(checked)}")
+        raise InputError(f"{image}: qemu-img cannot read it: {runner.last_line(checked)}")
     result = json.loads(checked.stdout)
     missing = result.get("image-end-offset", 0) - image.stat().st_size
     if result.get("corruptions") or missing >= cluster_size:
