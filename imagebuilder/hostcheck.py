@@ -10,7 +10,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import runner
+from . import distro, runner
 from .errors import HostError
 
 KIWI_INSTALL = "run ./setup.sh, or pip install 'kiwi==11.1.*'"
@@ -22,27 +22,13 @@ KIWI_INSTALL = "run ./setup.sh, or pip install 'kiwi==11.1.*'"
 # KIWI's doc/source/troubleshooting/buildhost_constraints.rst: the build host should match
 # the target; OSInside/kiwi#1834 is an Ubuntu host failing on Leap.
 SUSE_15_HOSTS = ("opensuse-leap", "sles", "sled")
-OS_RELEASE = "/etc/os-release"
 
 
-def os_release(path: str = OS_RELEASE) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return fields
-    for line in lines:
-        key, sep, value = line.partition("=")
-        if sep and not key.startswith("#"):
-            fields[key.strip()] = value.strip().strip('"\'')
-    return fields
-
-
-def build_host_problem(target, os_release_path: str = OS_RELEASE) -> str | None:
+def build_host_problem(target, os_release_path: str = distro.OS_RELEASE) -> str | None:
     """Why this host cannot build ``target`` natively, or None when it can."""
     if target.package_manager != "zypper":
         return None
-    host = os_release(os_release_path)
+    host = distro.os_release(os_release_path)
     if host.get("ID") in SUSE_15_HOSTS and host.get("VERSION_ID", "").split(".")[0] == "15":
         return None
     here = tool_version(["rpm", "--version"]).replace("RPM version ", "") if shutil.which("rpm") else ""

@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import hostcheck, runner
+from . import distro, runner
 from .errors import HostError, InputError
 
 
@@ -48,8 +48,6 @@ TDVF_CANDIDATES = (
 # The OVMF package of each distribution family (ID/ID_LIKE in /etc/os-release).
 FIRMWARE_INSTALL = {"debian": "apt-get install ovmf", "fedora": "dnf install edk2-ovmf",
                     "suse": "zypper install qemu-ovmf-x86_64"}
-FAMILY = {"debian": "debian", "ubuntu": "debian", "fedora": "fedora", "rhel": "fedora",
-          "centos": "fedora", "suse": "suse", "opensuse": "suse", "sles": "suse"}
 # The Quote Generation Service (QGS) a TD asks for its attestation quotes: QEMU's tdx-guest
 # property quote-generation-socket (docs/system/i386/tdx.rst), by default on the host's vsock
 # CID 2, port 4050, as Intel's QGS listens (canonical/tdx run_td passes the same).
@@ -100,15 +98,8 @@ def firmware_for(path: Path) -> Firmware:
     return Firmware(path, variables if variables and variables.is_file() else None)
 
 
-def host_family(os_release: Path = Path(hostcheck.OS_RELEASE)) -> str | None:
-    """debian, fedora or suse from /etc/os-release's ID and ID_LIKE, None for others."""
-    fields = hostcheck.os_release(str(os_release))
-    words = " ".join(fields.get(key, "") for key in ("ID", "ID_LIKE")).split()
-    return next((FAMILY[word] for word in words if word in FAMILY), None)
-
-
 def firmware_install_hint() -> str:
-    family = host_family()
+    family = distro.host_family()
     if family:
         return FIRMWARE_INSTALL[family]
     return "install OVMF: " + "; ".join(f"{name}: {command}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,19 +60,6 @@ class Requirement:
         return Result(self.id, status_of(finding, severity), finding.detail, hint, severity, group)
 
 
-def install_hint(tools: Iterable[str]) -> str:
-    """The command that installs ``tools`` (runner.TOOLS) on this host's distribution."""
-    known = [runner.TOOLS[tool] for tool in tools]
-    debian = " ".join(sorted({tool.debian for tool in known}))
-    suse = " ".join(sorted({tool.suse for tool in known}))
-    family = launch.host_family()
-    if family == "debian":
-        return f"apt-get install {debian}"
-    if family == "suse":
-        return f"zypper install {suse}"
-    return f"apt-get install {debian}, or zypper install {suse}"
-
-
 def on_tools(id: str, needed_for: tuple[str, ...], names: tuple[str, ...]) -> Requirement:
     """Host programs that must be on PATH; the hint installs those missing."""
     def probe(context: Context) -> Finding:
@@ -83,7 +70,7 @@ def on_tools(id: str, needed_for: tuple[str, ...], names: tuple[str, ...]) -> Re
             return Finding(False, f"host tools missing: {', '.join(missing)}")
         return Finding(True, ", ".join(sorted(names)))
 
-    return Requirement(id, needed_for, probe, lambda context: install_hint(runner.missing(names)))
+    return Requirement(id, needed_for, probe, lambda context: runner.install_hint(*runner.missing(names)))
 
 
 def root(context: Context) -> Finding:
@@ -204,7 +191,7 @@ REQUIREMENTS = (
     on_tools("apt tools (debian)", ("build:apt",), APT_TOOLS),
     Requirement("loop devices", ("build",), loop_devices, "modprobe loop"),
     Requirement("vfat (EFI partition)", ("build",), vfat,
-                lambda context: install_hint(ESP_FALLBACK_TOOLS)),
+                lambda context: runner.install_hint(*ESP_FALLBACK_TOOLS)),
     # KIWI bootstraps a zypper image with the host's zypper and rpm: SUSE 15 has both.
     Requirement("SUSE targets (leap, sles)", ("build:zypper",), suse_15_host, container_hint),
     Requirement("free disk", ("build",), free_space, "free some space or choose another --out"),

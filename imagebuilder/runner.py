@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Self
 
-from . import signals
+from . import distro, signals
 from .errors import HostError
 
 PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
@@ -72,14 +72,20 @@ TOOLS: dict[str, Tool] = {
 }
 
 
-def install_hint(tool: str) -> str:
-    """How to get ``tool``: the package on Debian and on SUSE."""
-    known = TOOLS.get(Path(tool).name)
-    if known is None:
-        return f"install {tool}"
-    if known.debian == known.suse:
-        return f"install the package {known.debian} (apt-get or zypper install {known.debian})"
-    return f"apt-get install {known.debian}, or zypper install {known.suse}"
+def install_hint(*tools: str) -> str:
+    """The command that installs ``tools`` on this host's distribution (on others: the Debian
+    and the SUSE one)."""
+    known = [TOOLS.get(Path(tool).name) for tool in tools]
+    if None in known:
+        return "install " + ", ".join(tool for tool, entry in zip(tools, known) if entry is None)
+    debian = " ".join(sorted({entry.debian for entry in known if entry}))
+    suse = " ".join(sorted({entry.suse for entry in known if entry}))
+    family = distro.host_family()
+    if family == "debian":
+        return f"apt-get install {debian}"
+    if family == "suse":
+        return f"zypper install {suse}"
+    return f"apt-get install {debian}, or zypper install {suse}"
 
 
 def missing(tools: Iterable[str]) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from imagebuilder import boot, launch
+from imagebuilder import boot, distro, launch
 from imagebuilder.errors import CheckFailed, HostError, InputError, Interrupted
 from tests.conftest import schema_errors
 
@@ -371,7 +371,7 @@ def test_boot_takes_the_firmware_given_and_names_the_package_when_there_is_none(
     assert f"if=pflash,format=raw,snapshot=on,file={unified}" in arguments
 
     monkeypatch.setattr(launch, "OVMF_CANDIDATES", ((tmp_path / "no/CODE.fd", tmp_path / "no/VARS.fd"),))
-    monkeypatch.setattr(launch, "host_family", lambda: "fedora")
+    monkeypatch.setattr(distro, "host_family", lambda: "fedora")
     with pytest.raises(HostError) as raised:
         boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log")
     assert raised.value.hint == "dnf install edk2-ovmf, or pass --firmware FILE"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from imagebuilder import cli, doctor, hostcheck, launch, runner
+from imagebuilder import cli, distro, doctor, hostcheck, launch, runner
 from imagebuilder.errors import RepositoryError
 from imagebuilder.results import FAIL, PASS, WARN, Result
 
@@ -38,7 +38,7 @@ def test_a_kernel_with_vfat_needs_no_fallback(monkeypatch):
 
 def test_missing_tools_name_their_packages(monkeypatch):
     monkeypatch.setattr(runner, "missing", lambda tools: [tool for tool in tools if tool == "sgdisk"])
-    monkeypatch.setattr(launch, "host_family", lambda: "debian")
+    monkeypatch.setattr(distro, "host_family", lambda: "debian")
     check = doctor_check("host tools")
     assert (check.status, check.detail, check.hint) == (FAIL, "sgdisk is not installed", "apt-get install gdisk")
 

@@ -6,7 +6,7 @@ from collections import namedtuple
 
 import pytest
 
-from imagebuilder import hostcheck, launch, publish, requirements
+from imagebuilder import distro, hostcheck, publish, requirements
 from imagebuilder.errors import BuildError, HostError
 
 Usage = namedtuple("Usage", "total used free")
@@ -34,7 +34,7 @@ def test_free_space_is_checked_on_the_nearest_existing_parent(tmp_path, monkeypa
 def test_missing_tools_name_their_packages(monkeypatch):
     monkeypatch.setattr(hostcheck.shutil, "which", lambda tool: None if tool == "mcopy" else "/x")
     monkeypatch.setattr(hostcheck, "kernel_mounts_vfat", lambda: False)
-    monkeypatch.setattr(launch, "host_family", lambda: "debian")
+    monkeypatch.setattr(distro, "host_family", lambda: "debian")
     with pytest.raises(HostError, match="mcopy") as raised:
         requirements.require("vfat (EFI partition)")
     assert raised.value.hint == "apt-get install mtools"

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from imagebuilder import launch, launch_command, requirements
+from imagebuilder import distro, launch, launch_command, requirements
 from imagebuilder.errors import HostError, InputError
 from imagebuilder.launch import Launch
 
@@ -281,7 +281,7 @@ def test_firmware_is_found_where_the_distributions_put_it(tmp_path, monkeypatch)
     assert launch.find_ovmf() == launch.Firmware(*pairs[1])  # the first complete pair
     assert launch.firmware_for(pairs[1][0]) == launch.Firmware(*pairs[1])  # its own variables
     pairs[1][1].unlink()
-    monkeypatch.setattr(launch, "host_family", lambda: "suse")
+    monkeypatch.setattr(distro, "host_family", lambda: "suse")
     with pytest.raises(HostError, match="no UEFI firmware") as raised:
         requirements.require_ovmf(None)
     assert raised.value.hint.startswith("zypper install qemu-ovmf-x86_64")
@@ -299,11 +299,11 @@ def test_firmware_is_found_where_the_distributions_put_it(tmp_path, monkeypatch)
 def test_the_hosts_distribution_family_comes_from_os_release(tmp_path, os_release, family):
     path = tmp_path / "os-release"
     path.write_text(os_release)
-    assert launch.host_family(path) == family
+    assert distro.host_family(path) == family
 
 
 def test_an_unknown_distribution_gets_every_install_hint(monkeypatch):
-    monkeypatch.setattr(launch, "host_family", lambda: None)
+    monkeypatch.setattr(distro, "host_family", lambda: None)
     hint = launch.firmware_install_hint()
     assert all(command in hint for command in launch.FIRMWARE_INSTALL.values())
 

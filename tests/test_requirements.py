@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from imagebuilder import doctor, hostcheck, launch, requirements, runner
+from imagebuilder import distro, doctor, hostcheck, launch, requirements, runner
 from imagebuilder.errors import HostError
 from imagebuilder.results import FAIL, PASS, SKIP, WARN, Result, render
 
@@ -64,11 +64,11 @@ def test_install_hints_name_the_packages_of_the_hosts_distribution(monkeypatch):
                          ("suse", "zypper install gptfdisk mtools qemu-tools"),
                          (None, "apt-get install gdisk mtools qemu-utils, "
                                 "or zypper install gptfdisk mtools qemu-tools")):
-        monkeypatch.setattr(launch, "host_family", lambda family=family: family)
-        assert requirements.install_hint(tools) == hint
+        monkeypatch.setattr(distro, "host_family", lambda family=family: family)
+        assert runner.install_hint(*tools) == hint
     every_tool = (requirements.DISK_TOOLS + requirements.APT_TOOLS + requirements.ESP_FALLBACK_TOOLS
                   + requirements.QEMU_TOOLS + ("swtpm",))
-    assert requirements.install_hint(every_tool)  # each is in runner.TOOLS, the one table
+    assert runner.install_hint(*every_tool)  # each is in runner.TOOLS, the one table
 
 
 def test_one_missing_tool_and_several_are_named(monkeypatch):
