@@ -132,7 +132,7 @@ def build(dry_run, as_json, container, container_image, progress_format, **value
     if container or container_image:
         from . import container as containers  # only this path needs the engine
 
-        containers.build(request, container_image, as_json)
+        containers.build(request, container_image, as_json, progress_format)
         return
     builder.requirements.require(f"build:{request.target.package_manager}",  # refused first
                                  context=builder.requirements.Context(target=request.target))

@@ -21,7 +21,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from . import kiwi, outdir, runner, settings
+from . import kiwi, outdir, progress, runner, settings
 from .build import BuildRequest
 from .errors import HostError, InputError, Interrupted, RepositoryError, TdxImageError
 from .repos import ZYPP_ROOT_ENV, Repository
@@ -77,8 +77,10 @@ def image_exists(engine_path: str, image: str) -> bool:
     return runner.run([engine_path, "image", "inspect", image]).returncode == 0
 
 
-def ensure_builder(engine_path: str, base_image: str, on_progress=print) -> str:
-    """The builder image for ``base_image``: reused when it exists, made otherwise."""
+def ensure_builder(engine_path: str, base_image: str, on_progress=print,
+                   engine_output=runner.PIPE) -> str:
+    """The builder image for ``base_image``: reused when it exists, made otherwise.  The
+    engine's own build output goes to ``engine_output`` (by default kept for the error message)."""
     tag = builder_tag(base_image)
     if image_exists(engine_path, tag):
         return tag
@@ -102,7 +104,7 @@ def ensure_builder(engine_path: str, base_image: str, on_progress=print) -> str:
             "RUN sh /tmp/tdx-image-builder/provision && rm -rf /tmp/tdx-image-builder\n")
         result = runner.run([engine_path, "build", "--network", "host", "--tag", tag,
                              "--file", str(context / "Containerfile"), str(context)],
-                            stdout=sys.stderr)
+                            stdout=engine_output)
     if result.returncode != 0:
         raise HostError(f"making the builder image from {base_image} failed: "
                         f"{runner.last_line(result)}", RESTRICTED_HOST_HINT)
@@ -139,7 +141,8 @@ def _driver_sources() -> list[Path]:
     return [PACKAGE_DIR, *(d for d in (DESCRIPTIONS_DIR, OVERLAYS_DIR) if not d.is_relative_to(PACKAGE_DIR))]
 
 
-def run_command(engine_path: str, image: str, request: BuildRequest, as_json: bool) -> list[str]:
+def run_command(engine_path: str, image: str, request: BuildRequest, as_json: bool,
+                progress_format: str = "auto") -> list[str]:
     """The engine command running ``tdx-image build`` inside ``image`` for ``request``."""
     out_dir = request.out_dir.resolve()
     cache_dir = request.cache_dir.resolve()
@@ -178,11 +181,16 @@ def run_command(engine_path: str, image: str, request: BuildRequest, as_json: bo
         inner.append("--no-incremental")
     if as_json:
         inner.append("--json")
+    if progress_format != "auto":
+        inner += ["--progress", progress_format]
     return command + [image] + inner
 
 
-def build(request: BuildRequest, container_image: str | None, as_json: bool) -> None:
-    """Run the build in a container; its output and exit status are the build's."""
+def build(request: BuildRequest, container_image: str | None, as_json: bool,
+          progress_format: str = "auto") -> None:
+    """Run the build in a container; its output and exit status are the build's.  With
+    ``--progress json`` stderr carries only JSON lines: the builder image's making is a note
+    event and the engine's build output is not shown."""
     if request.boot_test:
         raise InputError("--boot-test is not run inside the container",
                          "boot the published image on this host: tdx-image boot OUT/IMAGE.qcow2")
@@ -190,13 +198,19 @@ def build(request: BuildRequest, container_image: str | None, as_json: bool) -> 
     require_host("container")
     engine_path = engine()
     base = container_image or request.target.chosen.container_image
-    image = ensure_builder(engine_path, base, lambda text: print(text, file=sys.stderr))
+    if progress_format == "json":
+        events = progress.JsonLines(sys.stderr)
+        image = ensure_builder(engine_path, base,
+                               lambda text: events(progress.Event(progress.NOTE, None, message=text)))
+    else:
+        image = ensure_builder(engine_path, base, lambda text: print(text, file=sys.stderr),
+                               engine_output=sys.stderr)
     for directory in (request.out_dir.resolve().parent, request.cache_dir.resolve()):
         directory.mkdir(parents=True, exist_ok=True)  # the engine mounts only what exists
     try:
         # A signal reaches the engine as SIGINT; it forwards it to the build, which releases its
         # mounts: leaving the block waits for that, as long as the grace.
-        with runner.Process(run_command(engine_path, image, request, as_json),
+        with runner.Process(run_command(engine_path, image, request, as_json, progress_format),
                             forward=signal.SIGINT, grace=STOP_GRACE) as process:
             returncode = process.wait()
     except KeyboardInterrupt:

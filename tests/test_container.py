@@ -45,7 +45,9 @@ def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, 
     # The customisation goes in as the same options (settings.SETTINGS), paths absolute.
     assert " ".join(inner[inner.index("--package"):inner.index("--ssh-user") + 2]) == (
         f"--package jq --package vim --size 6144M --format vmdk --ssh-key {key} --ssh-user admin")
-    assert "--json" in inner
+    assert "--json" in inner and "--progress" not in inner
+    with_events = container.run_command("podman", "builder:tag", request, True, progress_format="json")
+    assert with_events[-2:] == ["--progress", "json"]  # the build inside emits the events
     # Secrets travel by name through the environment, never on the command line.
     assert "TDX_IMAGE_REPO_PASSWORD" in command and not any("hunter2" in word for word in command)
 

@@ -33,9 +33,14 @@ def debian_container_image() -> str:
 
 def test_debian_builds_in_its_container_and_publishes_on_the_host(debian_container_image, tmp_path):
     out = tmp_path / "debian"
-    result = run_cli("build", "debian", "--container", "--out", out, "--json", env=ENV)
+    result = run_cli("build", "debian", "--container", "--out", out, "--json", "--progress", "json",
+                     env=ENV)
     assert result.returncode == 0, result.stderr[-4000:]
     record = json.loads(result.stdout)  # the build inside printed it; --json passed through
+    # --progress json passed through too: the phases inside arrive as JSON lines on stderr.
+    events = [json.loads(line) for line in result.stderr.splitlines()]  # nothing but events
+    finished = {event["phase"] for event in events if event["status"] == "finished"}
+    assert {"compose", "kiwi", "validate", "measure"} <= finished, result.stderr[-4000:]
     published = json.loads((out / "build.json").read_text())
     assert record == published and published["target"]["release"] == "12"
     image = out / published["image"]
