@@ -73,7 +73,7 @@ def bare_kiwi(plan: dict, work: Path, log: Path) -> tuple[float, int]:
     command = list(plan["command"])
     target_dir = work / "bare-kiwi"
     command[command.index("--target-dir") + 1] = str(target_dir)
-    run = kiwi.KiwiRun(kiwi=command[0], description=Path(plan["description"]), target_dir=target_dir,
+    run = kiwi.KiwiInvocation(kiwi=command[0], description=Path(plan["description"]), target_dir=target_dir,
                        cache_dir=DEFAULT_CACHE_DIR, repositories=[],
                        esp_fallback_dir=work / "esp" if plan["esp_fallback"] else None)
     run.prepare_esp_fallback()

@@ -138,7 +138,7 @@ class BuildContext:
     phases: Phases
     durations: Durations
     composition: Composition | None = None
-    run: kiwi.KiwiRun | None = None
+    invocation: kiwi.KiwiInvocation | None = None
     reuse: incremental.Decision | None = None
 
     def phase(self, name: str, message: str | None = None) -> AbstractContextManager[None]:
@@ -160,9 +160,9 @@ class BuildContext:
                                    self.staging.root: "<staging>",
                                    self.staging.description: str(self.out_dir / "description")})
 
-    def kiwi_run(self) -> kiwi.KiwiRun:
+    def kiwi_invocation(self) -> kiwi.KiwiInvocation:
         request = self.request
-        return kiwi.KiwiRun(
+        return kiwi.KiwiInvocation(
             kiwi=self.host.kiwi,
             description=self.staging.description,
             target_dir=self.staging.kiwi_target,
@@ -205,7 +205,7 @@ def dry_run(request: BuildRequest) -> dict:
         request, out_dir, Staging(out_dir.parent / f".{out_dir.name}.staging-XXXXXXXX"),
         Host(hostcheck.kiwi_command(), not hostcheck.kernel_mounts_vfat()), credentials,
         Phases(), Durations())
-    run = context.kiwi_run()
+    run = context.kiwi_invocation()
     state = ("absent: will be created" if not os.path.lexists(out_dir) else
              "empty or an earlier output: will be replaced" if outdir.replaceable(out_dir) else
              "not ours: will be replaced (--force)")
@@ -336,12 +336,12 @@ def _run_kiwi(context: BuildContext) -> None:
 
         with context.phase("prepared root"):
             context.reuse = incremental.prepare(
-                context.kiwi_run(), staging.description, request.target.name, context.credentials,
+                context.kiwi_invocation(), staging.description, request.target.name, context.credentials,
                 hostcheck.kiwi_version(), request.incremental, staging.root,
                 staging.publish / "prepare.log", kiwi_step, context.secrets)
-        context.run = context.reuse.run
+        context.invocation = context.reuse.invocation
         with context.phase("kiwi"):
-            kiwi.run(context.run, log, kiwi_step, context.secrets)
+            kiwi.execute(context.invocation, log, kiwi_step, context.secrets)
 
 
 @contextmanager
@@ -358,7 +358,7 @@ def _record(context: BuildContext, image: Path, digests: dict[str, dict], sbom_f
             boot: dict | None) -> dict:
     """build.json: what was built from what, how long each phase took, what was published."""
     request, target = context.request, context.request.target
-    assert context.composition and context.run and context.reuse  # set by the steps before
+    assert context.composition and context.invocation and context.reuse  # set by the steps before
     return {
         "schema_version": SCHEMA_VERSION,
         "tdx_image_version": __version__,
@@ -378,7 +378,7 @@ def _record(context: BuildContext, image: Path, digests: dict[str, dict], sbom_f
                  "esp_fallback": context.host.esp_fallback},
         "tools": {"kiwi": hostcheck.kiwi_version(),
                   "qemu-img": hostcheck.tool_version(["qemu-img", "--version"])},
-        "kiwi_command": context.final([context.redact(word) for word in context.run.command()]),
+        "kiwi_command": context.final([context.redact(word) for word in context.invocation.command()]),
         "incremental": context.reuse.incremental,
         "incremental_reason": context.reuse.reason,
         "prepared_root_key": context.reuse.key,

@@ -141,7 +141,7 @@ def _driver_sources() -> list[Path]:
     return [PACKAGE_DIR, *(d for d in (DESCRIPTIONS_DIR, OVERLAYS_DIR) if not d.is_relative_to(PACKAGE_DIR))]
 
 
-def run_command(engine_path: str, image: str, request: BuildRequest, as_json: bool,
+def engine_command(engine_path: str, image: str, request: BuildRequest, as_json: bool,
                 progress_format: str = "auto") -> list[str]:
     """The engine command running ``tdx-image build`` inside ``image`` for ``request``."""
     out_dir = request.out_dir.resolve()
@@ -210,7 +210,7 @@ def build(request: BuildRequest, container_image: str | None, as_json: bool,
     try:
         # A signal reaches the engine as SIGINT; it forwards it to the build, which releases its
         # mounts: leaving the block waits for that, as long as the grace.
-        with runner.Process(run_command(engine_path, image, request, as_json, progress_format),
+        with runner.Process(engine_command(engine_path, image, request, as_json, progress_format),
                             forward=signal.SIGINT, grace=STOP_GRACE) as process:
             returncode = process.wait()
     except KeyboardInterrupt:

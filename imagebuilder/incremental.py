@@ -58,7 +58,7 @@ class Decision:
     incremental: bool  # True: a cached root was reused
     reason: str
     key: str
-    run: kiwi.KiwiRun  # the KIWI build to run now
+    invocation: kiwi.KiwiInvocation  # the KIWI build to run now
 
 
 def _canonical(element: ElementTree.Element) -> str:
@@ -83,14 +83,14 @@ def metadata_digests(repositories: list[Repository], credentials: Credentials | 
     return digests
 
 
-def root_key(description: Path, target: str, run: kiwi.KiwiRun, kiwi_version: str,
+def root_key(description: Path, target: str, invocation: kiwi.KiwiInvocation, kiwi_version: str,
              metadata: dict[str, str]) -> str:
-    """The key of the prepared root ``run`` would install from ``description``."""
+    """The key of the prepared root ``invocation`` would install from ``description``."""
     xml = ElementTree.parse(description / "config.xml").getroot()
     inputs = {
         "key_version": KEY_VERSION,
         "target": target,
-        "profile": run.profile or "",
+        "profile": invocation.profile or "",
         "arch": platform.machine(),
         "kiwi": kiwi_version,
         "packages": [_canonical(element) for element in xml.iter("packages")],
@@ -100,8 +100,8 @@ def root_key(description: Path, target: str, run: kiwi.KiwiRun, kiwi_version: st
         # post_bootstrap.sh, archives, and included fragments (which may hold any of the above)
         "files": {name: _digest((description / name).read_bytes())
                   for name in _prepare_files(xml) if (description / name).is_file()},
-        "repositories": [repo.kiwi_add_repo() for repo in run.repositories],
-        "signing_keys": [_digest(Path(key).read_bytes()) for key in run.signing_keys],
+        "repositories": [repo.kiwi_add_repo() for repo in invocation.repositories],
+        "signing_keys": [_digest(Path(key).read_bytes()) for key in invocation.signing_keys],
         "repository_metadata": metadata,
     }
     return _digest(json.dumps(inputs, sort_keys=True).encode())
@@ -204,19 +204,19 @@ class RootCache:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def prepare(run: kiwi.KiwiRun, description: Path, target: str, credentials: Credentials | None,
+def prepare(invocation: kiwi.KiwiInvocation, description: Path, target: str, credentials: Credentials | None,
             kiwi_version: str, enabled: bool, staging: Path, log: Path,
             on_phase: Callable[[str], None], secrets: list[str]) -> Decision:
-    """Make ``run``'s image root ready, from the cache or freshly prepared; return what to build."""
+    """Make ``invocation``'s image root ready, from the cache or freshly prepared; return what to build."""
     if not enabled:
-        return Decision(False, "--no-incremental: clean build", "", run)
+        return Decision(False, "--no-incremental: clean build", "", invocation)
     try:
-        metadata = metadata_digests(run.repositories, credentials)
+        metadata = metadata_digests(invocation.repositories, credentials)
     except (OSError, urllib.error.URLError) as error:
-        return Decision(False, f"repository metadata unreadable ({error}): clean build", "", run)
-    key = root_key(description, target, run, kiwi_version, metadata)
-    cache = RootCache(run.cache_dir)
-    image_root = run.target_dir / "build" / "image-root"
+        return Decision(False, f"repository metadata unreadable ({error}): clean build", "", invocation)
+    key = root_key(description, target, invocation, kiwi_version, metadata)
+    cache = RootCache(invocation.cache_dir)
+    image_root = invocation.target_dir / "build" / "image-root"
     with cache.locked():
         cached = cache.lookup(key)
         if cached is not None:
@@ -227,10 +227,10 @@ def prepare(run: kiwi.KiwiRun, description: Path, target: str, credentials: Cred
             reduced, root = staging / "description-packages", staging / "prepare" / "root"
             _reduced_description(description, reduced)
             root.parent.mkdir()
-            # target_dir is what kiwi.run releases (mounts, loops) whatever happens: the root's parent
-            prepare_run = dataclasses.replace(run, description=reduced, target_dir=root.parent,
+            # target_dir is what kiwi.execute releases (mounts, loops) whatever happens: the root's parent
+            prepare_invocation = dataclasses.replace(invocation, description=reduced, target_dir=root.parent,
                                               prepare_root=root, esp_fallback_dir=None)
-            kiwi.run(prepare_run, log, lambda phase: on_phase(f"prepare root: {phase}"), secrets)
+            kiwi.execute(prepare_invocation, log, lambda phase: on_phase(f"prepare root: {phase}"), secrets)
             on_phase("cache prepared root")
             cache.store(key, root)
             image_root.parent.mkdir(parents=True, exist_ok=True)
@@ -241,4 +241,4 @@ def prepare(run: kiwi.KiwiRun, description: Path, target: str, credentials: Cred
     build_description = staging / "description-incremental"
     _without_bootstrap(description, build_description)
     return Decision(cached is not None, reason, key,
-                    dataclasses.replace(run, description=build_description, allow_existing_root=True))
+                    dataclasses.replace(invocation, description=build_description, allow_existing_root=True))

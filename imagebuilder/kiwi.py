@@ -48,7 +48,7 @@ STOP_GRACE = 120
 
 
 @dataclass
-class KiwiRun:
+class KiwiInvocation:
     """One KIWI build: the command and everything needed to run and report it."""
 
     kiwi: str
@@ -109,7 +109,7 @@ class KiwiRun:
                 link.symlink_to(HOSTSHIM)
 
 
-def run(build: KiwiRun, log_path: Path, on_phase: Callable[[str], None],
+def execute(build: KiwiInvocation, log_path: Path, on_phase: Callable[[str], None],
         secrets: Sequence[str] = ()) -> None:
     """Run the build, reporting KIWI's phases to ``on_phase`` (from another thread) as their
     markers appear.  Raises a typed error on failure or interrupt.

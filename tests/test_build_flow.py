@@ -3,7 +3,7 @@ stand-in kiwi-ng that prints KIWI's phase lines and "builds" a small synthetic i
 
 Real here: the command line, settings, outdir checks, locks (in a temporary lock directory), the
 repository check (local file:// repositories), composition, the incremental prepared root,
-kiwi.run with its log and redaction, publishing, the SBOM, validation of the synthetic image
+kiwi.execute with its log and redaction, publishing, the SBOM, validation of the synthetic image
 (tests/test_validate_checks.py makes it; every check runs), measurement, build.json, the
 exchange into --out, OUT.failed, and the phase events.  Passed through a seam: build.preflight
 (root, host tools, free space), which a non-root test machine cannot pass.

@@ -28,7 +28,7 @@ def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, 
                                                 image_format="vmdk", ssh_key=key, ssh_user="admin"),
                            extra_repositories=[parse_repo_option("http://r.example/x,bookworm,main contrib")],
                            cache_dir=tmp_path / "cache")
-    command = container.run_command("/usr/bin/podman", "builder:tag", request, as_json=True)
+    command = container.engine_command("/usr/bin/podman", "builder:tag", request, as_json=True)
     engine_part, inner = command[:command.index("builder:tag")], command[command.index("builder:tag") + 1:]
     volumes = [engine_part[i + 1] for i, word in enumerate(engine_part) if word == "--volume"]
     assert "--privileged" in engine_part and "/dev:/dev" in volumes
@@ -46,7 +46,7 @@ def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, 
     assert " ".join(inner[inner.index("--package"):inner.index("--ssh-user") + 2]) == (
         f"--package jq --package vim --size 6144M --format vmdk --ssh-key {key} --ssh-user admin")
     assert "--json" in inner and "--progress" not in inner
-    with_events = container.run_command("podman", "builder:tag", request, True, progress_format="json")
+    with_events = container.engine_command("podman", "builder:tag", request, True, progress_format="json")
     assert with_events[-2:] == ["--progress", "json"]  # the build inside emits the events
     # Secrets travel by name through the environment, never on the command line.
     assert "TDX_IMAGE_REPO_PASSWORD" in command and not any("hunter2" in word for word in command)
@@ -54,10 +54,10 @@ def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, 
 
 def test_a_zypper_target_sees_the_hosts_zypper_configuration_read_only(tmp_path):
     request = BuildRequest(target=get_target("sles"), out_dir=tmp_path / "sles")
-    command = container.run_command("podman", "img", request, as_json=False)
+    command = container.engine_command("podman", "img", request, as_json=False)
     has_zypp = Path("/etc/zypp").is_dir()
     assert (f"/etc/zypp:{container.HOST_ZYPP_MOUNT}/etc/zypp:ro" in command) == has_zypp
-    debian = container.run_command("podman", "img", BuildRequest(target=get_target("debian"),
+    debian = container.engine_command("podman", "img", BuildRequest(target=get_target("debian"),
                                                                  out_dir=tmp_path / "d"), False)
     assert not any("/etc/zypp" in word for word in debian)
 

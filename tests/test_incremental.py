@@ -34,8 +34,8 @@ def _description(tmp_path: Path, name: str, edit=None) -> Path:
     return compose(source, SHARED_OVERLAY, tmp_path / name).path
 
 
-def _run(tmp_path: Path, repo: Repository, description: Path) -> kiwi.KiwiRun:
-    return kiwi.KiwiRun(kiwi="kiwi-ng", description=description, target_dir=tmp_path / "staging/kiwi",
+def _run(tmp_path: Path, repo: Repository, description: Path) -> kiwi.KiwiInvocation:
+    return kiwi.KiwiInvocation(kiwi="kiwi-ng", description=description, target_dir=tmp_path / "staging/kiwi",
                         cache_dir=tmp_path / "cache", repositories=[repo])
 
 
@@ -109,7 +109,7 @@ def test_repository_metadata_kiwi_and_repositories_change_the_key(tmp_path, apt_
 
 def _fake_prepare(calls: list):
     """Stands in for `kiwi-ng system prepare` (minutes, root): makes the root it was asked for."""
-    def run(build: kiwi.KiwiRun, log: Path, on_phase, secrets=()) -> float:
+    def run(build: kiwi.KiwiInvocation, log: Path, on_phase, secrets=()) -> float:
         calls.append(build)
         (build.prepare_root / "etc").mkdir(parents=True)
         (build.prepare_root / "etc/packages").write_text(
@@ -124,39 +124,39 @@ def _fake_prepare(calls: list):
 def _prepare(tmp_path: Path, repo: Repository, description: Path, enabled: bool = True) -> incremental.Decision:
     staging = tmp_path / f"staging-{len(list(tmp_path.glob('staging-*')))}"
     staging.mkdir()
-    run = kiwi.KiwiRun(kiwi="kiwi-ng", description=description, target_dir=staging / "kiwi",
+    run = kiwi.KiwiInvocation(kiwi="kiwi-ng", description=description, target_dir=staging / "kiwi",
                        cache_dir=tmp_path / "cache", repositories=[repo])
     return incremental.prepare(run, description, "debian", None, "11.1.6", enabled, staging,
                                staging / "prepare.log", lambda phase: None, [])
 
 
 def test_a_changed_package_list_never_reuses_the_cached_root(tmp_path, apt_repo, monkeypatch):
-    calls: list[kiwi.KiwiRun] = []
-    monkeypatch.setattr(kiwi, "run", _fake_prepare(calls))
+    calls: list[kiwi.KiwiInvocation] = []
+    monkeypatch.setattr(kiwi, "execute", _fake_prepare(calls))
     first = _prepare(tmp_path, apt_repo, _description(tmp_path, "a"))
     assert not first.incremental and "prepared one and cached it" in first.reason
     command = calls[0].command()
     assert command[command.index("system") + 1] == "prepare" and "--root" in command
     reduced = calls[0].description
     assert not (reduced / "root").exists() and not (reduced / "config.sh").exists()
-    image_root = first.run.target_dir / "build/image-root"
+    image_root = first.invocation.target_dir / "build/image-root"
     assert (image_root / "etc/packages").is_file()
-    assert first.run.allow_existing_root and "--allow-existing-root" in first.run.command()
-    assert '<packages type="bootstrap">' not in (first.run.description / "config.xml").read_text()
-    assert (first.run.description / "root/usr/lib/tdx-image/overlay-manifest.json").is_file()
+    assert first.invocation.allow_existing_root and "--allow-existing-root" in first.invocation.command()
+    assert '<packages type="bootstrap">' not in (first.invocation.description / "config.xml").read_text()
+    assert (first.invocation.description / "root/usr/lib/tdx-image/overlay-manifest.json").is_file()
 
     overlay_only = _prepare(tmp_path, apt_repo, _description(tmp_path, "b", LATER_CHANGES["overlay file added"]))
     assert overlay_only.incremental and overlay_only.key == first.key and len(calls) == 1
-    dpkg = overlay_only.run.target_dir / "build/image-root/var/lib/dpkg"
+    dpkg = overlay_only.invocation.target_dir / "build/image-root/var/lib/dpkg"
     assert (dpkg / "status.kiwi").read_text() == (dpkg / "status").read_text(), "KIWI's apt would reinstall all"
 
     more_packages = _prepare(tmp_path, apt_repo, _description(tmp_path, "c", PACKAGE_CHANGES["package added"]))
     assert not more_packages.incremental and more_packages.key != first.key and len(calls) == 2
-    assert "less" in (more_packages.run.target_dir / "build/image-root/etc/packages").read_text()
+    assert "less" in (more_packages.invocation.target_dir / "build/image-root/etc/packages").read_text()
 
     forced = _prepare(tmp_path, apt_repo, _description(tmp_path, "d"), enabled=False)
     assert not forced.incremental and "--no-incremental" in forced.reason
-    assert not forced.run.allow_existing_root and len(calls) == 2
+    assert not forced.invocation.allow_existing_root and len(calls) == 2
 
 
 def test_an_interrupted_copy_leaves_no_root_that_looks_valid(tmp_path, monkeypatch):

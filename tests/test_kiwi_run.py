@@ -26,8 +26,8 @@ def fake_kiwi(tmp_path: Path, body: str) -> str:
     return str(script)
 
 
-def make_run(tmp_path, kiwi_path, **kwargs) -> kiwi.KiwiRun:
-    return kiwi.KiwiRun(kiwi=kiwi_path, description=tmp_path / "desc", target_dir=tmp_path / "t",
+def make_run(tmp_path, kiwi_path, **kwargs) -> kiwi.KiwiInvocation:
+    return kiwi.KiwiInvocation(kiwi=kiwi_path, description=tmp_path / "desc", target_dir=tmp_path / "t",
                         cache_dir=tmp_path / "cache", repositories=[REPO], **kwargs)
 
 
@@ -54,7 +54,7 @@ echo '[ INFO    ]: 10:00:03 | Result files:'
 """)
     phases = []
     log = tmp_path / "build.log"
-    kiwi.run(make_run(tmp_path, script), log, phases.append, secrets=["hunter2", "SCC_user:hunter2"])
+    kiwi.execute(make_run(tmp_path, script), log, phases.append, secrets=["hunter2", "SCC_user:hunter2"])
     assert phases == ["prepare", "install packages", "done"]
     text = log.read_text()
     assert "hunter2" not in text and "https://***@rmt.example/repo" in text
@@ -70,7 +70,7 @@ echo '[ INFO    ]: 10:00:03 | Result files:'
 def test_kiwi_failures_are_classified_by_exception_name(tmp_path, error_line, expected):
     script = fake_kiwi(tmp_path, f"echo '[ ERROR   ]: 10:00:00 | {error_line}'; exit 1\n")
     with pytest.raises(expected) as raised:
-        kiwi.run(make_run(tmp_path, script), tmp_path / "log", lambda phase: None)
+        kiwi.execute(make_run(tmp_path, script), tmp_path / "log", lambda phase: None)
     assert error_line.split(":")[0] in str(raised.value)
     assert str(tmp_path / "log") in str(raised.value)
 
@@ -82,7 +82,7 @@ def test_sigterm_stops_kiwi_and_raises_interrupted(tmp_path):
                                  "while true; do sleep 0.1; done\n")
     threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
     with pytest.raises(Interrupted, match="SIGTERM"):
-        kiwi.run(make_run(tmp_path, script), tmp_path / "log", lambda phase: None)
+        kiwi.execute(make_run(tmp_path, script), tmp_path / "log", lambda phase: None)
     assert marker.exists(), "KIWI must get SIGINT to unwind its own mounts"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
@@ -99,7 +99,7 @@ def test_a_second_signal_leaves_no_orphans_of_kiwi(tmp_path):
     for delay in (1.0, 1.5):
         threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)).start()
     with pytest.raises(Interrupted, match="SIGINT"):
-        kiwi.run(make_run(tmp_path, script), tmp_path / "log", lambda phase: None)
+        kiwi.execute(make_run(tmp_path, script), tmp_path / "log", lambda phase: None)
     time.sleep(1)  # the second signal arrived while the first was being handled
     pid = int(apt.read_text())
     assert not Path(f"/proc/{pid}").exists(), "KIWI's child survived it"

@@ -6,14 +6,14 @@ import subprocess
 import pytest
 
 from imagebuilder import cleanup
-from imagebuilder.kiwi import HOSTSHIM, KiwiRun
+from imagebuilder.kiwi import HOSTSHIM, KiwiInvocation
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def shim_env(tmp_path):
-    run = KiwiRun(kiwi="kiwi-ng", description=tmp_path, target_dir=tmp_path, cache_dir=tmp_path,
+    run = KiwiInvocation(kiwi="kiwi-ng", description=tmp_path, target_dir=tmp_path, cache_dir=tmp_path,
                   repositories=[], esp_fallback_dir=tmp_path / "esp")
     run.prepare_esp_fallback()
     return run.environment()
