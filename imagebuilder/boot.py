@@ -24,7 +24,7 @@ from rich.markup import escape
 from . import requirements, runner, signals
 from .errors import CheckFailed, HostError, InputError, Interrupted
 from .inputs import Seconds, require_regular_file
-from .launch import KVM_FAILURE, Launch, choose_accel, read
+from .launch import KVM_FAILURE, Launch, choose_accel, read, running
 from .measure import predict
 from .requirements import require_ovmf, require_tdx_host
 from .schemas import SCHEMA_VERSION
@@ -104,15 +104,6 @@ def diagnose(console: str) -> tuple[str, bool]:
 
 def last_lines(console: str, count: int = TAIL_LINES) -> list[str]:
     return [line.strip() for line in console_text(console).splitlines() if line.strip()][-count:]
-
-
-@contextmanager
-def running(args: list[str], output: Path):
-    """QEMU (or swtpm) writing to ``output``, stopped and reaped on exit, killed by the kernel
-    if we die first."""
-    with open(output, "wb") as sink, \
-            runner.Process(args, stdout=sink, stderr=sink, die_with_parent=True) as process:
-        yield process
 
 
 def create_overlay(image: Path, image_format: str, overlay: Path) -> None:

@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,6 +273,15 @@ def read(path: Path) -> str:
         return ""
 
 
+@contextmanager
+def running(args: list[str], output: Path):
+    """QEMU (or swtpm) writing to ``output``, stopped and reaped on exit, killed by the kernel
+    if we die first."""
+    with open(output, "wb") as sink, \
+            runner.Process(args, stdout=sink, stderr=sink, die_with_parent=True) as process:
+        yield process
+
+
 def kvm_failure() -> str | None:
     """Why KVM cannot run a UEFI guest on this host, or None when it can.
 
@@ -286,8 +296,7 @@ def kvm_failure() -> str | None:
     with tempfile.TemporaryDirectory(prefix="tdx-image-kvm-") as work:
         console, output = Path(work) / "console", Path(work) / "qemu.out"
         probe = Launch(disk=None, memory_mib=256, cpus=1, accel="kvm", serial=f"file:{console}")
-        with open(output, "wb") as sink, runner.Process(probe.qemu_args(), stdout=sink, stderr=sink,
-                                                        die_with_parent=True) as process:
+        with running(probe.qemu_args(), output) as process:
             deadline = time.monotonic() + KVM_PROBE_SECONDS
             while time.monotonic() < deadline:
                 if FIRMWARE_STARTED in read(console):
