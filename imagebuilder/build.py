@@ -122,7 +122,13 @@ class Host:
     """What the preflight found out about the host, once per build."""
 
     kiwi: str  # the kiwi-ng command
+    kiwi_version: str
     esp_fallback: bool  # the kernel cannot mount vfat: the ESP is written with mtools
+
+    @classmethod
+    def probe(cls) -> Host:
+        return cls(hostcheck.kiwi_command(), hostcheck.kiwi_version(),
+                   esp_fallback=not hostcheck.kernel_mounts_vfat())
 
 
 @dataclass
@@ -203,28 +209,27 @@ def dry_run(request: BuildRequest) -> dict:
                                     request.repositories)
     context = BuildContext(
         request, out_dir, Staging(out_dir.parent / f".{out_dir.name}.staging-XXXXXXXX"),
-        Host(hostcheck.kiwi_command(), not hostcheck.kernel_mounts_vfat()), credentials,
-        Phases(), Durations())
-    run = context.kiwi_invocation()
+        Host.probe(), credentials, Phases(), Durations())
+    invocation = context.kiwi_invocation()
     state = ("absent: will be created" if not os.path.lexists(out_dir) else
              "empty or an earlier output: will be replaced" if outdir.replaceable(out_dir) else
              "not ours: will be replaced (--force)")
     return {"target": request.target.name, "release": request.target.chosen.name,
             "out": str(out_dir), "out_state": state, "staging": str(context.staging.root),
-            "description": str(run.description),
-            "command": [context.redact(word) for word in run.command()],
-            "esp_fallback": run.esp_fallback_dir is not None, "note": note}
+            "description": str(invocation.description),
+            "command": [context.redact(word) for word in invocation.command()],
+            "esp_fallback": invocation.esp_fallback_dir is not None, "note": note}
 
 
 def build(request: BuildRequest, on_event: Listener) -> dict:
     """Build, check and publish; return the build record (also written as build.json)."""
     durations = Durations()
     phases = Phases(on_event, durations)
-    # --out first (refused before anything else), then a host that cannot build this target at
-    # all, then the user's other inputs, then the host's root, tools and space.
-    out_dir = outdir.check(request.out_dir, request.force, request.cache_dir)
+    # A host that cannot build this target at all says so first, then --out, then the user's
+    # other inputs, then the host's root, tools and space.
     requirements.require(f"build:{request.target.package_manager}",
                          context=requirements.Context(target=request.target))
+    out_dir = outdir.check(request.out_dir, request.force, request.cache_dir)
     if request.custom.ssh_key:
         read_ssh_keys(request.custom.ssh_key)
     for key in request.signing_keys:
@@ -248,7 +253,7 @@ def preflight(request: BuildRequest, out_dir: Path) -> Host:
     require_writable_dir(request.cache_dir, f"--cache-dir {request.cache_dir}")
     requirements.require("build", context=requirements.Context(build_dir=out_dir.parent,
                                                                target=request.target))
-    return Host(hostcheck.kiwi_command(), esp_fallback=not hostcheck.kernel_mounts_vfat())
+    return Host.probe()
 
 
 def _stage_and_publish(request: BuildRequest, out_dir: Path,
@@ -337,7 +342,7 @@ def _run_kiwi(context: BuildContext) -> None:
         with context.phase("prepared root"):
             context.reuse = incremental.prepare(
                 context.kiwi_invocation(), staging.description, request.target.name, context.credentials,
-                hostcheck.kiwi_version(), request.incremental, staging.root,
+                context.host.kiwi_version, request.incremental, staging.root,
                 staging.publish / "prepare.log", kiwi_step, context.secrets)
         context.invocation = context.reuse.invocation
         with context.phase("kiwi"):
@@ -376,7 +381,7 @@ def _record(context: BuildContext, image: Path, digests: dict[str, dict], sbom_f
         },
         "host": {"kernel": platform.release(), "python": sys.version.split()[0],
                  "esp_fallback": context.host.esp_fallback},
-        "tools": {"kiwi": hostcheck.kiwi_version(),
+        "tools": {"kiwi": context.host.kiwi_version,
                   "qemu-img": hostcheck.tool_version(["qemu-img", "--version"])},
         "kiwi_command": context.final([context.redact(word) for word in context.invocation.command()]),
         "incremental": context.reuse.incremental,

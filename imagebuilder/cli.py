@@ -134,8 +134,6 @@ def build(dry_run, as_json, container, container_image, progress_format, **value
 
         containers.build(request, container_image, as_json, progress_format)
         return
-    builder.requirements.require(f"build:{request.target.package_manager}",  # refused first
-                                 context=builder.requirements.Context(target=request.target))
     if progress_format == "json":
         record = builder.build(request, progress.JsonLines(sys.stderr))
     else:

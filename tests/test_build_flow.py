@@ -92,7 +92,7 @@ def standin(tmp_path, monkeypatch, synthetic_image) -> Path:
     kiwi_ng.parent.mkdir()
     kiwi_ng.write_text(KIWI_NG)
     kiwi_ng.chmod(0o755)
-    monkeypatch.setattr(build, "preflight", lambda request, out_dir: build.Host(str(kiwi_ng), False))
+    monkeypatch.setattr(build, "preflight", lambda request, out_dir: build.Host(str(kiwi_ng), "11.1.6", False))
     monkeypatch.setattr(locks, "LOCK_DIR", tmp_path / "locks")
     for suite, base in (("bookworm", "debian"), ("bookworm-updates", "debian"),
                        ("bookworm-security", "debian-security")):
