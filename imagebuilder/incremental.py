@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import platform
 import shutil
 import urllib.error
@@ -41,6 +42,10 @@ from .repos import Credentials, Repository, metadata_request
 KEY_VERSION = 2  # bump when what goes into a prepared root changes in this module
 ROOTS_DIR = "prepared-roots"
 KEEP_ROOTS = 2  # most recently used roots kept per cache directory (about 0.5 GB each)
+# What the cache itself names (a root's key, a copy in progress): nothing else in the directory
+# is touched, should --cache-dir point at a directory that already had a prepared-roots/.
+ROOT_NAME = re.compile(r"[0-9a-f]{64}")
+TEMPORARY_NAME = re.compile(r"\.tmp-[0-9a-f]{16}-[0-9]+")
 # Preferences that steer the package manager while packages are installed.
 PACKAGE_PREFERENCES = ("packagemanager", "rpm-excludedocs", "rpm-check-signatures",
                        "rpm-locale-filtering", "locale")
@@ -193,12 +198,13 @@ class RootCache:
 
     def _remove_abandoned(self) -> None:
         """Temporary copies of builds that were killed mid-copy (we hold the lock: none is live)."""
-        for stale in self.directory.glob(".tmp-*"):
-            if not any(cleanup.leftovers(stale)):
+        for stale in self.directory.iterdir():
+            if TEMPORARY_NAME.fullmatch(stale.name) and not any(cleanup.leftovers(stale)):
                 shutil.rmtree(stale, ignore_errors=True)
 
     def _evict(self) -> None:
-        roots = sorted((path for path in self.directory.iterdir() if path.is_dir() and not path.name.startswith(".")),
+        roots = sorted((path for path in self.directory.iterdir()
+                        if ROOT_NAME.fullmatch(path.name) and path.is_dir()),
                        key=lambda path: path.stat().st_mtime, reverse=True)
         for old in roots[KEEP_ROOTS:]:
             shutil.rmtree(old, ignore_errors=True)

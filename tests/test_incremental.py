@@ -187,3 +187,18 @@ def test_cache_keeps_the_most_recently_used_roots(tmp_path):
     assert cache.lookup("b" * 64) and cache.lookup("c" * 64)
     assert len([path for path in cache.directory.iterdir() if not path.name.startswith(".")]) == incremental.KEEP_ROOTS
 
+
+def test_the_cache_removes_only_what_it_named(tmp_path):
+    """--cache-dir may name a directory whose prepared-roots/ holds a user's own files."""
+    cache = incremental.RootCache(tmp_path / "cache")
+    theirs = [cache.directory / "my-root", cache.directory / ".tmp-notes"]
+    for path in theirs:
+        path.mkdir(parents=True)
+    source = tmp_path / "root"
+    source.mkdir()
+    with cache.locked():
+        for key in ("a" * 64, "b" * 64, "c" * 64):
+            cache.store(key, source)
+    assert all(path.is_dir() for path in theirs)
+    assert cache.lookup("a" * 64) is None and cache.lookup("c" * 64)
+
