@@ -111,8 +111,8 @@ class Redactor:
         return text
 
 
-def environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {**os.environ, "LC_ALL": "C", **(extra or {})}
+def environment() -> dict[str, str]:
+    return {**os.environ, "LC_ALL": "C"}
 
 
 def adopt_orphans() -> None:
@@ -191,8 +191,7 @@ class Process:
         try:
             return self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise HostError(f"{self.args[0]} did not finish within {timeout:.0f} s",
-                            "it was stopped; see its output") from None
+            raise self._timed_out(timeout) from None
 
     def communicate(self, input: bytes | str | None = None,
                     timeout: float | None = None) -> tuple[Any, Any]:
@@ -200,8 +199,10 @@ class Process:
         try:
             return self.popen.communicate(input, timeout)
         except subprocess.TimeoutExpired:
-            raise HostError(f"{self.args[0]} did not finish within {timeout:.0f} s",
-                            "it was stopped") from None
+            raise self._timed_out(timeout) from None
+
+    def _timed_out(self, timeout: float | None) -> HostError:
+        return HostError(f"{self.args[0]} did not finish within {timeout:.0f} s", "it was stopped")
 
     def signal_group(self, sig: int) -> None:
         try:
