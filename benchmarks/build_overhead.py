@@ -39,7 +39,8 @@ sys.path.insert(0, str(PROJECT / "benchmarks"))
 
 import boot_phases  # noqa: E402
 from imagebuilder import cleanup, kiwi  # noqa: E402
-from imagebuilder.build import DEFAULT_CACHE_DIR  # noqa: E402
+from imagebuilder.build import DEFAULT_CACHE_DIR, BuildRequest, compose_description  # noqa: E402
+from imagebuilder.targets import get_target  # noqa: E402
 from imagebuilder.validate import validate_image  # noqa: E402
 from imagebuilder.validate.disk import open_disk  # noqa: E402
 from imagebuilder.validate.inspection import Inspection  # noqa: E402
@@ -69,16 +70,18 @@ def tdx_image(project: Path, *args) -> list[str]:
             "from imagebuilder.cli import main; main(prog_name='tdx-image')", *map(str, args)]
 
 
-def bare_kiwi(plan: dict, work: Path, log: Path) -> tuple[float, int]:
+def bare_kiwi(plan: dict, description: Path, work: Path, log: Path) -> tuple[float, int]:
+    """The dry run's command on ``description`` (the dry run composes in a directory it removes)."""
     command = list(plan["command"])
     target_dir = work / "bare-kiwi"
+    command[command.index("--description") + 1] = str(description)
     command[command.index("--target-dir") + 1] = str(target_dir)
-    run = kiwi.KiwiInvocation(kiwi=command[0], description=Path(plan["description"]), target_dir=target_dir,
-                       cache_dir=DEFAULT_CACHE_DIR, repositories=[],
-                       esp_fallback_dir=work / "esp" if plan["esp_fallback"] else None)
-    run.prepare_esp_fallback()
+    invocation = kiwi.KiwiInvocation(kiwi=command[0], description=description, target_dir=target_dir,
+                                      cache_dir=DEFAULT_CACHE_DIR, repositories=[],
+                                      esp_fallback_dir=work / "esp" if plan["esp_fallback"] else None)
+    invocation.prepare_esp_fallback()
     try:
-        return timed(command, env=run.environment(), log=log)
+        return timed(command, env=invocation.environment(), log=log)
     finally:
         cleanup.release(work)
 
@@ -86,6 +89,9 @@ def bare_kiwi(plan: dict, work: Path, log: Path) -> tuple[float, int]:
 def overhead(args, work: Path) -> None:
     plan = json.loads(subprocess.run(tdx_image(PROJECT, "build", args.target, "--dry-run", "--json"),
                                      capture_output=True, text=True, check=True).stdout)
+    description = work / "description"
+    compose_description(BuildRequest(target=get_target(args.target), out_dir=work / "driver"),
+                        description)
     # Warm the shared cache once so both sides of the first comparison start alike.
     timed(tdx_image(PROJECT, "build", args.target, "--out", work / "warmup", "--no-incremental"),
           log=work / "warmup.log")
@@ -93,7 +99,7 @@ def overhead(args, work: Path) -> None:
     bare_runs, driver_runs = [], []
     for round_ in range(ROUNDS):
         shutil.rmtree(work / "bare-kiwi", ignore_errors=True)
-        bare_runs.append(bare_kiwi(plan, work, work / f"bare-{round_}.log"))
+        bare_runs.append(bare_kiwi(plan, description, work, work / f"bare-{round_}.log"))
         driver_runs.append(timed(tdx_image(PROJECT, "build", args.target, "--out", work / "driver",
                                            "--no-incremental"), log=work / f"driver-{round_}.log"))
     bare, driver = mean(bare_runs), mean(driver_runs)
