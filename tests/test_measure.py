@@ -7,6 +7,7 @@ its body verbatim.
 """
 
 import hashlib
+import os
 import json
 import shutil
 import struct
@@ -21,7 +22,7 @@ from imagebuilder.measure import eventlog as ev
 from imagebuilder.measure.efi import EFI_CERT_X509_GUID, SHIM_LOCK_GUID, signature_list
 from imagebuilder.measure.grubscript import GrubSyntaxError, Grub, Unpredictable, loader_cmdline
 from imagebuilder.measure.predict import Prediction, Step, compare_with_log
-from tests.conftest import schema_errors
+from tests.conftest import error_line, run_cli, schema_errors
 
 
 def sha384(data: bytes) -> bytes:
@@ -331,3 +332,35 @@ def test_tpm_boot_refuses_a_td_and_needs_swtpm(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "missing", lambda tools: [tool for tool in tools if tool == "swtpm"])
     with pytest.raises(HostError, match="swtpm is not installed"):
         boot.boot_image(image, tpm=True, console_log=tmp_path / "console.log")
+
+
+def measurements_file(path: Path) -> Path:
+    path.write_text(json.dumps({"rtmr": {"1": "a" * 96, "2": "b" * 96},
+                                "pcr_sha384": {str(i): "c" * 96 for i in (4, 5, 8, 9, 14)}}))
+    return path
+
+
+def test_validate_measurements_on_an_image_without_a_boot_path_reports_the_check(tmp_path):
+    """An MBR disk, no GPT: the measurements check is skipped (which fails the verdict) like the
+    other checks that need a GPT, in a complete report, rather than ending validation with an
+    input error naming the measurements file."""
+    image = tmp_path / "mbr.raw"
+    disk = bytearray(4 << 20)
+    disk[510:512] = b"\x55\xaa"
+    image.write_bytes(disk)
+    result = run_cli("validate", image, "--measurements", measurements_file(tmp_path / "m.json"),
+                     "--json")
+    assert result.returncode == 1, result.stderr
+    checks = {check["id"]: check for check in json.loads(result.stdout)["checks"]}
+    assert checks["measurements.match"]["status"] == "skip"
+    assert checks["measurements.match"]["evidence"] == "not checked: no intact GPT"
+
+
+def test_a_measurements_file_that_is_not_a_file_is_refused_without_reading_it(tmp_path):
+    fifo = tmp_path / "m.json"
+    os.mkfifo(fifo)
+    image = tmp_path / "blank.raw"
+    image.write_bytes(bytes(4 << 20))
+    result = run_cli("validate", image, "--measurements", fifo, timeout=30)
+    assert result.returncode == 2
+    assert error_line(result).startswith(f"error: --measurements {fifo}")

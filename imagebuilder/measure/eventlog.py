@@ -34,8 +34,7 @@ EV_EFI_VARIABLE_AUTHORITY = 0x800000E0
 
 EVENT_TYPE_NAMES = {value: name for name, value in globals().items() if name.startswith("EV_")}
 
-TPM_ALG_SHA1, TPM_ALG_SHA256, TPM_ALG_SHA384, TPM_ALG_SHA512 = 0x4, 0xB, 0xC, 0xD
-DIGEST_SIZES = {TPM_ALG_SHA1: 20, TPM_ALG_SHA256: 32, TPM_ALG_SHA384: 48, TPM_ALG_SHA512: 64}
+TPM_ALG_SHA256, TPM_ALG_SHA384 = 0xB, 0xC
 
 
 def event_type_name(event_type: int) -> str:

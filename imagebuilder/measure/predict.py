@@ -25,6 +25,7 @@ from itertools import zip_longest
 from pathlib import Path
 
 from ..errors import InputError
+from ..inputs import read_text
 from ..validate.disk import ESP_TYPE, LINUX_ROOT_TYPES, Disk, RawDisk, open_disk
 from ..validate.filesystems import Ext4, Fat, FilesystemError
 from ..validate.inspection import Inspection, Unavailable
@@ -41,6 +42,7 @@ EXIT_BOOT_SERVICES = (b"Exit Boot Services Invocation", b"Exit Boot Services Ret
 SEPARATOR = b"\0\0\0\0"
 PREDICTED_PCRS = (4, 5, 8, 9, 14)
 PREDICTED_RTMRS = (1, 2)
+MEASUREMENTS_MAX_BYTES = 1 << 20  # measure --json of one image is a few KiB
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,12 @@ class Prediction:
     unpredicted: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def add(self, pcr: int, event_type: int, description: str, data: bytes,
+            in_td: bool = True, digest: bytes | None = None) -> None:
+        """The next event: ``data`` measured (or its ``digest``); ``in_td``: it also reaches
+        the TD's RTMRs."""
+        self.steps.append(Step(ev.Event(pcr, event_type, description, digest or ev.sha384(data)), in_td))
 
     @property
     def events(self) -> list[ev.Event]:
@@ -184,30 +192,25 @@ def read_esp_file(inspection: Inspection, path: str) -> bytes:
 def predict(image: Path) -> Prediction:
     """The measurements a boot of ``image`` produces; InputError if it cannot be read at all."""
     with closing(open_disk(Path(image))) as disk:
-        return predict_inspected(str(image), Inspection(disk))
+        try:
+            return predict_inspected(str(image), Inspection(disk))
+        except Unavailable as missing:
+            raise InputError(f"{image}: {missing}", "is it a UEFI disk image built by tdx-image?")
 
 
 def predict_inspected(name: str, inspection: Inspection) -> Prediction:
-    """The same, for an image the validator is already reading."""
+    """The same, for an image the validator is already reading: Unavailable (the validator
+    skips the check) when the image has no boot path to predict."""
     started = time.monotonic()
     prediction = Prediction(name)
     with tempfile.TemporaryDirectory(prefix="tdx-measure-") as workdir:
-        try:
-            _predict_into(prediction, inspection, Path(workdir))
-        except Unavailable as missing:
-            raise InputError(f"{name}: {missing}", "is it a UEFI disk image built by tdx-image?")
+        _predict_into(prediction, inspection, Path(workdir))
     prediction.seconds = time.monotonic() - started
     return prediction
 
 
-def _add(prediction: Prediction, pcr: int, event_type: int, description: str, data: bytes,
-         in_td: bool = True, digest: bytes | None = None) -> None:
-    event = ev.Event(pcr, event_type, description, digest or ev.sha384(data))
-    prediction.steps.append(Step(event, in_td))
-
-
 def _predict_into(prediction: Prediction, inspection: Inspection, workdir: Path) -> None:
-    add = lambda *args, **kwargs: _add(prediction, *args, **kwargs)  # noqa: E731
+    add = prediction.add
     # Firmware (OVMF Tcg2Dxe / TDVF TdTcg2Dxe) on ReadyToBoot, then the GPT of the boot disk.
     add(4, ev.EV_EFI_ACTION, CALLING_EFI_APPLICATION.decode(), CALLING_EFI_APPLICATION)
     add(4, ev.EV_SEPARATOR, "separator", SEPARATOR)
@@ -218,7 +221,7 @@ def _predict_into(prediction: Prediction, inspection: Inspection, workdir: Path)
         loader = PeImage(read_esp_file(inspection, REMOVABLE_LOADER), REMOVABLE_LOADER)
         add(4, ev.EV_EFI_BOOT_SERVICES_APPLICATION, f"{REMOVABLE_LOADER} (Authenticode)", b"",
             digest=loader.authenticode_sha384)
-        grub_td = _boot_loaders(prediction, inspection, loader, workdir, add)
+        grub_td = _boot_loaders(prediction, inspection, loader, workdir)
     except (Unpredictable, EfiError) as error:
         # Registers whose events may be missing: grub's always, shim's and grub's application
         # hash if the chain broke before they were measured.
@@ -241,8 +244,9 @@ def _predict_into(prediction: Prediction, inspection: Inspection, workdir: Path)
 
 
 def _boot_loaders(prediction: Prediction, inspection: Inspection, loader: PeImage,
-                  workdir: Path, add) -> bool:
+                  workdir: Path) -> bool:
     """shim's and grub's measurements; returns whether grub's reach the TD's RTMRs."""
+    add = prediction.add
     shim_td = loader.measures_into_rtmrs
     if loader.section(".vendor_cert") is not None:
         if inspection.esp.exists(SHIM_FALLBACK):
@@ -273,12 +277,11 @@ def _boot_loaders(prediction: Prediction, inspection: Inspection, loader: PeImag
 
 def load_registers(path: Path) -> dict:
     """``rtmr`` and ``pcr_sha384`` of a measurements file (``measure --json``, measurements.json)."""
+    text = read_text(path, "--measurements", MEASUREMENTS_MAX_BYTES)
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(text)
         return {"rtmr": {str(i): document["rtmr"][str(i)] for i in PREDICTED_RTMRS},
                 "pcr_sha384": {str(i): document["pcr_sha384"][str(i)] for i in PREDICTED_PCRS}}
-    except OSError as error:
-        raise InputError(f"--measurements {path}: {error.strerror}")
     except (ValueError, KeyError, TypeError) as error:
         raise InputError(f"--measurements {path}: not a measurements file ({error!r})",
                          "give the output of tdx-image measure --json or a build's measurements.json")
