@@ -17,6 +17,14 @@ TDX_IMAGE = [sys.executable, "-m", "imagebuilder"]
 REUSE_BUILD = "TDX_IMAGE_TEST_BUILD"
 
 
+
+def pytest_configure(config):
+    """The integration tier shares one real build per session: xdist workers would each make
+    their own and fight over the package cache (run-tests passes -n 0)."""
+    marks = config.getoption("markexpr") or ""
+    if config.getoption("numprocesses", None) and "integration" in marks and "not integration" not in marks:
+        raise pytest.UsageError("the integration tier runs in one process: add -n 0")
+
 def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
     """Run the real command line, as a user would."""
     return subprocess.run([*TDX_IMAGE, *map(str, args)], capture_output=True, text=True, **kwargs)

@@ -54,10 +54,9 @@ def holder(lock_dir: Path, kind: str, path: Path) -> subprocess.Popen:
 def test_a_second_build_into_the_same_out_refuses_at_once_naming_the_first(lock_dir, tmp_path):
     other = holder(lock_dir, "out", tmp_path / "out")
     try:
-        started = time.monotonic()
+        # A lock that waited would get the --out once the holder exits, and not raise.
         with pytest.raises(HostError, match=f"another build \\(pid {other.pid}\\) is writing to"):
             locks.lock_out(tmp_path / "out")
-        assert time.monotonic() - started < 1
         with locks.lock_out(tmp_path / "other-out"):  # a different --out is free
             pass
     finally:

@@ -98,16 +98,6 @@ def assert_interrupted_cleanly(result: subprocess.CompletedProcess, work: Path, 
         assert str(failed) in error_line(result) or "KIWI" in error_line(result)
 
 
-def test_a_real_build_into_a_users_directory_refuses_and_keeps_the_file(tmp_path):
-    (tmp_path / "X" / "notes").mkdir(parents=True)
-    thesis = tmp_path / "X" / "notes" / "thesis.txt"
-    thesis.write_text("x\n")
-    result = run_cli("build", "debian", "--out", tmp_path / "X")
-    assert result.returncode == 2
-    assert "holds files tdx-image did not write (notes)" in error_line(result)
-    assert thesis.read_text() == "x\n" and sorted(p.name for p in tmp_path.iterdir()) == ["X"]
-
-
 def test_concurrent_builds_refuse_or_wait_and_a_double_ctrl_c_leaves_nothing(tmp_path):
     """Build A holds --out a and the package cache.  B into the same --out refuses at once
     naming A; C into another --out waits for the cache, starts when A is stopped (SIGTERM while
@@ -118,9 +108,8 @@ def test_concurrent_builds_refuse_or_wait_and_a_double_ctrl_c_leaves_nothing(tmp
     a = Run(["build", "debian", "--out", a_out, "--no-incremental"])
     a.wait_for("… bootstrap")
 
-    started = time.monotonic()
-    b = run_cli("build", "debian", "--out", a_out, "--no-incremental")
-    assert b.returncode == 3 and time.monotonic() - started < 60
+    b = run_cli("build", "debian", "--out", a_out, "--no-incremental", timeout=60)  # at once
+    assert b.returncode == 3
     assert f"another build (pid {a.process.pid}) is writing to {a_out}" in error_line(b)
 
     c = Run(["build", "debian", "--out", c_out, "--no-incremental"])

@@ -34,8 +34,6 @@ def test_package_change_rebuilds_and_overlay_change_reuses(debian_build, tmp_pat
     roots = Path(os.environ.get("TDX_IMAGE_CACHE_DIR", DEFAULT_CACHE_DIR)) / ROOTS_DIR
     cached_before = {path.name for path in roots.iterdir()} if roots.is_dir() else set()
     more_packages = _build(project, tmp_path / "more-packages")
-    session_key = json.loads((debian_build / "build.json").read_text()).get("prepared_root_key")
-    assert more_packages["prepared_root_key"] != session_key
     # A fresh cache (CI) holds only the session's root: the build must prepare a new one.
     assert more_packages["incremental"] is (more_packages["prepared_root_key"] in cached_before), \
         more_packages["incremental_reason"]
