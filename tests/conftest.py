@@ -25,6 +25,22 @@ def pytest_configure(config):
     if config.getoption("numprocesses", None) and "integration" in marks and "not integration" not in marks:
         raise pytest.UsageError("the integration tier runs in one process: add -n 0")
 
+@pytest.fixture(scope="session")
+def synthetic_image(tmp_path_factory) -> Path:
+    """A small disk the validator passes (tests/test_validate_checks.py makes it); read-only:
+    tests that break it work on a copy."""
+    from tests.test_validate_checks import build_synthetic_image  # it needs the test's helpers
+
+    return build_synthetic_image(tmp_path_factory.mktemp("synthetic"))
+
+
+def users_directory(path: Path) -> Path:
+    """A directory holding a user's file (notes/thesis.txt), which no command may touch."""
+    (path / "notes").mkdir(parents=True)
+    (path / "notes" / "thesis.txt").write_text("x\n")
+    return path / "notes" / "thesis.txt"
+
+
 def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
     """Run the real command line, as a user would."""
     return subprocess.run([*TDX_IMAGE, *map(str, args)], capture_output=True, text=True, **kwargs)

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from imagebuilder import cli
 from imagebuilder.targets import DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT
+from tests.conftest import error_line, users_directory
 
 ROOT = os.geteuid() == 0
 HANG_SECONDS = 30
@@ -44,8 +45,7 @@ def credentials(path: Path, mode: int = 0o600) -> Path:
 
 
 def users_dir(path: Path) -> Path:
-    (path / "notes").mkdir(parents=True)
-    (path / "notes" / "thesis.txt").write_text("x\n")
+    users_directory(path)
     return path
 
 
@@ -275,8 +275,7 @@ def test_bad_input(case, as_json, tmp_path, monkeypatch):
 
     assert isinstance(result.exception, SystemExit), result.exception  # never a traceback
     assert result.exit_code == exit_code, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and fragment in errors[0], result.stderr
+    assert fragment in error_line(result), result.stderr
     if as_json:
         document = json.loads(result.stdout)
         assert document["ok"] is False and document["exit_code"] == exit_code

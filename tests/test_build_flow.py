@@ -24,7 +24,7 @@ from imagebuilder import build, locks
 from imagebuilder.cli import main
 from imagebuilder.kiwi import DONE_PHASE, PHASES
 from tests.conftest import schema_errors
-from tests.test_validate_checks import BREAKAGES, build_synthetic_image
+from tests.test_validate_checks import BREAKAGES
 
 IMAGE = "tdx-guest-debian-12.x86_64-12.0.0.raw"
 SECRET = "hunter2-s3cret"
@@ -77,11 +77,6 @@ for placeholder, text in {"@PREPARE@": PHASES[0][0], "@BOOTSTRAP@": PHASES[1][0]
                           "@IMAGE@": IMAGE,
                           "@LATER@": "\n".join(f"say '{marker}'" for marker, _ in PHASES[3:])}.items():
     KIWI_NG = KIWI_NG.replace(placeholder, text)
-
-
-@pytest.fixture(scope="module")
-def synthetic_image(tmp_path_factory) -> Path:
-    return build_synthetic_image(tmp_path_factory.mktemp("synthetic"))
 
 
 @pytest.fixture

@@ -13,13 +13,7 @@ import pytest
 from imagebuilder import outdir, publish
 from imagebuilder.errors import InputError
 from imagebuilder.targets import DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT
-from tests.conftest import error_line, run_cli
-
-
-def users_directory(path: Path) -> Path:
-    (path / "notes").mkdir(parents=True)
-    (path / "notes" / "thesis.txt").write_text("x\n")
-    return path / "notes" / "thesis.txt"
+from tests.conftest import error_line, run_cli, users_directory
 
 
 def earlier_output(path: Path, extra: dict | None = None) -> Path:

@@ -288,11 +288,6 @@ def build_synthetic_image(workdir: Path) -> Path:
     return disk
 
 
-@pytest.fixture(scope="module")
-def synthetic_image(tmp_path_factory) -> Path:
-    return build_synthetic_image(tmp_path_factory.mktemp("synthetic"))
-
-
 def test_intact_synthetic_image_passes_every_check(synthetic_image):
     report = validate_image(synthetic_image)
     assert statuses(report) == {}, json.dumps(report.to_dict(), indent=1)

@@ -10,10 +10,7 @@ import pytest
 
 from imagebuilder.validate.disk import RawDisk
 from imagebuilder.validate.filesystems import Ext4, Fat, FilesystemError
-
-
-def sh(*args) -> None:
-    subprocess.run([str(arg) for arg in args], check=True, capture_output=True)
+from tests.test_validate_checks import sh
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 from imagebuilder import cleanup
 from imagebuilder.targets import DEBIAN_BUILDER_IMAGE, PROJECT_ROOT
-from tests.conftest import run_cli
+from tests.conftest import error_line, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,6 @@ def test_an_image_that_cannot_be_pulled_is_named(tmp_path):
     result = run_cli("build", "leap", "--container", "--out", tmp_path / "leap",
                      "--container-image", "localhost/tdx-image-no-such-image:1", env=ENV)
     assert result.returncode == 4, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and errors[0].startswith(
+    assert error_line(result).startswith(
         "error: cannot get the container image localhost/tdx-image-no-such-image:1")
     assert list(tmp_path.iterdir()) == []
