@@ -16,16 +16,20 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO
 
 from . import cleanup
 from ..host import runner, signals
-from ..core.errors import BuildError, CredentialsError, Interrupted, RepositoryError
+from ..core.errors import BuildError, CredentialsError, HostError, Interrupted, RepositoryError
 from ..distros.repos import Repository
 
 # KIWI's image root, below its --target-dir.
 IMAGE_ROOT = Path("build/image-root")
-HOSTSHIM = Path(__file__).resolve().parent / "hostshim" / "esp-shim"
+HOSTSHIM_DIR = Path(__file__).resolve().parent / "hostshim"
+HOSTSHIM = HOSTSHIM_DIR / "esp-shim"
+# KIWI's status file for the host's apt-get in the bootstrap, inside the image root
+# (hostshim/apt-get says why: the host's dpkg lock).
+APT_STATUS = Path("var/lib/dpkg/status.kiwi")
 SHIMMED_COMMANDS = ("mount", "umount", "mountpoint")
 
 # KIWI's own INFO messages that open each step of a disk build, in order.
@@ -65,9 +69,14 @@ class KiwiInvocation:
     esp_fallback_dir: Path | None = None  # when set, vfat mounts are staged via HOSTSHIM
     prepare_root: Path | None = None  # when set: `system prepare` of this root only (incremental.py)
     allow_existing_root: bool = False  # build on a root already in target_dir/build/image-root
+    # KIWI's temporary files and mount points (/var/tmp/kiwi_* by default): in the build's
+    # staging, so that whatever a killed KIWI leaves is removed with it.
+    temp_dir: Path | None = None
 
     def command(self) -> list[str]:
         command = [self.kiwi, "--debug", "--shared-cache-dir", str(self.cache_dir)]
+        if self.temp_dir:
+            command += ["--temp-dir", str(self.temp_dir)]
         if self.profile:
             command += ["--profile", self.profile]
         if self.prepare_root:
@@ -95,11 +104,18 @@ class KiwiInvocation:
         # KIWI builds the initrd itself when it creates the disk; the one distribution kernel
         # hooks would build at package install (Debian's honour INITRD=No) is wasted work.
         env = dict(os.environ, INITRD="No")
+        shims = [HOSTSHIM_DIR]  # its apt-get keeps the bootstrap off the host's dpkg lock
+        env["TDX_IMAGE_APT_STATUS"] = str(self.image_root / APT_STATUS)
         if self.esp_fallback_dir:
-            bin_dir = self.esp_fallback_dir / "bin"
-            env["PATH"] = f"{bin_dir}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+            shims.insert(0, self.esp_fallback_dir / "bin")
             env["TDX_IMAGE_ESP_STATE"] = str(self.esp_fallback_dir / "state")
+        env["PATH"] = ":".join([*map(str, shims), env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
         return env
+
+    @property
+    def image_root(self) -> Path:
+        """The root KIWI installs packages into."""
+        return self.prepare_root or self.target_dir / IMAGE_ROOT
 
     def prepare_esp_fallback(self) -> None:
         if not self.esp_fallback_dir:
@@ -123,8 +139,11 @@ def execute(build: KiwiInvocation, log_path: Path, on_phase: Callable[[str], Non
     whatever it left mounted or attached is released, before Interrupted is raised.
     """
     build.prepare_esp_fallback()
+    if build.temp_dir:
+        build.temp_dir.mkdir(parents=True, exist_ok=True)
     redact = runner.Redactor(secrets)
-    with open(log_path, "w", encoding="utf-8") as log, signals.handled(), signals.deferred():
+    # Unbuffered: after a failed write (a full disk) nothing is left to fail again at close.
+    with open(log_path, "wb", buffering=0) as log, signals.handled(), signals.deferred():
         runner.adopt_orphans()
         process = runner.Process(build.command(), stdout=runner.PIPE, stderr=runner.STDOUT,
                                  env=build.environment(), forward=signal.SIGINT, grace=STOP_GRACE)
@@ -139,14 +158,17 @@ def execute(build: KiwiInvocation, log_path: Path, on_phase: Callable[[str], Non
             if follower.is_alive():  # not started if kiwi-ng could not be
                 follower.join()
             # Whatever KIWI left (killed mid-step, or a bug), nothing stays mounted or attached.
-            cleanup.release(build.target_dir)
-            if build.esp_fallback_dir:
-                cleanup.release(build.esp_fallback_dir)
+            for place in (build.target_dir, build.esp_fallback_dir, build.temp_dir):
+                if place:
+                    cleanup.release(place)
         stopped_by = signals.received()
         if stopped_by:
             raise Interrupted(f"build stopped by {signal.Signals(stopped_by).name}; KIWI's "
                               "mounts and loop devices were released and no output was published",
                               f"KIWI's log: {log_path}")
+    if follower.log_error is not None:  # the true reason, whatever KIWI made of the full disk
+        raise HostError(f"cannot write KIWI's log {log_path}: {follower.log_error.strerror}",
+                        "free space there and build again")
     if returncode != 0:
         raise classify(follower.error, returncode, log_path)
 
@@ -154,17 +176,23 @@ def execute(build: KiwiInvocation, log_path: Path, on_phase: Callable[[str], Non
 class _Follower(threading.Thread):
     """Logs KIWI's output, reports its phases, and keeps its ERROR line (name, message)."""
 
-    def __init__(self, process: runner.Process, log: TextIO, redact: runner.Redactor,
+    def __init__(self, process: runner.Process, log: BinaryIO, redact: runner.Redactor,
                  on_phase: Callable[[str], None]):
         super().__init__(daemon=True)
         self.process, self.log, self.redact, self.on_phase = process, log, redact, on_phase
         self.error: tuple[str, str] | None = None
+        self.log_error: OSError | None = None  # the log could not be written (a full disk)
 
     def run(self) -> None:
         phase_index = -1
         for raw in _lines(self.process.stdout):
             line = self.redact(raw)
-            self.log.write(line + "\n")
+            if self.log_error is None:
+                try:
+                    self.log.write(f"{line}\n".encode())
+                except OSError as error:
+                    # Read on regardless: KIWI blocks writing to a pipe nobody empties.
+                    self.log_error = error
             match = ERROR_LINE.search(line)
             if match:
                 self.error = (match.group(1), match.group(2).strip())
@@ -196,6 +224,11 @@ def classify(error: tuple[str, str] | None, returncode: int, log_path: Path) -> 
         return BuildError(f"kiwi-ng exited with {returncode} without an error line", where)
     name, message = error
     text = message.lower()
+    if "could not get lock" in text or "unable to acquire the dpkg" in text:
+        # Never a mirror error: another package manager holds a lock KIWI's apt wanted (apt
+        # names the holder in the message).
+        return HostError(f"{name}: {message}", "another package manager is running; build "
+                         f"again when it has finished; {where}")
     if "401" in text or "unauthorized" in text or "403" in text and "forbidden" in text:
         return CredentialsError(f"{name}: {message}", f"check the repository credentials; {where}")
     if name in ("KiwiRepositorySetupError", "KiwiUriOpenError", "KiwiDebianBootstrapError") or any(
