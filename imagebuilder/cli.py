@@ -10,6 +10,7 @@ import click
 from . import __version__
 from .commands import boot, build, doctor, measure, run, summary, validate
 from .core.errors import Interrupted, TdxImageError
+from .core.redact import one_line, url_passwords
 from .host import signals
 
 
@@ -33,21 +34,26 @@ class Commands(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         args = list(sys.argv[1:] if args is None else args)
-        try:
-            with signals.handled():
+        # The verb ends inside the policy: a second Ctrl-C while the error line is printed is
+        # recorded, never a KeyboardInterrupt that kills the process without it.
+        with signals.handled(process_ends=True):
+            try:
                 code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except TdxImageError as error:
-            fail(str(error), error.exit_code, "--json" in args, error.details)
-        except click.exceptions.NoArgsIsHelpError as error:
-            error.show()
-            sys.exit(error.exit_code)
-        except click.ClickException as error:
-            hint = f" (see '{error.ctx.command_path} --help')" if getattr(error, "ctx", None) else ""
-            fail(error.format_message() + hint, error.exit_code, "--json" in args)
-        except click.Abort:  # an interrupt while click parsed the command line
-            fail(f"interrupted by {signals.received_name()}", Interrupted.exit_code,
-                 "--json" in args)
-        sys.exit(code if isinstance(code, int) else 0)
+            except TdxImageError as error:
+                fail(str(error), error.exit_code, "--json" in args, error.details)
+            except click.exceptions.NoArgsIsHelpError as error:
+                error.show()
+                sys.exit(error.exit_code)
+            except click.ClickException as error:
+                hint = f" (see '{error.ctx.command_path} --help')" if getattr(error, "ctx", None) else ""
+                fail(error.format_message() + hint, error.exit_code, "--json" in args)
+            except click.Abort:  # an interrupt while click parsed the command line
+                fail(f"interrupted by {signals.received_name()}", Interrupted.exit_code,
+                     "--json" in args)
+            except KeyboardInterrupt:  # a signal after the verb returned, before the exit
+                fail(f"interrupted by {signals.received_name()}", Interrupted.exit_code,
+                     "--json" in args)
+            sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
         try:
@@ -57,10 +63,13 @@ class Commands(click.Group):
 
 
 def fail(message: str, exit_code: int, as_json: bool, details: dict | None = None) -> None:
-    click.echo(f"error: {message}", err=True)
+    """One ``error:`` line (whatever the message quotes stays on it) and the --json document,
+    neither with a password a URL in them carried."""
+    message = url_passwords(message)
+    click.echo(f"error: {one_line(message)}", err=True)
     if as_json:
-        click.echo(json.dumps({"ok": False, **(details or {}), "error": message,
-                               "exit_code": exit_code}, indent=2))
+        click.echo(url_passwords(json.dumps({"ok": False, **(details or {}), "error": message,
+                                             "exit_code": exit_code}, indent=2)))
     sys.exit(exit_code)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .compose import MANIFEST_PATH
 from ..core.errors import BuildError
+from ..core.redact import url_passwords
 from .kiwi import IMAGE_ROOT
 from .staging import BUILD_RECORD
 
@@ -121,7 +122,7 @@ class Relocation:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    path.write_text(url_passwords(json.dumps(data, indent=2, sort_keys=True)) + "\n")
 
 
 def replace_directory(new: Path, destination: Path) -> None:

@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
 from ..core.errors import CheckFailed
-from ..core.inputs import Seconds
+from ..core.inputs import Seconds, UserPath
 from ..vm.boot import BootResult, boot_image
 
 
@@ -47,18 +47,18 @@ def verdict(result: BootResult, tdx: bool) -> str:
 
 
 @click.command("boot")
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("image", type=UserPath(path_type=Path))
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
               show_default=True, help="auto: KVM where it works, else software emulation.")
 @click.option("--tdx", is_flag=True, help="Boot as a TD; pass only if the guest says it is one.")
-@click.option("--firmware", "--tdvf", "firmware", type=click.Path(path_type=Path),
+@click.option("--firmware", "--tdvf", "firmware", type=UserPath(path_type=Path),
               help="UEFI firmware (TDVF with --tdx).  [default: the host's OVMF]")
 @click.option("--tpm", is_flag=True,
               help="Reference VM with a software TPM (swtpm); pass only if the guest's PCRs equal "
                    "`tdx-image measure`.")
 @click.option("--timeout", type=Seconds(1), default=DEFAULT_BOOT_TIMEOUT_S, show_default=True,
               help="Seconds to wait for the self-check line.")
-@click.option("--console-log", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--console-log", type=UserPath(dir_okay=False, path_type=Path),
               help="Serial console log [default: IMAGE.console.log in the current directory].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def boot_command(image, accel, tdx, firmware, tpm, timeout, console_log, as_json):

@@ -17,6 +17,7 @@ import click
 
 from ..host import requirements
 from ..core.errors import HostError, TdxImageError
+from ..core.inputs import UserPath
 from ..distros.repos import check_reachable, load_credentials
 from ..core.results import FAIL, PASS, WARN, Result, render, wide_console
 from ..distros.targets import TARGETS
@@ -72,7 +73,7 @@ def record(check: Result) -> dict:
 @click.command("doctor")
 @click.option("--only", type=click.Choice(["build", "tdx"]),
               help="Check only the build host or only the TDX host.")
-@click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+@click.option("--build-dir", type=UserPath(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Where builds will write (free space is checked there).")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 def doctor_command(only, build_dir, as_json):

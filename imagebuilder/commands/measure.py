@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..core.errors import CheckFailed, InputError
-from ..core.inputs import require_regular_file
+from ..core.inputs import UserPath, require_regular_file
 from ..measure.eventlog import EventLogError, parse_tcg2_log
 from ..measure.predict import PREDICTED_PCRS, PREDICTED_RTMRS, Prediction, compare_with_log, predict
 
@@ -36,11 +36,11 @@ def render(prediction: Prediction, console: Console) -> None:
 
 
 @click.command("measure")
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("image", type=UserPath(path_type=Path))
 @click.option("--json", "as_json", is_flag=True,
               help="Print registers, unpredicted registers and the ordered event list as JSON.")
 @click.option("--events", "show_events", is_flag=True, help="Also list every event (text output).")
-@click.option("--log", "log_file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--log", "log_file", type=UserPath(dir_okay=False, path_type=Path),
               help="Compare with a real boot's TPM event log (the guest's "
                    "/sys/kernel/security/tpm0/binary_bios_measurements): name where they part.")
 def measure_command(image: Path, as_json: bool, show_events: bool, log_file: Path | None):

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..host import runner
-from ..core.inputs import require_writable_file, write_text
+from ..core.inputs import UserPath, require_writable_file, write_text
 from ..host import virt
 from ..vm.launch import DEFAULT_QGS, Launch, choose_accel
 from ..host.requirements import require_ovmf, require_tdx_host, tdx_host_problems
@@ -20,14 +20,14 @@ from ..image.disk import image_format as disk_format
 
 
 @click.command("run")
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("image", type=UserPath(path_type=Path))
 @click.option("--tdx", is_flag=True, help="Launch as an Intel TDX trust domain.")
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
               show_default=True, help="auto: KVM where it works, else software emulation.")
 @click.option("--memory", "memory_mib", type=click.IntRange(256), default=2048,
               show_default=True, help="Guest memory in MiB.")
 @click.option("--cpus", type=click.IntRange(1), default=2, show_default=True)
-@click.option("--firmware", "--tdvf", "firmware", type=click.Path(path_type=Path),
+@click.option("--firmware", "--tdvf", "firmware", type=UserPath(path_type=Path),
               help="UEFI firmware (TDVF with --tdx).  [default: the host's OVMF]")
 @click.option("--ssh-port", type=click.IntRange(1, 65535),
               help="Forward this port on 127.0.0.1 to the guest's SSH port 22.")
@@ -36,7 +36,7 @@ from ..image.disk import image_format as disk_format
                    "is never written]")
 @click.option("--qgs", default=DEFAULT_QGS, show_default=True, metavar="vsock:CID:PORT|unix:PATH|none",
               help="With --tdx: the Quote Generation Service attestation asks for quotes.")
-@click.option("--libvirt-xml", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--libvirt-xml", type=UserPath(dir_okay=False, path_type=Path),
               help="Also write the equivalent libvirt domain XML to this file.")
 @click.option("--exec", "execute", is_flag=True, help="Run QEMU instead of printing its command.")
 @click.option("--json", "as_json", is_flag=True, help="Print the QEMU command as JSON.")

@@ -9,18 +9,18 @@ import click
 from rich.console import Console
 
 from ..core.errors import CheckFailed, InputError
-from ..core.inputs import require_writable_file
+from ..core.inputs import UserPath, require_writable_file
 from ..validate.measurements import measurements_check
 from ..validate.validator import validate_image
 
 
 @click.command("validate")
-@click.argument("image", type=click.Path(path_type=Path))
+@click.argument("image", type=UserPath(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
-@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Also write a JUnit XML report here.")
-@click.option("--manifest", type=click.Path(path_type=Path),
+@click.option("--junit", type=UserPath(dir_okay=False, path_type=Path), help="Also write a JUnit XML report here.")
+@click.option("--manifest", type=UserPath(path_type=Path),
               help="The build's published overlay-manifest.json (default: the one inside the image).")
-@click.option("--measurements", type=click.Path(path_type=Path),
+@click.option("--measurements", type=UserPath(path_type=Path),
               help="Also check that this measurements file (a build's measurements.json or "
                    "`measure --json`) holds the registers the image measures.")
 def validate_command(image: Path, as_json: bool, junit: Path | None, manifest: Path | None,

@@ -1,17 +1,31 @@
-"""Files users name on the command line: read only regular files (a FIFO would hang the read,
-/dev/zero never ends), say exactly what is wrong with the others, and check the places reports
-are written to before the work that produces them starts."""
+"""Files users name on the command line: one check of every path option (control characters,
+names longer than the system allows, symlink loops, kernel file systems), read only regular
+files and only so much of them (a FIFO would hang the read, /dev/zero never ends), JSON only so
+deep, say exactly what is wrong with the others, and check the places reports are written to
+before the work that produces them starts."""
 
 from __future__ import annotations
 
+import errno
+import json
 import math
 import os
+import re
 import stat
 from pathlib import Path
+from typing import Any
 
 import click
 
 from .errors import InputError, TdxImageError
+
+NAME_MAX, PATH_MAX = 255, 4096  # bytes (Linux)
+# Kernel file systems: no build output, cache or report belongs there.
+KERNEL_DIRS = (Path("/proc"), Path("/sys"), Path("/dev"))
+# Python's json parser recurses per level: 200k nested brackets are a RecursionError.
+MAX_JSON_DEPTH = 64
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_A_BRACKET = re.compile(r"[^\[\]{}]")
 
 KINDS = ((stat.S_ISDIR, "is a directory"), (stat.S_ISFIFO, "is a FIFO (named pipe)"),
          (stat.S_ISCHR, "is a character device"), (stat.S_ISBLK, "is a block device"),
@@ -111,3 +125,59 @@ class Seconds(click.ParamType):
         if not math.isfinite(seconds) or seconds < self.minimum:
             self.fail(f"{value!r} is not a finite number of seconds >= {self.minimum:g}", param, ctx)
         return seconds
+
+
+def check_path(value: str | os.PathLike, option: str, directory: bool = False) -> Path:
+    """The one check every path option gets before it is used: no control characters (a newline
+    would forge an ``error:`` line), no name longer than the system allows, no symlink loop, and
+    for a directory option, nothing below /proc, /sys or /dev."""
+    text = os.fspath(value)
+    if any(ord(char) < 32 or ord(char) == 127 for char in text):
+        raise InputError(f"{option} {text!r} contains a control character",
+                         "give a path without newlines, tabs or escape characters")
+    encoded = os.fsencode(text)
+    longest = max(encoded.split(b"/"), key=len)
+    if len(longest) > NAME_MAX or len(encoded) >= PATH_MAX:
+        raise InputError(f"{option} {text[:40]}…: a name is longer than the system allows "
+                         f"({NAME_MAX} bytes a name, {PATH_MAX} a path)", "give a shorter path")
+    path = Path(text)
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise InputError(f"{option} {text} goes round a loop of symbolic links",
+                             "fix the links, or give another path")
+        if error.errno == errno.ENAMETOOLONG:
+            raise InputError(f"{option} {text[:40]}…: longer than the system allows",
+                             "give a shorter path")
+    if directory:
+        absolute = Path(os.path.realpath(path))
+        for kernel in KERNEL_DIRS:
+            if absolute.is_relative_to(kernel):
+                raise InputError(f"{option} {text} lies in the kernel's {kernel} file system",
+                                 "give a directory on a disk")
+    return path
+
+
+class UserPath(click.Path):
+    """click.Path through check_path: the type of every path option of every verb."""
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str | os.PathLike):
+            self.fail(f"{value!r} is not a path", param, ctx)
+        option = param.opts[0] if param is not None and param.opts else "path"
+        check_path(value, option, directory=not self.file_okay)
+        return super().convert(value, param, ctx)
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads`` of untrusted text, at most MAX_JSON_DEPTH levels deep (ValueError if not)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    depth = deepest = 0
+    for bracket in _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return json.loads(text)

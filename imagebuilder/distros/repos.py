@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..core.errors import CredentialsError, InputError, RepositoryError
 from ..core.inputs import read_text
+from ..core.redact import url_passwords, url_secrets
 
 APT_SOURCES = "/etc/apt/sources.list"
 # Where zypper's configuration lives: "/" on a SUSE host; the --container path mounts the
@@ -61,7 +62,16 @@ class Repository:
     def __post_init__(self):
         if "," in self.full_url:
             # KIWI splits --add-repo on commas.
-            raise InputError(f"repository URL must not contain a comma: {self.url}")
+            raise InputError(f"repository URL must not contain a comma: {self.shown_url}")
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as messages and records name it: a password in it replaced by ***."""
+        return url_passwords(self.url)
+
+    def secrets(self) -> list[str]:
+        """What of this repository never reaches a log: SCC's token, a password in the URL."""
+        return [*url_secrets(self.url), *([self.token] if self.token else [])]
 
     @property
     def full_url(self) -> str:
@@ -92,7 +102,7 @@ URL = re.compile(r"^(https?|ftp|file)://[^\s,]+$")
 def check_url(option: str, value: str) -> str:
     """A repository base URL KIWI can take: a scheme it fetches from, no spaces or commas."""
     if not URL.match(value):
-        raise InputError(f"{option} {value!r}: expected a URL (http, https, ftp or file) "
+        raise InputError(f"{option} {url_passwords(value)!r}: expected a URL (http, https, ftp or file) "
                          "without spaces or commas", "e.g. https://mirror.example/debian")
     return value
 
@@ -101,10 +111,12 @@ def parse_repo_option(value: str) -> Repository:
     """``--repo`` values: ``URL`` (rpm-md) or ``URL,SUITE[,COMPONENTS]`` (apt)."""
     fields = value.split(",")
     if len(fields) > 3 or any(not field.strip() for field in fields[1:]):
-        raise InputError(f"--repo {value!r}: expected URL or URL,SUITE[,COMPONENTS]",
+        raise InputError(f"--repo {url_passwords(value)!r}: expected URL or URL,SUITE[,COMPONENTS]",
                          "separate components by spaces: URL,SUITE,'main contrib'")
     url = check_url("--repo", fields[0])
-    alias = "user-" + re.sub(r"[^A-Za-z0-9]+", "-", url.split("://", 1)[1]).strip("-")[:60]
+    parts = urllib.parse.urlsplit(url)
+    where = parts.netloc.rpartition("@")[2] + parts.path  # never the login
+    alias = "user-" + re.sub(r"[^A-Za-z0-9]+", "-", where).strip("-")[:60]
     if len(fields) == 1:
         return Repository(alias=alias, url=url, type="rpm-md")
     suite, components = fields[1].strip(), " ".join(fields[2].split()) if len(fields) == 3 else "main"
@@ -268,5 +280,5 @@ def check_reachable(repositories: list[Repository], credentials: Credentials | N
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise RepositoryError(
-                f"repository {repo.alias} is unreachable at {repo.url}: {reason}",
+                f"repository {repo.alias} is unreachable at {repo.shown_url}: {reason}",
                 "point --mirror (or --repo) at a reachable copy")
