@@ -4,6 +4,7 @@ import http.server
 import json
 import os
 import pty
+import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +25,16 @@ def pytest_configure(config):
     marks = config.getoption("markexpr") or ""
     if config.getoption("numprocesses", None) and "integration" in marks and "not integration" not in marks:
         raise pytest.UsageError("the integration tier runs in one process: add -n 0")
+
+@pytest.fixture(autouse=True)
+def default_signal_handlers():
+    """The CLI, run in-process, leaves signals ignored after an interrupt (its process would
+    exit next); the next test starts with Python's own handlers again."""
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
 
 @pytest.fixture(scope="session")
 def synthetic_image(tmp_path_factory) -> Path:

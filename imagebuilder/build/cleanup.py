@@ -3,8 +3,10 @@ working directory, mounts of loop devices backed by files there, and those loop 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+from ..core.errors import HostError
 from ..host import runner
 
 PROC_MOUNTS = "/proc/mounts"
@@ -59,3 +61,14 @@ def release(directory: Path) -> None:
         # device would then fail with "partx: error adding partitions".
         runner.run(["partx", "--delete", loop], forward=None)
         runner.run(["losetup", "--detach", loop], forward=None)
+
+
+def remove(directory: Path) -> None:
+    """Release what is mounted or attached below ``directory``, then remove it."""
+    release(directory)
+    held, loops = leftovers(directory)
+    if held or loops:
+        # Deleting through a live bind mount of /dev or /proc would destroy host state.
+        raise HostError(f"could not release {', '.join(held + loops)}; {directory} left as it is",
+                        "unmount them, detach the loop devices, then remove the directory")
+    shutil.rmtree(directory, ignore_errors=True)

@@ -8,13 +8,22 @@ of them; nor may an output lie inside the project's sources (KIWI descriptions, 
 
 from __future__ import annotations
 
-import json
 import os
+import pwd
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..core.inputs import NAME_MAX, parse_json
+from ..host.locks import LOCK_DIR
 from ..core.paths import DESCRIPTIONS_DIR, IS_CHECKOUT, OVERLAYS_DIR, PACKAGE_DIR, PROJECT_ROOT
 from .staging import BUILD_RECORD, FAILURE_RECORD, PUBLISHED_DESCRIPTION
+
+DESCRIPTION_FILES = "description_files"  # build.json's list of what description/ holds
+# The system's own directories: no output, failure directory or package cache goes inside one.
+SYSTEM_DIRS = tuple(Path(name) for name in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64",
+                                            "/libx32", "/proc", "/run", "/sbin", "/sys", "/usr"))
+STAGING_SUFFIX = ".staging-"  # the build's work directory beside --out: .OUT.staging-XXXXXXXX
+MAX_OUT_NAME = NAME_MAX - len(f".{STAGING_SUFFIX}XXXXXXXX")
 
 # A published build: build.json with these fields, and nothing but the artifacts it lists.
 BUILD_RECORD_FIELDS = {"tdx_image_version", "target", "artifacts", "image"}
@@ -36,7 +45,7 @@ def _record(path: Path, fields: set[str]) -> dict | None:
     try:
         if not path.is_file() or path.stat().st_size > 2**24:
             return None
-        record = json.loads(path.read_text())
+        record = parse_json(path.read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and fields <= record.keys() else None
@@ -50,8 +59,15 @@ def foreign_entries(directory: Path) -> list[str]:
         return []
     build = _record(directory / BUILD_RECORD, BUILD_RECORD_FIELDS)
     if build is not None and isinstance(build["artifacts"], dict):
-        ours = set(build["artifacts"]) | {BUILD_RECORD, PUBLISHED_DESCRIPTION}
-        return [name for name in entries if name not in ours]
+        # A published file is a regular file of the recorded name (a user's build.log/ directory
+        # is not); description/ is ours only as far as build.json lists its files.
+        files = set(build["artifacts"]) | {BUILD_RECORD}
+        foreign = [name for name in entries if name != PUBLISHED_DESCRIPTION and (
+            name not in files or not _regular(directory / name))]
+        if PUBLISHED_DESCRIPTION in entries:
+            foreign += _foreign_in_description(directory / PUBLISHED_DESCRIPTION,
+                                               build.get(DESCRIPTION_FILES))
+        return foreign
     failure = _record(directory / FAILURE_RECORD, FAILURE_RECORD_FIELDS)
     if failure is not None and isinstance(failure["files"], list):
         ours = set(failure["files"]) | {FAILURE_RECORD}
@@ -60,27 +76,66 @@ def foreign_entries(directory: Path) -> list[str]:
     return entries
 
 
+def _regular(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def _foreign_in_description(description: Path, listed) -> list[str]:
+    """What of a published description/ its build.json does not list (all of it, for a record
+    from before the listing)."""
+    if description.is_symlink() or not description.is_dir():
+        return [PUBLISHED_DESCRIPTION]
+    ours = set(listed) if isinstance(listed, list) else set()
+    return [f"{PUBLISHED_DESCRIPTION}/{name}" for name in description_files(description)
+            if name not in ours]
+
+
+def description_files(description: Path) -> list[str]:
+    """Every entry below a published description/, as build.json lists them."""
+    return sorted(str(path.relative_to(description)) for path in description.rglob("*"))
+
+
+def _homes() -> list[Path]:
+    """$HOME, and under sudo the invoking user's home too ($HOME is root's there)."""
+    homes = [Path(os.environ["HOME"])] if os.environ.get("HOME") else []
+    try:
+        homes.append(Path(pwd.getpwnam(os.environ.get("SUDO_USER", "")).pw_dir))
+    except KeyError:  # not under sudo, or a user the password database does not know
+        pass
+    return homes
+
+
 def _protected() -> list[Path]:
-    home = os.environ.get("HOME")
-    places = [Path.cwd(), *CHECKOUT_DIRS, *SOURCE_DIRS]
-    if home:
-        places.append(Path(home))
+    places = [Path.cwd(), *CHECKOUT_DIRS, *SOURCE_DIRS, *_homes(), LOCK_DIR]
     return [place.resolve() for place in places]
 
 
-def refuse_protected(path: Path, option: str, extra: tuple[Path, ...] = ()) -> None:
+def refuse_system(path: Path, option: str) -> None:
+    """Refuse ``/`` and everything in the system's own directories."""
+    if path == Path("/"):
+        raise InputError(f"{option} / is the whole system", f"e.g. {option} /var/tmp/tdx-image")
+    for system in SYSTEM_DIRS:
+        if path.is_relative_to(system):
+            raise InputError(f"{option} {path} lies in the system directory {system}",
+                             f"choose a directory of its own, e.g. {SAFE_EXAMPLE}")
+
+
+def refuse_protected(path: Path, option: str, cache: Path | None = None) -> None:
     """Refuse (even with --force) a place whose replacement would destroy more than a build."""
     if len(path.parts) <= 2:
         raise InputError(f"{option} {path} is / or a directory right below it",
                          f"{option} must be a directory of its own, e.g. {path}/tdx-image")
-    for place in [*_protected(), *(p.resolve() for p in extra)]:
+    refuse_system(path, option)
+    for place in [*_protected(), *([cache.resolve()] if cache else [])]:
         if path == place or place.is_relative_to(path):
             what = "the current directory" if place == Path.cwd().resolve() else str(place)
             raise InputError(f"{option} {path} is or contains {what}",
                              f"{option} must be a directory of its own, e.g. {path}/tdx-image")
-    for source in SOURCE_DIRS:
-        if path.is_relative_to(source.resolve()):
-            raise InputError(f"{option} {path} lies inside this project's {source.name}/",
+    for inside, what in [*((source, f"this project's {source.name}/") for source in SOURCE_DIRS),
+                         *(((cache, "the package cache"),) if cache else ()),
+                         (LOCK_DIR, "tdx-image's lock directory")]:
+        if path.is_relative_to(inside.resolve()):
+            raise InputError(f"{option} {path} lies inside {what}",
                              f"choose a directory outside it, e.g. {SAFE_EXAMPLE}")
 
 
@@ -111,10 +166,15 @@ def check(out_dir: Path, force: bool, cache_dir: Path | None = None) -> Path:
     """The resolved ``--out``, once it and ``OUT.failed`` are safe to replace; else InputError.
     (Whether it can be written is checked after the root check: root writes where users cannot.)"""
     out = Path(os.path.abspath(out_dir)).resolve()
-    extra = (cache_dir,) if cache_dir else ()
-    refuse_protected(out, "--out", extra)
+    if cache_dir:
+        refuse_system(cache_dir.resolve(), "--cache-dir")
+    if len(os.fsencode(out.name)) > MAX_OUT_NAME:
+        raise InputError(f"--out {out}: the name {out.name[:40]}… is too long",
+                         f"at most {MAX_OUT_NAME} bytes: the build works beside it in "
+                         f".NAME{STAGING_SUFFIX}XXXXXXXX")
+    refuse_protected(out, "--out", cache_dir)
     failed = failed_dir(out)
-    refuse_protected(failed, "--out's failure directory", extra)
+    refuse_protected(failed, "--out's failure directory", cache_dir)
     if not force:
         _refuse_foreign(out, "--out")
         _refuse_foreign(failed, "the failure directory")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -25,12 +24,12 @@ from functools import cached_property
 from pathlib import Path
 
 from .. import __version__
-from . import cleanup, incremental, kiwi, kiwicheck, outdir, publish, sbom, settings
+from . import cleanup, incremental, kiwi, kiwicheck, outdir, publish, recover, sbom, settings
 from ..host import buildhost, locks, requirements, runner, signals
 from ..vm.boot import boot_image
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
 from .compose import Composition, Customisation, compose, read_ssh_keys
-from ..core.errors import CheckFailed, CredentialsError, HostError, InputError, Interrupted, RepositoryError, TdxImageError
+from ..core.errors import CheckFailed, CredentialsError, InputError, Interrupted, RepositoryError, TdxImageError
 from ..core.inputs import require_regular_file, require_writable_dir
 from ..measure import predict
 from .progress import Durations, Listener, Phases
@@ -85,7 +84,7 @@ class BuildRequest:
     def secrets(self, credentials: Credentials | None) -> list[str]:
         """What never reaches a log or a report: passwords and SCC's repository tokens."""
         return (credentials.secrets() if credentials else []) + [
-            repo.token for repo in self.repositories if repo.token]
+            secret for repo in self.repositories for secret in repo.secrets()]
 
 
 @dataclass(frozen=True)
@@ -159,6 +158,7 @@ def kiwi_invocation(request: BuildRequest, host: Host, staging: Staging,
         credentials_file=staging.credentials if credentials else None,
         signing_keys=list(request.signing_keys),
         esp_fallback_dir=staging.esp_fallback if host.esp_fallback else None,
+        temp_dir=staging.kiwi_temp,
     )
 
 
@@ -189,7 +189,7 @@ def dry_run(request: BuildRequest) -> dict:
         kiwicheck.check_description(Path(work) / "description", request.target.profile,
                                     request.repositories)
     # The staging directory's random suffix is made when a build starts.
-    staging = Staging(out_dir.parent / f".{out_dir.name}.staging-XXXXXXXX")
+    staging = Staging(out_dir.parent / f".{out_dir.name}{outdir.STAGING_SUFFIX}XXXXXXXX")
     invocation = kiwi_invocation(request, Host.probe(), staging, credentials)
     redact = runner.Redactor(request.secrets(credentials))
     state = ("absent: will be created" if not os.path.lexists(out_dir) else
@@ -221,6 +221,8 @@ def build(request: BuildRequest, on_event: Listener) -> dict:
         phases.note(ESP_FALLBACK_NOTE)
     with locks.lock_out(out_dir):
         outdir.check(out_dir, request.force, request.cache_dir)  # as it is now that it is ours
+        for stale in recover.remove_stale_staging(out_dir):
+            phases.note(f"removed the staging directory a killed build left: {stale}")
         with phases.phase("check repositories"):
             check_reachable(request.repositories, credentials)
         return _stage_and_publish(request, out_dir, lambda staging: _build_in(
@@ -243,7 +245,9 @@ def _stage_and_publish(request: BuildRequest, out_dir: Path,
     is swapped in.  Whatever ends the build, the staging directory is released and removed and
     the log and reports are kept in OUT.failed/."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Staging(Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent)))
+    staging = Staging(Path(tempfile.mkdtemp(prefix=f".{out_dir.name}{outdir.STAGING_SUFFIX}",
+                                            dir=out_dir.parent)))
+    recover.mark(staging, out_dir)
     try:
         staging.publish.mkdir()
         record = build_in(staging)
@@ -265,7 +269,7 @@ def _stage_and_publish(request: BuildRequest, out_dir: Path,
         raise
     finally:
         with signals.deferred():
-            _remove_staging(staging.root)
+            cleanup.remove(staging.root)
 
 
 def _build_in(context: BuildContext) -> dict:
@@ -376,7 +380,7 @@ def _record(context: BuildContext, composition: Composition, decision: increment
                    "profile": target.profile, "release": target.chosen.name},
         "inputs": {
             **settings.recorded(request),
-            "repositories": [{"alias": r.alias, "url": r.url, "type": r.type,
+            "repositories": [{"alias": r.alias, "url": r.shown_url, "type": r.type,
                               "distribution": r.distribution, "gpgcheck": r.gpgcheck}
                              for r in request.repositories],
             "overlay": SHARED_OVERLAY.name,
@@ -393,6 +397,7 @@ def _record(context: BuildContext, composition: Composition, decision: increment
         "prepared_root_key": decision.key,
         "durations_s": context.durations.record(),
         "artifacts": digests,
+        outdir.DESCRIPTION_FILES: outdir.description_files(context.staging.published_description),
         "image": published.image.name,
         "sbom": {"file": published.sbom_file.name, "format": "SPDX-2.3 JSON",
                  "sha256": digests[published.sbom_file.name]["sha256"]},
@@ -433,11 +438,3 @@ def _keep_failure_evidence(staging: Staging, failed_dir: Path,
     return failed_dir
 
 
-def _remove_staging(staging: Path) -> None:
-    cleanup.release(staging)
-    held, loops = cleanup.leftovers(staging)
-    if held or loops:
-        # Deleting through a live bind mount of /dev or /proc would destroy host state.
-        raise HostError(f"could not release {', '.join(held + loops)}; staging left at {staging}",
-                        "unmount them, detach the loop devices, then remove the directory")
-    shutil.rmtree(staging, ignore_errors=True)

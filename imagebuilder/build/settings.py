@@ -20,13 +20,16 @@ from click.core import ParameterSource
 
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S, DEFAULT_CACHE_DIR
 from .compose import Customisation
-from ..core.inputs import Seconds
+from ..core.inputs import Seconds, UserPath, read_text
 from ..distros.repos import check_url, parse_repo_option
 from ..distros.targets import TARGETS
 
 CONFIG_NAME = "tdx-image.toml"
+CONFIG_MAX_BYTES = 2**20
 IMAGE_FORMATS = ("qcow2", "raw", "vmdk")
 MIN_SIZE_MIB = 1024
+# A guard against a unit or digits too many (8000G for 8G); grow a disk after the build.
+MAX_SIZE_MIB = 16 * 2**20
 # Where a setting's value goes: the BuildRequest field of its name, the Customisation field of
 # its name (applied to the composed description), or the verb itself (how this one run goes).
 REQUEST, CUSTOM, COMMAND = "request", "customisation", "command"
@@ -77,8 +80,7 @@ class DiskSize(click.ParamType):
     PATTERN = re.compile(r"(\d+)\s*([MG]?)i?B?", re.IGNORECASE)
 
     def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
+        # A bare number (the config file's size = 8) is GiB, as on the command line.
         match = self.PATTERN.fullmatch(str(value).strip())
         if not match:
             self.fail(f"{value!r} is not a size (e.g. 8G or 6144M)", param, ctx)
@@ -86,6 +88,8 @@ class DiskSize(click.ParamType):
         if mib < MIN_SIZE_MIB:
             self.fail(f"{value} is too small: a TDX guest disk needs at least {MIN_SIZE_MIB}M",
                       param, ctx)
+        if mib > MAX_SIZE_MIB:
+            self.fail(f"{value} is too large: at most {MAX_SIZE_MIB // 2**20}T", param, ctx)
         return mib
 
 
@@ -119,6 +123,19 @@ class Setting:
     callback: Callable | None = None  # an eager option processed before the others (--config)
 
     @property
+    def toml_types(self) -> tuple:
+        """What the config file may hold for it: true/false, a number where one is meant, else
+        text (of one value, or of each in a list)."""
+        if self.flag:
+            return (bool,)
+        return (str, int, float) if isinstance(self.type, Seconds | DiskSize) else (str,)
+
+    @property
+    def toml_type_name(self) -> str:
+        names: dict[tuple, str] = {(bool,): "true or false", (str,): "text (in quotes)"}
+        return names.get(self.toml_types, "a number or text")
+
+    @property
     def key(self) -> str:
         """The config-file key: the option without "--" (the argument's parameter name)."""
         return self.option[2:] if self.option.startswith("--") else self.field
@@ -148,8 +165,8 @@ def load_config(ctx: click.Context, param: click.Parameter, value: Path | None) 
     if path is None:
         return
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        data = tomllib.loads(read_text(path, "--config", CONFIG_MAX_BYTES))
+    except tomllib.TOMLDecodeError as error:
         raise click.BadParameter(f"cannot read {path}: {error}", ctx, param)
     taken = {p.name for p in ctx.command.params}
     by_key = {s.key: s for s in SETTINGS if s.configurable and s.field in taken}
@@ -164,6 +181,10 @@ def load_config(ctx: click.Context, param: click.Parameter, value: Path | None) 
         if isinstance(raw, dict) or isinstance(raw, list) != setting.multiple:
             raise click.BadParameter(
                 f"{path}: {key} must be {'a list' if setting.multiple else 'one value'}", ctx, param)
+        for one in raw if isinstance(raw, list) else [raw]:
+            if not isinstance(one, setting.toml_types) or isinstance(one, bool) != setting.flag:
+                raise click.BadParameter(
+                    f"{path}: {key} = {one!r} is not {setting.toml_type_name}", ctx, param)
         if isinstance(setting.type, click.Path):  # relative to the file, not the current directory
             raw = [_beside(path, v) for v in raw] if isinstance(raw, list) else _beside(path, raw)
         defaults[setting.field] = raw
@@ -175,8 +196,8 @@ def _beside(config: Path, value) -> str:
     return str(config.parent / Path(str(value)).expanduser())
 
 
-FILE = click.Path(dir_okay=False, path_type=Path)
-DIRECTORY = click.Path(file_okay=False, path_type=Path, resolve_path=True)
+FILE = UserPath(dir_okay=False, path_type=Path)
+DIRECTORY = UserPath(file_okay=False, path_type=Path, resolve_path=True)
 
 SETTINGS = (
     Setting("TARGET", "target", "What to build: debian, leap or sles.", TargetName()),
@@ -188,7 +209,7 @@ SETTINGS = (
             part=COMMAND, metavar="IMAGE", shown_default="openSUSE Leap or SLE BCI of the "
             "release; debian: localhost/tdx-image-debian:12 from containers/make-debian-12-image"),
     Setting("--out", "out_dir", "Where the artifacts are published.",
-            click.Path(file_okay=False, path_type=Path), metavar="DIR", shown_default="out/TARGET"),
+            UserPath(file_okay=False, path_type=Path), metavar="DIR", shown_default="out/TARGET"),
     Setting("--mirror", "mirror", "Base URL of the distribution's repositories (Debian: the "
             "archive, its -security twin is used too; Leap: a download.opensuse.org mirror; SLES: "
             "an RMT/SMT or SCC base).", MirrorURL(), metavar="URL", recorded=True,
@@ -201,7 +222,7 @@ SETTINGS = (
             "lines, as SUSEConnect's SCCcredentials, mode 0600); or set TDX_IMAGE_REPO_USER and "
             "TDX_IMAGE_REPO_PASSWORD.", FILE, metavar="FILE"),
     Setting("--signing-key", "signing_keys", "Trust this repository signing key (repeatable).",
-            click.Path(dir_okay=False, exists=True, path_type=Path, resolve_path=True),
+            UserPath(dir_okay=False, exists=True, path_type=Path, resolve_path=True),
             metavar="FILE", multiple=True, recorded=True),
     Setting("--cache-dir", "cache_dir", "Package cache shared by all builds (or set "
             "TDX_IMAGE_CACHE_DIR).", DIRECTORY, metavar="DIR", default=DEFAULT_CACHE_DIR,

@@ -12,6 +12,7 @@ from .kiwi import IMAGE_ROOT
 BUILD_RECORD = "build.json"  # the record of what was built from what; lists every published file
 FAILURE_RECORD = "failure.json"  # in OUT.failed: why the build failed
 PUBLISHED_DESCRIPTION = "description"  # the only directory a build publishes
+OWNER = "tdx-image-build.json"  # in a staging directory: which build made it
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,14 @@ class Staging:
     @property
     def credentials(self) -> Path:  # "user:password" for KIWI, mode 0600
         return self.root / "credentials"
+
+    @property
+    def kiwi_temp(self) -> Path:  # KIWI's --temp-dir
+        return self.root / "kiwi-tmp"
+
+    @property
+    def owner(self) -> Path:  # says the directory is a tdx-image build's (recover.py)
+        return self.root / OWNER
 
     @property
     def esp_fallback(self) -> Path:  # the vfat mount shim's PATH and state (kiwi.HOSTSHIM)

@@ -64,8 +64,12 @@ def received_name() -> str:
 
 
 @contextmanager
-def handled():
-    """Install the policy (once: nested uses, and threads other than the main one, are no-ops)."""
+def handled(process_ends: bool = False):
+    """Install the policy (once: nested uses, and threads other than the main one, are no-ops).
+
+    ``process_ends``: the process exits right after the block (the CLI).  Once a signal stopped
+    the work, later ones stay ignored, so that a second Ctrl-C arriving while the interpreter
+    shuts down cannot turn exit 130 into death by SIGINT."""
     if _State.installed or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -77,6 +81,8 @@ def handled():
     finally:
         _State.installed = 0
         for sig, handler in previous.items():
+            if process_ends and _State.received:
+                handler = signal.SIG_IGN
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
