@@ -45,6 +45,12 @@ def synthetic_image(tmp_path_factory) -> Path:
     return build_synthetic_image(tmp_path_factory.mktemp("synthetic"))
 
 
+def firmware_volume(path: Path) -> Path:
+    """A stand-in UEFI flash image: 4 KiB with a firmware volume header's signature."""
+    path.write_bytes(bytes(40) + b"_FVH" + bytes(4096 - 44))
+    return path
+
+
 def users_directory(path: Path) -> Path:
     """A directory holding a user's file (notes/thesis.txt), which no command may touch."""
     (path / "notes").mkdir(parents=True)

@@ -60,8 +60,9 @@ def read_only(path: Path) -> Path:
 
 
 def qcow2(path: Path, truncated: bool = False) -> Path:
+    """A qcow2 of random bytes with an MBR signature: a disk image to read, not a bootable one."""
     raw = path.with_suffix(".raw")
-    raw.write_bytes(os.urandom(4 * 2**20))
+    raw.write_bytes(os.urandom(510) + b"\x55\xaa" + os.urandom(4 * 2**20 - 512))
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, path], check=True)
     raw.unlink()
     if truncated:

@@ -18,7 +18,7 @@ from imagebuilder.commands import boot as boot_verb
 from imagebuilder.vm import boot, launch
 from imagebuilder.host import os_release
 from imagebuilder.core.errors import CheckFailed, HostError, InputError, Interrupted
-from tests.conftest import schema_errors
+from tests.conftest import firmware_volume, schema_errors
 
 # The line as the real debian image printed it, with systemd's colour codes around it.
 REAL_LINE = (
@@ -87,7 +87,7 @@ def qemu(tmp_path, monkeypatch) -> FakeQemu:
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     firmware = (tmp_path / "OVMF_CODE.fd", tmp_path / "OVMF_VARS.fd")
     for path in firmware:
-        path.touch()
+        firmware_volume(path)
     monkeypatch.setattr(virt, "OVMF_CANDIDATES", (firmware,))
     kvm = tmp_path / "kvm"
     kvm.touch()
@@ -366,8 +366,7 @@ def test_boot_fails_with_a_fail_line_and_the_reason(qemu, image, tmp_path):
 
 def test_boot_takes_the_firmware_given_and_names_the_package_when_there_is_none(qemu, image,
                                                                                 tmp_path, monkeypatch):
-    unified = tmp_path / "OVMF.fd"
-    unified.touch()
+    unified = firmware_volume(tmp_path / "OVMF.fd")
     qemu.behave(console=REAL_LINE)
     boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log", firmware=unified)
     arguments = (tmp_path / "pid.args").read_text().splitlines()

@@ -32,6 +32,7 @@ from imagebuilder.vm import launch
 from imagebuilder.commands import run
 from imagebuilder.core.errors import HostError, InputError
 from imagebuilder.vm.launch import Launch
+from tests.conftest import firmware_volume
 
 TDVF = Path("/fw/tdvf.fd")
 
@@ -122,6 +123,7 @@ def test_plain_libvirt_domain_lets_libvirt_pick_uefi_firmware():
 
 def firmware(tmp_path: Path, with_metadata: bool) -> Path:
     image = bytearray(64 * 1024)
+    image[40:44] = b"_FVH"
     if with_metadata:
         guid = uuid.UUID("e47a6535-984a-4798-865e-4685a7bf8ec2").bytes_le
         image[-200:-200 + len(guid)] = guid
@@ -265,22 +267,23 @@ def test_a_td_without_qgs_has_no_socket_and_a_bad_address_is_refused():
 
 
 def test_a_unified_firmware_image_is_one_throwaway_pflash(tmp_path):
-    unified = tmp_path / "OVMF.fd"
-    unified.write_bytes(b"\0" * 64)
+    unified = firmware_volume(tmp_path / "OVMF.fd")
     firmware = virt.firmware_for(unified)
     assert firmware == virt.Firmware(unified, None)
     args = Launch(disk=Path("/img/vm.qcow2"), accel="tcg", firmware=firmware).qemu_args()
     assert [d for d in option_values(args, "-drive") if "pflash" in d] == [
         f"if=pflash,format=raw,snapshot=on,file={unified}"]
-    with pytest.raises(InputError, match="no such file"):
+    with pytest.raises(InputError, match="does not exist"):
         virt.firmware_for(tmp_path / "missing.fd")
+    with pytest.raises(InputError, match="is not UEFI firmware"):  # issue 20: it ran to the timeout
+        virt.firmware_for(Path("/etc/hostname"))
 
 
 def test_firmware_is_found_where_the_distributions_put_it(tmp_path, monkeypatch):
     pairs = [(tmp_path / f"{name}_CODE.fd", tmp_path / f"{name}_VARS.fd") for name in ("deb", "suse")]
     monkeypatch.setattr(virt, "OVMF_CANDIDATES", tuple(pairs))
-    pairs[1][0].touch()
-    pairs[1][1].touch()
+    firmware_volume(pairs[1][0])
+    firmware_volume(pairs[1][1])
     assert virt.find_ovmf() == virt.Firmware(*pairs[1])  # the first complete pair
     assert virt.firmware_for(pairs[1][0]) == virt.Firmware(*pairs[1])  # its own variables
     pairs[1][1].unlink()
@@ -315,8 +318,8 @@ def test_an_unknown_distribution_gets_every_install_hint(monkeypatch):
 def test_run_persistent_writes_the_image_and_takes_the_launch_options(small_image, tmp_path,
                                                                       monkeypatch):
     code, variables = tmp_path / "CODE.fd", tmp_path / "VARS.fd"
-    code.touch()
-    variables.touch()
+    firmware_volume(code)
+    firmware_volume(variables)
     monkeypatch.setattr(virt, "OVMF_CANDIDATES", ((code, variables),))
     result = CliRunner().invoke(run.run_command,
                                 [str(small_image), "--accel", "tcg", "--persistent", "--cpus", "3",

@@ -22,7 +22,7 @@ class BootProgress:
 
     def __init__(self, console: Console, what: str, timeout: float):
         self.what, self.timeout = what, timeout
-        self.status = console.status(what)
+        self.status = console.status(escape(what))
 
     def __enter__(self):
         self.status.start()
@@ -60,8 +60,11 @@ def verdict(result: BootResult, tdx: bool) -> str:
               help="Seconds to wait for the self-check line.")
 @click.option("--console-log", type=UserPath(dir_okay=False, path_type=Path),
               help="Serial console log [default: IMAGE.console.log in the current directory].")
+@click.option("--allow-backing-file", "allow_backing", is_flag=True,
+              help="Also read the backing files a qcow2 names (regular files, no loop): without "
+                   "it such an image is refused, as its contents would come from this host.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def boot_command(image, accel, tdx, firmware, tpm, timeout, console_log, as_json):
+def boot_command(image, accel, tdx, firmware, tpm, timeout, console_log, allow_backing, as_json):
     """Boot a throwaway copy of IMAGE and report the guest's TDX self-check."""
     console = Console(stderr=True)
     display = BootProgress(console, f"booting {image.name}" + (" as a TD" if tdx else ""), timeout)
@@ -70,6 +73,7 @@ def boot_command(image, accel, tdx, firmware, tpm, timeout, console_log, as_json
         with display if live else nullcontext():
             result = boot_image(image, accel=accel, tdx=tdx, tpm=tpm, timeout=timeout,
                                 firmware=firmware, progress=display if live else None,
+                                allow_backing=allow_backing,
                                 console_log=console_log or Path(f"{image.name}.console.log"))
     except CheckFailed:
         if not as_json:

@@ -81,7 +81,7 @@ def build_command(dry_run, as_json, container, container_image, progress_format,
         with PhaseDisplay(console) as display:
             record = pipeline.build(request, display)
         if not as_json:
-            console.print(f"[green]built[/] {request.out_dir / record['image']} in "
+            console.print(f"[green]built[/] {escape(str(request.out_dir / record['image']))} in "
                           f"{record['durations_s']['total']}s (KIWI {record['durations_s']['kiwi']}s, "
                           f"validation passed); SBOM {record['sbom']['file']}")
     if as_json:

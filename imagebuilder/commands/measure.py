@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..core.errors import CheckFailed, InputError
 from ..core.inputs import UserPath, require_regular_file
@@ -15,40 +16,48 @@ from ..measure.eventlog import EventLogError, parse_tcg2_log
 from ..measure.predict import PREDICTED_PCRS, PREDICTED_RTMRS, Prediction, compare_with_log, predict
 
 
+def unpredicted(reason: str) -> Text:
+    return Text.assemble(("unpredicted", "red"), ": ", reason)
+
+
 def render(prediction: Prediction, console: Console) -> None:
-    table = Table(title=f"tdx-image measure {prediction.image}")
+    table = Table(title=Text(f"tdx-image measure {prediction.image}"))  # text, never markup
     for column in ("register", "predicted SHA-384", "events"):
         table.add_column(column, overflow="fold")
     td_events = prediction.td_events
     for index in PREDICTED_RTMRS:
         count = sum(rtmr == index for rtmr, _ in td_events)
-        value = prediction.rtmr(index) or f"[red]unpredicted[/]: {prediction.unpredicted[f'rtmr {index}']}"
+        value = prediction.rtmr(index) or unpredicted(prediction.unpredicted[f"rtmr {index}"])
         table.add_row(f"RTMR{index} (TD)", value, str(count))
     for index in PREDICTED_PCRS:
         count = sum(event.pcr == index for event in prediction.events)
-        value = prediction.pcr(index) or f"[red]unpredicted[/]: {prediction.unpredicted[f'pcr {index}']}"
+        value = prediction.pcr(index) or unpredicted(prediction.unpredicted[f"pcr {index}"])
         table.add_row(f"PCR {index} (TPM)", value, str(count))
     console.print(table)
     for note in prediction.notes:
-        console.print(f"[yellow]note[/]: {note}")
+        console.print(Text.assemble(("note", "yellow"), ": ", note))
     console.print(f"go-tdx-guest check {prediction.go_tdx_guest_flags()}  "
                   "[dim](RTMR0 and MRTD come from the platform, see README)[/]")
 
 
 @click.command("measure")
 @click.argument("image", type=UserPath(path_type=Path))
+@click.option("--allow-backing-file", "allow_backing", is_flag=True,
+              help="Also read the backing files a qcow2 names (regular files, no loop): without "
+                   "it such an image is refused, as its contents would come from this host.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print registers, unpredicted registers and the ordered event list as JSON.")
 @click.option("--events", "show_events", is_flag=True, help="Also list every event (text output).")
 @click.option("--log", "log_file", type=UserPath(dir_okay=False, path_type=Path),
               help="Compare with a real boot's TPM event log (the guest's "
                    "/sys/kernel/security/tpm0/binary_bios_measurements): name where they part.")
-def measure_command(image: Path, as_json: bool, show_events: bool, log_file: Path | None):
+def measure_command(image: Path, as_json: bool, show_events: bool, log_file: Path | None,
+                    allow_backing: bool):
     """Predict IMAGE's boot measurements offline: RTMR1/RTMR2 of a TD booted with TDVF, and
     PCR 4, 5, 8, 9, 14 (SHA-384) of a VM with a software TPM (the `boot --tpm` shape)."""
     if log_file is not None:  # before the prediction: a FIFO would hang the read after it
         require_regular_file(log_file, "--log")
-    prediction = predict(image)
+    prediction = predict(image, allow_backing)
     failure, log_matches = None, False
     if log_file is not None:
         try:

@@ -19,14 +19,19 @@ from ..host.requirements import require_ovmf, require_tdx_host, tdx_host_problem
 from ..image.disk import image_format as disk_format
 
 
+# QEMU 7.2's q35 machine takes at most 288 vCPUs; 4 TiB is a guard against a unit too many
+# (--memory is MiB), far above any TD this tool builds images for.
+MAX_CPUS, MAX_MEMORY_MIB = 288, 4 * 2**20
+
+
 @click.command("run")
 @click.argument("image", type=UserPath(path_type=Path))
 @click.option("--tdx", is_flag=True, help="Launch as an Intel TDX trust domain.")
 @click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
               show_default=True, help="auto: KVM where it works, else software emulation.")
-@click.option("--memory", "memory_mib", type=click.IntRange(256), default=2048,
+@click.option("--memory", "memory_mib", type=click.IntRange(256, MAX_MEMORY_MIB), default=2048,
               show_default=True, help="Guest memory in MiB.")
-@click.option("--cpus", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--cpus", type=click.IntRange(1, MAX_CPUS), default=2, show_default=True)
 @click.option("--firmware", "--tdvf", "firmware", type=UserPath(path_type=Path),
               help="UEFI firmware (TDVF with --tdx).  [default: the host's OVMF]")
 @click.option("--ssh-port", type=click.IntRange(1, 65535),
@@ -39,15 +44,20 @@ from ..image.disk import image_format as disk_format
 @click.option("--libvirt-xml", type=UserPath(dir_okay=False, path_type=Path),
               help="Also write the equivalent libvirt domain XML to this file.")
 @click.option("--exec", "execute", is_flag=True, help="Run QEMU instead of printing its command.")
+@click.option("--allow-backing-file", "allow_backing", is_flag=True,
+              help="Also read the backing files a qcow2 names (regular files, no loop): without "
+                   "it such an image is refused, as its contents would come from this host.")
 @click.option("--json", "as_json", is_flag=True, help="Print the QEMU command as JSON.")
 def run_command(image, tdx, accel, memory_mib, cpus, firmware, ssh_port, persistent, qgs,
-                libvirt_xml, execute, as_json):
+                libvirt_xml, execute, allow_backing, as_json):
     """Print (or run with --exec) the QEMU command that launches IMAGE.
 
     The serial console is on the terminal (Ctrl-A X quits QEMU); a guest reboot ends QEMU.
     """
     if libvirt_xml:
         require_writable_file(libvirt_xml, "--libvirt-xml")
+    if firmware:
+        virt.require_firmware_volume(firmware)
     tdvf = None
     if tdx and execute:
         tdvf = require_tdx_host(firmware)
@@ -56,7 +66,7 @@ def run_command(image, tdx, accel, memory_mib, cpus, firmware, ssh_port, persist
         for problem in tdx_host_problems(firmware):
             click.echo(f"note: this host cannot run it: {problem}", err=True)
         tdvf = firmware or virt.find_tdvf() or virt.TDVF_CANDIDATES[0]
-    launch = Launch(disk=image.resolve(), disk_format=disk_format(image), memory_mib=memory_mib,
+    launch = Launch(disk=image.resolve(), disk_format=disk_format(image, allow_backing), memory_mib=memory_mib,
                     cpus=cpus, accel=choose_accel(accel, tdx)[0], tdx=tdx, tdvf=tdvf,
                     firmware=None if tdx else (require_ovmf(firmware) if execute or firmware
                                                else virt.find_ovmf()),

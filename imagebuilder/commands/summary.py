@@ -91,7 +91,7 @@ def show(request: BuildRequest, values: dict, sources: dict[str, str], as_json: 
     console.print(f"SBOM: {escape(image['sbom'])} (SPDX 2.3)")
     console.print("repositories: " + escape(", ".join(summary["repositories"]) or "-"))
     if summary["credentials"]:
-        console.print(f"credentials: {summary['credentials']}")
+        console.print(f"credentials: {escape(summary['credentials'])}")
     if summary["build_would_refuse"]:
         console.print(f"[yellow]the build would refuse[/]: {escape(summary['build_would_refuse'])}")
 

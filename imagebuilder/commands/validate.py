@@ -16,6 +16,9 @@ from ..validate.validator import validate_image
 
 @click.command("validate")
 @click.argument("image", type=UserPath(path_type=Path))
+@click.option("--allow-backing-file", "allow_backing", is_flag=True,
+              help="Also read the backing files a qcow2 names (regular files, no loop): without "
+                   "it such an image is refused, as its contents would come from this host.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
 @click.option("--junit", type=UserPath(dir_okay=False, path_type=Path), help="Also write a JUnit XML report here.")
 @click.option("--manifest", type=UserPath(path_type=Path),
@@ -24,12 +27,12 @@ from ..validate.validator import validate_image
               help="Also check that this measurements file (a build's measurements.json or "
                    "`measure --json`) holds the registers the image measures.")
 def validate_command(image: Path, as_json: bool, junit: Path | None, manifest: Path | None,
-                     measurements: Path | None):
+                     measurements: Path | None, allow_backing: bool):
     """Check, without booting, that IMAGE will boot as an Intel TDX guest and is safe to ship."""
     if junit:
         require_writable_file(junit, "--junit")
     more = [measurements_check(measurements)] if measurements is not None else []
-    report = validate_image(image, manifest=manifest, more=more)
+    report = validate_image(image, manifest=manifest, more=more, allow_backing=allow_backing)
     if junit:
         try:
             report.write_junit(junit)

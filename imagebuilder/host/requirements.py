@@ -244,6 +244,8 @@ def tdx_host_problems(firmware: Path | None) -> list[str]:
 
 def require_tdx_host(firmware: Path | None) -> Path:
     """The TDVF to launch with, or a HostError naming everything the host lacks."""
+    if firmware is not None:
+        virt.require_firmware_volume(firmware)
     problems = tdx_host_problems(firmware)
     found = firmware or virt.find_tdvf()
     if problems or found is None:  # None with no problem: the TDVF went away since the check

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..core.inputs import require_regular_file
 from . import os_release, runner
 
 QEMU = "qemu-system-x86_64"
@@ -23,6 +24,8 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 # Where distributions install OVMF without Secure Boot enforcement, as (code, variable store
 # template): Debian/Ubuntu (4 MiB, then the older 2 MiB build), Fedora/RHEL, SUSE.
+FV_SIGNATURE, FV_SIGNATURE_OFFSET = b"_FVH", 40
+FLASH_MAX_BYTES = 64 * 2**20  # OVMF's are 2 or 4 MiB, TDVF's 4 MiB
 OVMF_CANDIDATES = (
     (OVMF_CODE, OVMF_VARS),
     (Path("/usr/share/OVMF/OVMF_CODE.fd"), Path("/usr/share/OVMF/OVMF_VARS.fd")),
@@ -73,11 +76,24 @@ def find_ovmf() -> Firmware | None:
                  if code.is_file() and variables.is_file()), None)
 
 
+def require_firmware_volume(path: Path) -> None:
+    """``--firmware`` must be UEFI firmware: a flash image (whole 4 KiB blocks, at most
+    FLASH_MAX_BYTES) opening with a firmware volume (``_FVH`` at offset 40 of its header, PI
+    spec vol. 3, EFI_FIRMWARE_VOLUME_HEADER), as OVMF and TDVF do.  Anything else (/etc/shadow)
+    would run QEMU to the timeout, or hand a host file to the guest's flash."""
+    require_regular_file(path, "--firmware")
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        header = file.read(FV_SIGNATURE_OFFSET + 4)
+    if size % 4096 or size > FLASH_MAX_BYTES or header[FV_SIGNATURE_OFFSET:] != FV_SIGNATURE:
+        raise InputError(f"--firmware {path} is not UEFI firmware (no firmware volume header)",
+                         "give OVMF's or TDVF's .fd file")
+
+
 def firmware_for(path: Path) -> Firmware:
     """``--firmware FILE`` for a plain VM: a known code file gets its variable store template,
     any other file is used as a unified image (code and variables in one)."""
-    if not path.is_file():
-        raise InputError(f"--firmware {path}: no such file")
+    require_firmware_volume(path)
     variables = dict(OVMF_CANDIDATES).get(path)
     return Firmware(path, variables if variables and variables.is_file() else None)
 

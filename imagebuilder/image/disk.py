@@ -19,7 +19,7 @@ import zstandard
 
 from ..host import runner
 from ..core.errors import InputError
-from ..core.inputs import require_regular_file
+from ..core.inputs import PATH_MAX, require_regular_file
 
 SECTOR = 512
 GPT_SIGNATURE = b"EFI PART"
@@ -66,6 +66,9 @@ QCOW2_HEADER = struct.Struct(">4sIQIIQIIQQIIQ")
 QCOW2_INCOMPATIBLE = {0: "dirty", 1: "corrupt", 2: "external data file", 3: "compression type",
                       4: "extended L2 entries"}
 QCOW2_READABLE = {0, 3}  # dirty only means the refcounts may be stale; the mapping is intact
+QCOW2_EXTERNAL_DATA = 1 << 2  # incompatible feature bit: clusters live in another file
+VMDK_DESCRIPTOR = b"# Disk DescriptorFile"  # a text vmdk: the disk is in the files it names
+MAX_BACKING_DEPTH = 8
 OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00
 COMPRESSED = 1 << 62
 ZERO_CLUSTER = 1
@@ -187,18 +190,28 @@ def _backing(path: Path, name: str, format_name: bytes | None) -> Disk:
     return Qcow2Disk(backing)
 
 
-def open_disk(image: Path) -> Disk:
+def open_disk(image: Path, allow_backing: bool = False) -> Disk:
     """The disk bytes of a raw or qcow2 image, read in place: nothing is unpacked or written.
 
     qemu-img (which everyone trusts to read qcow2) first tells the format and checks the metadata.
     """
-    kind = image_format(image)
-    if kind == "vmdk":
-        return _converted_vmdk(image)
-    return RawDisk(image) if kind == "raw" else Qcow2Disk(image)
+    kind = image_format(image, allow_backing)
+    disk: Disk = _converted_vmdk(image) if kind == "vmdk" else RawDisk(image) if kind == "raw" \
+        else Qcow2Disk(image)
+    if not _has_partition_table(disk):  # a qcow2 of anything: as unreadable as such a raw file
+        disk.close()
+        raise InputError(f"{image}: not a disk image (no partition table in its {kind} contents)",
+                         "give a qcow2, vmdk or raw disk image")
+    return disk
 
 
-def image_format(image: Path) -> str:
+def _has_partition_table(disk: Disk) -> bool:
+    last = disk.size // SECTOR - 1
+    return disk.read(510, 2) == MBR_SIGNATURE or GPT_SIGNATURE in (
+        disk.read(SECTOR, 8), disk.read(last * SECTOR, 8))
+
+
+def image_format(image: Path, allow_backing: bool = False) -> str:
     """"qcow2", "raw" or "vmdk" for a readable disk image; an InputError saying what else it is.
 
     A raw image must look like a partitioned disk (a whole number of sectors, an MBR or GPT
@@ -207,10 +220,17 @@ def image_format(image: Path) -> str:
     require_regular_file(image, "image")
     if image.stat().st_size == 0:
         raise InputError(f"{image}: empty file, not a disk image")
-    info = runner.run(["qemu-img", "info", "--output=json", str(image)])
+    _refuse_other_files(image, allow_backing)
+    # Absolute: qemu reads "proto:..." and "json:{...}" names as instructions, not files.
+    info = runner.run(["qemu-img", "info", "--output=json", str(image.absolute())])
     if info.returncode != 0:
         raise InputError(f"{image}: qemu-img cannot read it: {runner.last_line(info)}")
     details = json.loads(info.stdout)
+    extents = details.get("format-specific", {}).get("data", {}).get("extents", [])
+    if (details.get("backing-filename") and not allow_backing) or details.get(
+            "format-specific", {}).get("data", {}).get("data-file") or any(
+            extent.get("filename") != str(image.absolute()) for extent in extents):
+        raise _names_other_files(image, "another file")  # what the header check did not see
     if details.get("encrypted"):
         raise InputError(f"{image}: encrypted qcow2 images cannot be inspected", "validate the unencrypted image")
     if details["format"] == "raw":
@@ -220,7 +240,7 @@ def image_format(image: Path) -> str:
         return "raw"
     if details["format"] == "vmdk":  # what `build --format vmdk` makes
         # A truncated vmdk converts "successfully", with zeros: qemu-img check sees it.
-        checked = runner.run(["qemu-img", "check", "-f", "vmdk", str(image)])
+        checked = runner.run(["qemu-img", "check", "-f", "vmdk", str(image.absolute())])
         if checked.returncode != 0:
             raise InputError(f"{image}: damaged vmdk: {runner.last_line(checked)}",
                              "the file is truncated or corrupt")
@@ -230,6 +250,55 @@ def image_format(image: Path) -> str:
                          "give a qcow2, vmdk or raw image")
     _check_qcow2(image, details["cluster-size"])
     return "qcow2"
+
+
+def _refuse_other_files(image: Path, allow_backing: bool) -> None:
+    """An image that names other files (a qcow2's backing file or external data file, a vmdk
+    descriptor's extents) would hand host files (/etc/shadow) to the validator or a guest, or
+    hang on a FIFO or a loop: refused before qemu-img opens anything.  A qcow2's backing chain
+    only when the user allowed it (--allow-backing-file), and then only of regular files, without
+    a loop, at most MAX_BACKING_DEPTH deep."""
+    chain, current = [image], image
+    while True:
+        head = _head(current)
+        if head.startswith(VMDK_DESCRIPTOR):
+            raise _names_other_files(current, "its extent files (a vmdk descriptor)")
+        if not head.startswith(QCOW2_MAGIC) or len(head) < QCOW2_HEADER.size:
+            return
+        version, backing_offset, backing_size = struct.unpack_from(">IQI", head, 4)
+        if version == 3 and len(head) >= 80 and struct.unpack_from(">Q", head, 72)[0] & QCOW2_EXTERNAL_DATA:
+            raise _names_other_files(current, "an external data file")
+        if not backing_offset:
+            return
+        if backing_offset + backing_size > current.stat().st_size:
+            raise InputError(f"{current}: damaged qcow2 (its backing file name lies beyond the "
+                             "end of the file)", "the file is truncated or corrupt")
+        with current.open("rb") as file:
+            file.seek(backing_offset)
+            name = file.read(min(backing_size, PATH_MAX)).decode("utf-8", "replace")
+        if not allow_backing:
+            raise _names_other_files(current, f"the backing file {name!r}")
+        backing = current.parent / name
+        require_regular_file(backing, f"the backing file of {current}")
+        if any(os.path.samefile(backing, earlier) for earlier in chain):
+            raise InputError(f"{current}: its backing file {name!r} leads back into its own chain",
+                             "the image is damaged or crafted")
+        if len(chain) > MAX_BACKING_DEPTH:
+            raise InputError(f"{image}: backing files more than {MAX_BACKING_DEPTH} deep",
+                             "qemu-img convert -O qcow2 it to one file first")
+        chain.append(backing)
+        current = backing
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as file:
+        return file.read(max(QCOW2_HEADER.size, 112))
+
+
+def _names_other_files(image: Path, what: str) -> InputError:
+    return InputError(f"{image} names {what}: its contents would be read from this host",
+                      "if you trust that file, pass --allow-backing-file (qcow2 backing files), "
+                      f"or make one file of it: qemu-img convert -O qcow2 {image} FLAT.qcow2")
 
 
 def _partitioned(image: Path) -> bool:
@@ -259,7 +328,7 @@ def _converted_vmdk(image: Path) -> Disk:
     """A (checked) vmdk converted to a sparse raw file in a temporary directory, read from there."""
     workdir = Path(tempfile.mkdtemp(prefix="tdx-image-vmdk-"))
     raw = workdir / "disk.raw"
-    converted = runner.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(image), str(raw)])
+    converted = runner.run(["qemu-img", "convert", "-f", "vmdk", "-O", "raw", str(image.absolute()), str(raw)])
     if converted.returncode != 0:
         shutil.rmtree(workdir, ignore_errors=True)
         raise InputError(f"{image}: qemu-img cannot read it: {runner.last_line(converted)}")
@@ -272,7 +341,7 @@ def _check_qcow2(image: Path, cluster_size: int) -> None:
     qemu-img check reports corruptions (exit 2) and where the image should end; a file shorter
     than that by a cluster or more lost its tail (the last compressed cluster may be partial).
     """
-    checked = runner.run(["qemu-img", "check", "-f", "qcow2", "--output=json", str(image)])
+    checked = runner.run(["qemu-img", "check", "-f", "qcow2", "--output=json", str(image.absolute())])
     if checked.returncode == 1:  # the check could not run: unreadable header, missing backing file
         raise InputError(f"{image}: qemu-img cannot read it: {runner.last_line(checked)}")
     result = json.loads(checked.stdout)

@@ -6,17 +6,18 @@ on it are then reported as skipped (and a skipped fail-severity check keeps the 
 
 from __future__ import annotations
 
-import json
 from functools import cached_property
 from pathlib import Path
 
 from ..core.errors import InputError
+from ..core.inputs import parse_json, read_text
 from .bootconfig import GrubConfig, MenuEntry, parse_grub_config, parse_grubenv, parse_kernel_config
 from .initrd import InitrdError, initrd_members
 from .disk import ESP_TYPE, LINUX_ROOT_TYPES, Disk, Gpt, Partition, read_gpt
 from .filesystems import Ext4, Fat, FilesystemError
 
 MANIFEST_IN_IMAGE = "/usr/lib/tdx-image/overlay-manifest.json"
+MANIFEST_MAX_BYTES = 16 * 2**20  # a manifest lists a few hundred overlay files
 ESP_GRUB_CONFIG = "/EFI/BOOT/grub.cfg"
 ROOT_GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
 
@@ -145,12 +146,9 @@ class Inspection:
     @cached_property
     def manifest(self) -> dict[str, dict[str, str]] | None:
         """The overlay manifest's files: from ``--manifest`` if given, else the image's own (or None)."""
-        text: bytes | None
+        text: str | bytes | None
         if self.manifest_file is not None:
-            try:
-                text = self.manifest_file.read_bytes()
-            except OSError as error:
-                raise InputError(f"--manifest {self.manifest_file}: {error.strerror}")
+            text = read_text(self.manifest_file, "--manifest", MANIFEST_MAX_BYTES)
             source = str(self.manifest_file)
         else:
             text = self.root.read(MANIFEST_IN_IMAGE)
@@ -158,7 +156,7 @@ class Inspection:
                 return None
             source = MANIFEST_IN_IMAGE
         try:
-            files = json.loads(text)["files"]
+            files = parse_json(text)["files"]
             return {path: {"sha256": spec["sha256"], "mode": spec["mode"]} for path, spec in files.items()}
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             if self.manifest_file is not None:

@@ -16,7 +16,6 @@ loads. Two views of the same boot:
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from contextlib import closing
@@ -25,7 +24,7 @@ from itertools import zip_longest
 from pathlib import Path
 
 from ..core.errors import InputError
-from ..core.inputs import read_text
+from ..core.inputs import parse_json, read_text
 from ..image.disk import ESP_TYPE, LINUX_ROOT_TYPES, Disk, RawDisk, open_disk
 from ..image.filesystems import Ext4, Fat, FilesystemError
 from ..image.inspection import Inspection, Unavailable
@@ -189,9 +188,9 @@ def read_esp_file(inspection: Inspection, path: str) -> bytes:
     return data
 
 
-def predict(image: Path) -> Prediction:
+def predict(image: Path, allow_backing: bool = False) -> Prediction:
     """The measurements a boot of ``image`` produces; InputError if it cannot be read at all."""
-    with closing(open_disk(Path(image))) as disk:
+    with closing(open_disk(Path(image), allow_backing)) as disk:
         try:
             return predict_inspected(str(image), Inspection(disk))
         except Unavailable as missing:
@@ -279,7 +278,7 @@ def load_registers(path: Path) -> dict:
     """``rtmr`` and ``pcr_sha384`` of a measurements file (``measure --json``, measurements.json)."""
     text = read_text(path, "--measurements", MEASUREMENTS_MAX_BYTES)
     try:
-        document = json.loads(text)
+        document = parse_json(text)
         return {"rtmr": {str(i): document["rtmr"][str(i)] for i in PREDICTED_RTMRS},
                 "pcr_sha384": {str(i): document["pcr_sha384"][str(i)] for i in PREDICTED_PCRS}}
     except (ValueError, KeyError, TypeError) as error:

@@ -15,13 +15,14 @@ from ..image.inspection import Inspection, Unavailable
 from .report import Report
 
 
-def validate_image(image: Path, manifest: Path | None = None, more: Iterable[Check] = ()) -> Report:
+def validate_image(image: Path, manifest: Path | None = None, more: Iterable[Check] = (),
+                   allow_backing: bool = False) -> Report:
     """Run every check on ``image``; raises errors.InputError if the image cannot be read at all."""
     started = time.monotonic()
     if manifest is not None:  # before the image is read: a FIFO would hang the read
         require_regular_file(Path(manifest), "--manifest")
     checks = [*CHECKS, *more]
-    with closing(open_disk(Path(image))) as disk:
+    with closing(open_disk(Path(image), allow_backing)) as disk:
         inspection = Inspection(disk, manifest)
         results = [_evaluate(check, inspection) for check in checks]
     return Report(str(image), results, time.monotonic() - started)

@@ -193,7 +193,8 @@ def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: st
 
 def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool = False,
                timeout: float = DEFAULT_BOOT_TIMEOUT_S, console_log: Path, firmware: Path | None = None,
-               progress: Callable[[float, str], None] | None = None) -> BootResult:
+               progress: Callable[[float, str], None] | None = None,
+               allow_backing: bool = False) -> BootResult:
     """Boot a throwaway copy of ``image`` and return the guest's self-check report.
 
     With ``tdx`` the image is launched as a TD and passes only if the guest says it is one (and,
@@ -208,7 +209,7 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     if tpm and tdx:
         raise InputError("--tpm and --tdx are different VMs", "boot once with each")
     requirements.require("boot", *(["boot:tpm"] if tpm else []))
-    image_format = disk_format(image)  # a truncated qcow2 fails here, not after the timeout
+    image_format = disk_format(image, allow_backing)  # a truncated qcow2 fails here, not after the timeout
     tdvf = require_tdx_host(firmware) if tdx else None
     ovmf = None if tdx else require_ovmf(firmware)
     chosen, fallback_reason = choose_accel(accel, tdx)
