@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 
 import click
 
 from . import __version__
 from .commands import boot, build, doctor, measure, run, summary, validate
-from .core.errors import Interrupted, TdxImageError
+from .core.errors import HostError, Interrupted, TdxImageError
 from .core.redact import one_line, url_passwords
 from .host import signals
 
@@ -19,7 +21,8 @@ Exit codes:
   0    success
   1    the image failed validation or the boot test
   2    bad input (option, file, target, --out that is not ours), or KIWI rejected the description
-  3    the host cannot: not root, a tool missing, too little disk, --out in use by another build
+  3    the host cannot: not root, a tool missing, too little disk, --out in use by another build,
+       another package manager's lock; or the output could not be written (stdout closed)
   4    a repository is unreachable
   5    repository credentials missing, unusable or refused
   6    KIWI failed
@@ -50,6 +53,10 @@ class Commands(click.Group):
             except click.Abort:  # an interrupt while click parsed the command line
                 fail(f"interrupted by {signals.received_name()}", Interrupted.exit_code,
                      "--json" in args)
+            except BrokenPipeError:  # stdout's reader went away (`measure ... | head -c1`)
+                _discard_stdout()
+                fail("stdout was closed before the output was written (broken pipe)",
+                     HostError.exit_code, False)
             except KeyboardInterrupt:  # a signal after the verb returned, before the exit
                 fail(f"interrupted by {signals.received_name()}", Interrupted.exit_code,
                      "--json" in args)
@@ -60,6 +67,15 @@ class Commands(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt:
             raise Interrupted(f"interrupted by {signals.received_name()}") from None
+
+
+def _discard_stdout() -> None:
+    """What is still buffered for a closed stdout goes nowhere: flushing it at exit would fail
+    again, after the error line."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (tests)
+        pass
 
 
 def fail(message: str, exit_code: int, as_json: bool, details: dict | None = None) -> None:

@@ -12,6 +12,7 @@ description is never changed.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -158,7 +159,26 @@ def read_ssh_keys(key_file: Path) -> list[str]:
     if not keys or not all(key.startswith(SSH_KEY_TYPES) for key in keys):
         raise InputError(f"{key_file} is not an OpenSSH public key file",
                          "pass the .pub file, never the private key")
+    for number, key in enumerate(keys, 1):
+        if not _public_key_blob_matches(key):
+            raise InputError(f"{key_file} line {number} is not a valid OpenSSH public key "
+                             "(its base64 key does not decode to the key type it names)",
+                             "pass the .pub file ssh-keygen wrote, unedited")
     return keys
+
+
+def _public_key_blob_matches(key: str) -> bool:
+    """``TYPE BASE64 [comment]``: the key data is base64 of SSH wire format, which starts with
+    the type again (RFC 4253 6.6: string "ssh-ed25519", ...)."""
+    fields = key.split()
+    if len(fields) < 2:
+        return False
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+    except ValueError:
+        return False
+    length = int.from_bytes(blob[:4], "big")
+    return len(blob) > 4 + length and blob[4:4 + length] == fields[0].encode()
 
 
 def _authorize_ssh_key(key_file: Path, ssh_dir: Path) -> None:

@@ -94,12 +94,21 @@ class DiskSize(click.ParamType):
 
 
 class UserName(click.ParamType):
+    """A user to create for SSH logins: never one the system's packages own (their home, shell
+    and files belong to a service; a key for ``daemon`` or ``sshd`` is a backdoor, not a login)."""
+
     name = "user"
     PATTERN = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+    # Debian's base-passwd and the users packages of both targets create (sshd, systemd, dbus,
+    # apt, tpm2-tss, polkit, chrony); names with "_" or "systemd-" are services' by convention.
+    SYSTEM_USERS = frozenset(["daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody", "nogroup", "sshd", "messagebus", "polkitd", "tss", "chrony", "ntp", "dnsmasq", "avahi", "statd", "rpc", "uuidd", "syslog", "lxd", "postfix", "dhcpcd"])
 
     def convert(self, value, param, ctx):
         if not isinstance(value, str) or not self.PATTERN.fullmatch(value):
             self.fail(f"{value!r} is not a user name (lower case, at most 32 characters)",
+                      param, ctx)
+        if value in self.SYSTEM_USERS or value.startswith(("_", "systemd-")):
+            self.fail(f"{value!r} is a system user of the image, not a login",
                       param, ctx)
         return value
 

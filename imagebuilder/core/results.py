@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 PASS, FAIL, WARN, INFO, SKIP = "pass", "fail", "warn", "info", "skip"
 STATUS_STYLE = {PASS: "green", FAIL: "bold red", WARN: "yellow", INFO: "cyan", SKIP: "magenta"}
@@ -48,20 +49,21 @@ def status_of(finding: Finding, severity: str) -> str:
 
 def render(console: Console, results: list[Result], title: str | None = None) -> None:
     """The results as a table (with a group column when they have groups), then the hint of
-    each result that did not pass."""
-    table = Table(title=title)
+    each result that did not pass.  Every text is shown as it is (Text), never read as rich
+    markup: details quote paths and what an image holds."""
+    table = Table(title=Text(title) if title else None)
     grouped = any(result.group for result in results)
     for column in (["host"] if grouped else []) + ["check", "status", "detail"]:
         table.add_column(column, overflow="fold")
     for result in results:
         style = STATUS_STYLE[result.status]
-        table.add_row(*([result.group] if grouped else []), result.id,
-                      f"[{style}]{result.status}[/{style}]", result.detail)
+        table.add_row(*([Text(result.group)] if grouped else []), Text(result.id),
+                      Text(result.status, style=style), Text(result.detail))
     console.print(table)
     for result in results:
         if result.status in (FAIL, WARN, SKIP) and result.hint:
             style = STATUS_STYLE[FAIL if result.failed else WARN]
-            console.print(f"[{style}]{result.id}[/]: {result.hint}")
+            console.print(Text.assemble((result.id, style), ": ", result.hint))
 
 
 def wide_console() -> Console:
