@@ -70,6 +70,73 @@ def qcow2(path: Path, truncated: bool = False) -> Path:
     return path
 
 
+def directory(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def loop(path: Path) -> Path:
+    """A symbolic link that points at itself through a second one."""
+    (path.parent / "loop-b").symlink_to(path)
+    path.symlink_to(path.parent / "loop-b")
+    return path
+
+
+def config(path: Path, content: str) -> Path:
+    return text(path / "tdx-image.toml", content)
+
+
+def earlier_output(path: Path) -> Path:
+    """What a build published: build.json listing build.log and description/config.xml."""
+    directory(path / "description")
+    text(path / "description" / "config.xml", "<image/>\n")
+    text(path / "build.log")
+    text(path / "build.json", json.dumps({
+        "tdx_image_version": "0.1", "target": {"name": "debian"}, "image": "x.qcow2",
+        "artifacts": {"build.log": {"sha256": "0" * 64, "bytes": 6}},
+        "description_files": ["config.xml"]}))
+    return path
+
+
+def with_users_file(path: Path, relative: str) -> Path:
+    (path / relative).parent.mkdir(parents=True, exist_ok=True)
+    text(path / relative, "the user's\n")
+    return path
+
+
+def artifact_replaced_by_users_directory(path: Path) -> Path:
+    (path / "build.log").unlink()
+    with_users_file(path, "build.log/notes.txt")
+    return path
+
+
+def qcow2_of_zeros(path: Path) -> Path:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "4M"], check=True)
+    return path
+
+
+def backed_by(path: Path, backing: str | Path, backing_format: str = "raw") -> Path:
+    """A qcow2 naming ``backing`` as its backing file (-u: qemu-img does not open it)."""
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", str(backing), "-F",
+                    backing_format, path, "4M"], check=True)
+    return path
+
+
+def backed_by_itself(path: Path) -> Path:
+    made = backed_by(path.with_name("made.qcow2"), path.name, "qcow2")
+    made.rename(path)
+    return path
+
+
+def vmdk_descriptor(path: Path, extent: str) -> Path:
+    return text(path, f'# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+                      f'createType="monolithicFlat"\nRW 8 FLAT "{extent}" 0\n')
+
+
+def deep_json(path: Path, depth: int = 200_000) -> Path:
+    return text(path, "[" * depth + "]" * depth)
+
+
 PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHv0 user@host\n"
 URL = "https://download.opensuse.org/repositories/x/"
 
@@ -222,6 +289,94 @@ CASES = [
     ("measure-truncated-qcow2", lambda d: ["measure", qcow2(d / "t.qcow2", truncated=True)], 2, "qcow2"),
     ("measure-log-fifo", lambda d: ["measure", qcow2(d / "i.qcow2"), "--log", fifo(d / "p")], 2, "is a FIFO"),
     ("measure-log-missing", lambda d: ["measure", qcow2(d / "i.qcow2"), "--log", d / "none"], 2, "does not exist"),
+    # issue 20 -- data loss: only what build.json lists is ours, each as what it was
+    ("out-users-file-in-description", lambda d: ["build", "debian", "--dry-run", "--out",
+     with_users_file(earlier_output(d / "o"), "description/notes.txt")], 2, "description/notes.txt"),
+    ("out-users-directory-under-artifact-name", lambda d: ["build", "debian", "--dry-run", "--out",
+     artifact_replaced_by_users_directory(earlier_output(d / "o"))], 2, "(build.log)"),
+    # issue 20 -- a secret printed: in the error line, --json, the alias
+    ("mirror-password-unreachable", lambda d: ["build", "debian", "--mirror", "http://user:secret@127.0.0.1:9/",
+                                               "--out", d / "o"], 4, "http://user:***@127.0.0.1:9", None, "root"),
+    ("repo-password-not-a-url", lambda d: ["build", "leap", "--repo", "ftp:/user:secret@x", "--out", d / "o"], 2,
+     "expected a URL"),
+    # issue 20 -- host files handed to the validator or a guest; backing files that hang
+    ("validate-backing-etc-shadow", lambda d: ["validate", backed_by(d / "i.qcow2", "/etc/shadow")], 2,
+     "names the backing file '/etc/shadow'"),
+    ("measure-backing-etc-shadow", lambda d: ["measure", backed_by(d / "i.qcow2", "/etc/shadow")], 2,
+     "names the backing file"),
+    ("boot-backing-etc-shadow", lambda d: ["boot", backed_by(d / "i.qcow2", "/etc/shadow"), "--accel", "tcg"], 2,
+     "names the backing file"),
+    ("run-backing-etc-shadow", lambda d: ["run", backed_by(d / "i.qcow2", "/etc/shadow"), "--accel", "tcg"], 2,
+     "names the backing file"),
+    ("validate-backing-itself", lambda d: ["validate", backed_by_itself(d / "i.qcow2")], 2, "names the backing file"),
+    ("validate-backing-itself-allowed", lambda d: ["validate", backed_by_itself(d / "i.qcow2"),
+                                                   "--allow-backing-file"], 2, "leads back into its own chain"),
+    ("measure-backing-fifo-allowed", lambda d: ["measure", backed_by(d / "i.qcow2", fifo(d / "p")),
+                                                "--allow-backing-file"], 2, "is a FIFO"),
+    ("boot-backing-fifo-allowed", lambda d: ["boot", backed_by(d / "i.qcow2", fifo(d / "p")), "--accel", "tcg",
+                                             "--allow-backing-file"], 2, "is a FIFO"),
+    ("validate-vmdk-extent-etc-shadow", lambda d: ["validate", vmdk_descriptor(d / "i.vmdk", "/etc/shadow")], 2,
+     "extent files"),
+    ("run-vmdk-extent-fifo", lambda d: ["run", vmdk_descriptor(d / "i.vmdk", str(fifo(d / "p"))),
+                                        "--allow-backing-file"], 2, "extent files"),
+    # issue 20 -- hangs and tracebacks on what --config, paths and JSON can be
+    ("config-fifo", lambda d: ["build", "debian", "--config", fifo(d / "p"), "--out", d / "o"], 2, "is a FIFO"),
+    ("config-dev-zero", lambda d: ["build", "debian", "--config", "/dev/zero", "--out", d / "o"], 2,
+     "character device"),
+    ("config-mirror-number", lambda d: ["build", "debian", "--config", config(d, "mirror = 5\n"), "--out", d / "o"],
+     2, "mirror = 5 is not text"),
+    ("config-repo-numbers", lambda d: ["build", "debian", "--config", config(d, "repo = [5]\n"), "--out", d / "o"],
+     2, "repo = 5 is not text"),
+    ("config-flag-text", lambda d: ["build", "debian", "--config", config(d, 'no-incremental = "yes"\n'),
+                                    "--out", d / "o"], 2, "is not true or false"),
+    ("config-size-zero", lambda d: ["build", "debian", "--config", config(d, "size = 0\n"), "--out", d / "o"], 2,
+     "too small"),
+    ("config-size-table", lambda d: ["build", "debian", "--config", config(d, "[size]\nx = 1\n"), "--out", d / "o"],
+     2, "must be one value"),
+    ("out-rich-markup", lambda d: ["validate", qcow2(directory(d / "mk[") / "]y.qcow2")], 1, "check(s) failed"),
+    ("cache-dir-in-proc", lambda d: ["build", "debian", "--cache-dir", "/proc/self/x", "--out", d / "o"], 2,
+     "kernel's /proc"),
+    ("out-symlink-loop", lambda d: ["build", "debian", "--out", loop(d / "l") / "o"], 2, "loop of symbolic links"),
+    ("cache-dir-symlink-loop", lambda d: ["build", "debian", "--cache-dir", loop(d / "l"), "--out", d / "o"], 2,
+     "loop of symbolic links"),
+    ("validate-name-too-long", lambda d: ["validate", d / ("a" * 300)], 2, "longer than the system allows"),
+    ("out-name-too-long-for-staging", lambda d: ["build", "debian", "--dry-run", "--out", d / ("o" * 250)], 2,
+     "is too long"),
+    ("validate-measurements-200k-deep", lambda d: ["validate", qcow2(d / "i.qcow2"), "--measurements",
+                                                   deep_json(d / "m.json")], 2, "nested deeper than"),
+    # issue 20 -- protection gaps: refused even with --force
+    ("out-in-package-cache", lambda d: ["build", "debian", "--dry-run", "--force", "--out", d / "c" / "o",
+                                        "--cache-dir", d / "c"], 2, "inside the package cache"),
+    ("out-in-lock-dir", lambda d: ["build", "debian", "--dry-run", "--force", "--out", "/run/lock/tdx-image/o"],
+     2, "system directory /run"),
+    ("out-usr-bin", lambda d: ["build", "debian", "--dry-run", "--force", "--out", "/usr/bin"], 2,
+     "system directory /usr"),
+    ("out-sudo-users-home", lambda d: ["build", "debian", "--dry-run", "--force", "--out", "/var/cache/man"], 2,
+     "is or contains /var/cache/man", {"SUDO_USER": "man"}),
+    ("cache-dir-root", lambda d: ["build", "debian", "--dry-run", "--cache-dir", "/", "--out", d / "o"], 2,
+     "whole system"),
+    ("cache-dir-system", lambda d: ["build", "debian", "--dry-run", "--cache-dir", "/usr/lib/x", "--out", d / "o"],
+     2, "system directory /usr"),
+    # issue 20 -- wrong or forged messages, absurd values
+    ("out-newline-forges-error", lambda d: ["build", "debian", "--out", f"{d}/o\nerror: forged"], 2,
+     "contains a control character"),
+    ("validate-qcow2-without-partitions", lambda d: ["validate", qcow2_of_zeros(d / "z.qcow2")], 2,
+     "no partition table"),
+    ("boot-firmware-etc-shadow", lambda d: ["boot", qcow2(d / "i.qcow2"), "--firmware", "/etc/shadow",
+                                            "--accel", "tcg"], 2, "--firmware /etc/shadow"),
+    ("run-firmware-not-a-volume", lambda d: ["run", qcow2(d / "i.qcow2"), "--firmware", text(d / "fw"),
+                                             "--accel", "tcg"], 2, "is not UEFI firmware"),
+    ("size-absurd", lambda d: ["build", "debian", "--size", "99999999999G", "--out", d / "o"], 2, "too large"),
+    ("run-memory-absurd", lambda d: ["run", qcow2(d / "i.qcow2"), "--memory", str(2**40)], 2, "--memory"),
+    ("run-cpus-absurd", lambda d: ["run", qcow2(d / "i.qcow2"), "--cpus", "100000"], 2, "--cpus"),
+    ("ssh-key-bad-base64", lambda d: ["build", "debian", "--ssh-key", text(d / "k.pub", "ssh-ed25519 !!!! u@h\n"),
+                                      "--out", d / "o"], 2, "not a valid OpenSSH public key"),
+    ("ssh-key-type-mismatch", lambda d: ["build", "debian", "--ssh-key", text(d / "k.pub", PUB.replace(
+        "ssh-ed25519 ", "ssh-rsa ")), "--out", d / "o"], 2, "not a valid OpenSSH public key"),
+    ("ssh-user-system", lambda d: ["build", "debian", "--ssh-key", text(d / "k.pub", PUB), "--ssh-user", "daemon",
+                                   "--out", d / "o"], 2, "system user"),
+    ("ssh-user-service", lambda d: ["build", "debian", "--ssh-key", text(d / "k.pub", PUB), "--ssh-user", "_apt",
+                                    "--out", d / "o"], 2, "system user"),
     # doctor
     ("doctor-bad-only", lambda d: ["doctor", "--only", "gpu"], 2, "'gpu' is not one of"),
 ]
@@ -244,7 +399,9 @@ def undo_read_only(directory: Path) -> None:
 JSON_CASES = {"out-users-files", "mirror-not-a-url", "credentials-fifo", "credentials-user-only",
               "ssh-key-huge", "cache-dir-read-only", "unknown-option", "unknown-verb",
               "validate-readme", "validate-junit-dev-full", "boot-timeout-nan",
-              "boot-truncated-qcow2", "run-text-file", "measure-log-fifo", "run-libvirt-xml-dev-full", "doctor-bad-only"}
+              "boot-truncated-qcow2", "run-text-file", "measure-log-fifo", "run-libvirt-xml-dev-full", "doctor-bad-only",
+              "mirror-password-unreachable", "repo-password-not-a-url", "validate-backing-etc-shadow",
+              "config-mirror-number", "out-newline-forges-error", "out-users-file-in-description"}
 RUNS = [(case, False) for case in CASES] + [(case, True) for case in CASES if case[0] in JSON_CASES]
 
 
@@ -277,6 +434,7 @@ def test_bad_input(case, as_json, tmp_path, monkeypatch):
     assert isinstance(result.exception, SystemExit), result.exception  # never a traceback
     assert result.exit_code == exit_code, result.stderr
     assert fragment in error_line(result), result.stderr
+    assert "secret" not in result.stdout + result.stderr  # the credentials' and URLs' passwords
     if as_json:
         document = json.loads(result.stdout)
         assert document["ok"] is False and document["exit_code"] == exit_code

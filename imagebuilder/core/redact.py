@@ -7,8 +7,9 @@ from __future__ import annotations
 import re
 import urllib.parse
 
-# scheme://user:password@host — the userinfo part of RFC 3986, up to the last "@" before the path.
-_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*):(?P<password>[^/\s]*)@")
+# user:password@host after "//" (RFC 3986 userinfo), or after "/", a quote or a blank in what
+# only looks like a URL (ftp:/user:secret@host): the password ends at the last "@" before a "/".
+_URL_PASSWORD = re.compile(r"""(?P<head>(?:^|[\s/'"])[^/@\s:'"]*):(?P<password>[^/\s'"]*)@""")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
