@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from imagebuilder import cli
 from imagebuilder.core.paths import DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT
-from tests.conftest import error_line, users_directory
+from tests.conftest import TDX_IMAGE, error_line, users_directory
 
 ROOT = os.geteuid() == 0
 HANG_SECONDS = 30
@@ -444,3 +444,18 @@ def test_bad_input(case, as_json, tmp_path, monkeypatch):
     for place in (DESCRIPTIONS_DIR / "debian" / "o", OVERLAYS_DIR / "tdx" / "o"):
         assert not place.exists()
 
+
+
+def test_a_closed_stdout_is_one_error_line(synthetic_image):
+    """Issue 20: `measure IMAGE | head -c1` exited 1 without an error line (BrokenPipeError)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte
+    try:
+        result = subprocess.run([*TDX_IMAGE, "measure", str(synthetic_image), "--events"],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                timeout=HANG_SECONDS * 4)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 3, result.stderr
+    assert error_line(result) == \
+        "error: stdout was closed before the output was written (broken pipe)"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,42 @@ def test_a_wait_for_the_package_cache_is_a_phase_of_its_own(standin, tmp_path, m
                                   f"(build pid {os.getpid()} is using it)")
     durations = json.loads((standin / "build.json").read_text())["durations_s"]
     assert durations["wait_for_the_package_cache"] == wait[1]["duration_s"]
+
+
+def test_a_killed_builds_staging_is_removed_and_nothing_that_is_not_ours(standin):
+    """Issue 20: a SIGKILLed build left its staging directory (930 MB) for good.  The next build
+    into the same --out removes it, saying so; a look-alike without the owner record, or one
+    of another --out, stays."""
+    # The pid of a process that has exited and was reaped.
+    dead_pid = int(subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout)
+    parent = standin.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    killed = parent / f".{standin.name}.staging-killed1"
+    (killed / "kiwi-tmp" / "kiwi_xslt-x").mkdir(parents=True)
+    (killed / "tdx-image-build.json").write_text(json.dumps(
+        {"tool": "tdx-image", "out": str(standin.resolve()), "pid": dead_pid}))
+    users = parent / f".{standin.name}.staging-mine"
+    users.mkdir()
+    (users / "notes.txt").write_text("the user's\n")
+    other_out = parent / f".{standin.name}.staging-other"
+    other_out.mkdir()
+    (other_out / "tdx-image-build.json").write_text(json.dumps(
+        {"tool": "tdx-image", "out": str(parent / "elsewhere"), "pid": dead_pid}))
+
+    result = run_build(standin)
+
+    assert result.exit_code == 0, result.stderr
+    assert not killed.exists()
+    assert f"removed the staging directory a killed build left: {killed} (build pid {dead_pid})" \
+        in result.stderr
+    assert (users / "notes.txt").read_text() == "the user's\n" and other_out.is_dir()
+
+
+def test_rich_markup_in_out_is_shown_as_text(standin, tmp_path):
+    """Issue 20: --out out/mk[/]y published and then crashed printing its "built" line."""
+    out = tmp_path / "mk[" / "]y"
+    result = run_build(out)
+    assert result.exit_code == 0, result.stderr
+    assert f"built {out / IMAGE}" in result.stderr.replace("\n", "")
+    record = json.loads((out / "build.json").read_text())
+    assert "config.xml" in record["description_files"]

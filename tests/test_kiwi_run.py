@@ -6,6 +6,8 @@ real KIWI runs in the integration tests.
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.build import kiwi
-from imagebuilder.core.errors import BuildError, CredentialsError, Interrupted, RepositoryError
+from imagebuilder.core.errors import BuildError, CredentialsError, HostError, Interrupted, RepositoryError
 from imagebuilder.distros.repos import Repository
 
 REPO = Repository("oss", "https://download.opensuse.org/distribution/leap/15.5/repo/oss/", "rpm-md")
@@ -66,6 +68,9 @@ echo '[ INFO    ]: 10:00:03 | Result files:'
     ("KiwiCommandError: apt-get: Failed to fetch http://m/debian/Release", RepositoryError),
     ("KiwiCommandError: zypper: HTTP 401 Unauthorized", CredentialsError),
     ("KiwiDiskGeometryError: too small", BuildError),
+    # issue 20: a lock is the host's business, never a mirror error
+    ("KiwiDebianBootstrapError: KiwiCommandError: apt-get: stderr: E: Could not get lock "
+     "/var/lib/dpkg/lock-frontend. It is held by process 4242 (apt-get)", HostError),
 ])
 def test_kiwi_failures_are_classified_by_exception_name(tmp_path, error_line, expected):
     script = fake_kiwi(tmp_path, f"echo '[ ERROR   ]: 10:00:00 | {error_line}'; exit 1\n")
@@ -114,3 +119,96 @@ def test_esp_fallback_puts_the_shim_first_on_path(tmp_path):
     for name in kiwi.SHIMMED_COMMANDS:
         assert (tmp_path / "esp" / "bin" / name).resolve() == kiwi.HOSTSHIM
     assert env["TDX_IMAGE_ESP_STATE"] == str(tmp_path / "esp" / "state")
+
+
+
+def test_a_full_disk_under_the_log_fails_the_build_with_exit_3_and_hangs_nothing(tmp_path):
+    """Issue 20: the log reader died on ENOSPC, KIWI blocked writing to the full pipe and the
+    build hung for 9+ minutes.  KIWI here writes far more than a pipe holds, then succeeds."""
+    script = fake_kiwi(tmp_path, "for i in $(seq 20000); do echo \"[ DEBUG   ]: line $i of KIWI's log\"; done\n")
+    previous = signal.signal(signal.SIGALRM, lambda *_: (_ for _ in ()).throw(TimeoutError("hung")))
+    signal.alarm(60)
+    try:
+        with pytest.raises(HostError) as raised:
+            kiwi.execute(make_run(tmp_path, script), Path("/dev/full"), lambda phase: None)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert "cannot write KIWI's log /dev/full: No space left on device" in str(raised.value)
+    assert raised.value.exit_code == 3
+
+
+def test_kiwis_temporary_files_and_the_apt_shim_are_the_builds_own(tmp_path):
+    run = make_run(tmp_path, "kiwi-ng", temp_dir=tmp_path / "staging" / "kiwi-tmp")
+    command = run.command()
+    assert command[command.index("--temp-dir") + 1] == str(tmp_path / "staging" / "kiwi-tmp")
+    assert command.index("--temp-dir") < command.index("system")  # a global option
+    env = run.environment()
+    assert env["PATH"].split(":")[0] == str(kiwi.HOSTSHIM_DIR)
+    assert env["TDX_IMAGE_APT_STATUS"] == str(tmp_path / "t" / "build/image-root/var/lib/dpkg/status.kiwi")
+    prepare = make_run(tmp_path, "kiwi-ng", prepare_root=tmp_path / "prepare" / "root")
+    assert prepare.environment()["TDX_IMAGE_APT_STATUS"] == str(
+        tmp_path / "prepare/root/var/lib/dpkg/status.kiwi")
+
+
+def test_the_apt_shim_names_the_status_file_in_the_image_root_last(tmp_path):
+    """KIWI's own -c config comes first on apt-get's line; the shim's -o after it wins."""
+    real = tmp_path / "bin" / "apt-get"
+    real.parent.mkdir()
+    real.write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+    real.chmod(0o755)
+    env = dict(make_run(tmp_path, "kiwi-ng").environment())
+    env["PATH"] = f"{kiwi.HOSTSHIM_DIR}:{real.parent}:/usr/bin:/bin"
+    ran = subprocess.run(["apt-get", "-q", "-c", "/root/kiwi_apt.config", "-y", "update"], env=env,
+                         capture_output=True, text=True, check=True)
+    status = tmp_path / "t" / "build/image-root/var/lib/dpkg/status.kiwi"
+    assert ran.stdout.splitlines() == ["-q", "-c", "/root/kiwi_apt.config", "-y", "update", "-o",
+                                       f"Dir::State::status={status}"]
+    assert status.is_file()
+
+
+# KIWI 11.1's apt-get config for the bootstrap on the host (kiwi/repository/template/apt.py,
+# PackageManagerTemplateAptGet.host_header), with its shared apt-get directory.
+KIWI_HOST_APT_CONFIG = """Dir "/";
+Dir::State "{shared}/";
+Dir::State::status "/var/lib/dpkg/status.kiwi";
+Dir::Cache "{shared}/";
+Dir::Etc "{shared}/";
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/apt-get").exists(),
+                    reason="holds the host's dpkg lock (root) and runs the host's apt-get")
+def test_kiwis_bootstrap_apt_get_runs_while_another_process_holds_the_hosts_dpkg_lock(tmp_path):
+    """Issue 20, with the real apt-get: KIWI's bootstrap download ('install' with
+    Debug::pkgDPkgPm=1) failed with 'Could not get lock /var/lib/dpkg/lock-frontend' while apt
+    or unattended-upgrades ran; through the shim it takes the image root's lock instead."""
+    shared = tmp_path / "shared"
+    for name in ("sources.list.d", "preferences.d", "auth.conf.d", "apt.conf.d"):
+        (shared / name).mkdir(parents=True)
+    config = tmp_path / "kiwi_apt.config"
+    config.write_text(KIWI_HOST_APT_CONFIG.format(shared=shared))
+    bootstrap = ["apt-get", "-q", "-c", str(config), "-y", "install", "-oDebug::pkgDPkgPm=1"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_DPKG_LOCK], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        without_shim = subprocess.run(bootstrap, capture_output=True, text=True)
+        env = make_run(tmp_path, "kiwi-ng").environment()
+        with_shim = subprocess.run(bootstrap, capture_output=True, text=True, env=env)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert without_shim.returncode != 0 and "lock" in without_shim.stderr  # the defect, as it was
+    assert with_shim.returncode == 0, with_shim.stderr
+    assert (tmp_path / "t" / "build/image-root/var/lib/dpkg/lock-frontend").exists()
+
+
+# What apt, dpkg or unattended-upgrades hold while they run: fcntl locks on both files.
+HOLD_DPKG_LOCK = """
+import fcntl, os, sys, time
+for name in ("lock-frontend", "lock"):
+    fd = os.open("/var/lib/dpkg/" + name, os.O_RDWR | os.O_CREAT, 0o640)
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("holding", flush=True)
+time.sleep(120)
+"""

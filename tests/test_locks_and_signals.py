@@ -193,3 +193,15 @@ def test_the_policy_is_restored_after_use():
             assert signal.getsignal(signal.SIGHUP) is signals._handler
         assert signal.getsignal(signal.SIGHUP) is signals._handler
     assert {sig: signal.getsignal(sig) for sig in signals.HANDLED} == before
+
+
+def test_after_an_interrupt_the_ending_process_ignores_further_signals():
+    """Issue 20: a second Ctrl-C arriving while the interpreter exited turned exit 130 into
+    death by SIGINT (-2); the CLI's policy leaves them ignored once one stopped the work."""
+    with pytest.raises(KeyboardInterrupt), signals.handled(process_ends=True):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the handler raises at once
+    assert all(signal.getsignal(sig) is signal.SIG_IGN for sig in signals.HANDLED)
+    with signals.handled(process_ends=True):
+        pass  # not interrupted: the handlers before it come back
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # as the first block left it

@@ -7,7 +7,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import click
-from rich.console import Console
+from ..core.console import Console
 from rich.markup import escape
 
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
+from ..core.console import Console
 from rich.markup import escape
 
 from ..build import pipeline, progress, settings

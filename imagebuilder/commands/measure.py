@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
+from ..core.console import Console
 from rich.table import Table
 from rich.text import Text
 

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import click
-from rich.console import Console
+from ..core.console import Console
 from rich.markup import escape
 from rich.table import Table
 

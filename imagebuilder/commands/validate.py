@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
+from ..core.console import Console
 
 from ..core.errors import CheckFailed, InputError
 from ..core.inputs import UserPath, require_writable_file

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 
-from rich.console import Console
+from .console import Console
 from rich.table import Table
 from rich.text import Text
 

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
+from ..core.console import Console
 
 from ..core.results import SKIP, Result, render
 from ..schemas import SCHEMA_VERSION
