@@ -9,8 +9,11 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Self
 
 import pytest
+
+from imagebuilder.build.kiwi import CACHE_DONE_PHASE
 
 TDX_IMAGE = [sys.executable, "-m", "imagebuilder"]
 # Developers iterating on validate/boot tests may reuse a published build directory instead of
@@ -107,9 +110,51 @@ def run_cli_on_terminal(*args, timeout: float = 900) -> tuple[int, str]:
     return process.wait(timeout), output.decode(errors="replace")
 
 
+# What apt, dpkg or unattended-upgrades hold while they run: fcntl locks on both of dpkg's files.
+HOLD_DPKG_LOCK = """
+import fcntl, os, time
+for name in ("lock-frontend", "lock"):
+    fd = os.open("/var/lib/dpkg/" + name, os.O_RDWR | os.O_CREAT, 0o640)
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+print("holding", flush=True)
+time.sleep(3600)
+"""
+
+
+class HostDpkgLock:
+    """Another process holding the host's dpkg lock, as a running apt-get does (issue 20: KIWI's
+    bootstrap failed then).  Builds hold it only while they hold the shared package cache (from
+    their "prepared root" phase), so that no other developer's build bootstraps meanwhile."""
+
+    def __init__(self):
+        self.holder: subprocess.Popen | None = None
+
+    def hold(self) -> None:
+        self.holder = subprocess.Popen([sys.executable, "-c", HOLD_DPKG_LOCK],
+                                       stdout=subprocess.PIPE, text=True)
+        assert self.holder.stdout is not None and self.holder.stdout.readline() == "holding\n"
+
+    def release(self) -> None:
+        if self.holder is not None:
+            self.holder.kill()
+            self.holder.wait()
+            self.holder = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+# The phase a build starts once it holds the package cache; KIWI's bootstrap comes after it.
+HOLDS_THE_CACHE = "… prepared root"
+
+
 @pytest.fixture(scope="session")
 def debian_build(tmp_path_factory) -> Path:
-    """The published output directory of one real `tdx-image build debian --boot-test`."""
+    """The published output directory of one real `tdx-image build debian --boot-test`, whose
+    package phases run while another process holds the host's dpkg lock (HostDpkgLock)."""
     if os.environ.get(REUSE_BUILD):
         return Path(os.environ[REUSE_BUILD])
     root = tmp_path_factory.mktemp("build")
@@ -121,8 +166,19 @@ def debian_build(tmp_path_factory) -> Path:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tdx-image-test",
                     "-f", root / "ssh" / "id_ed25519"], check=True)
     (root / "tdx-image.toml").write_text('ssh-key = "ssh/id_ed25519.pub"\nssh-user = "tester"\n')
-    result = run_cli("build", "debian", "--out", out, "--boot-test", "--json",
-                     "--config", root / "tdx-image.toml", "--package", "jq")
+    with HostDpkgLock() as dpkg_lock:
+        build = subprocess.Popen([*TDX_IMAGE, "build", "debian", "--out", str(out), "--boot-test",
+                                  "--json", "--config", str(root / "tdx-image.toml"), "--package",
+                                  "jq"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stderr = []
+        for line in build.stderr:  # the phases, one a line (not a terminal)
+            stderr.append(line)
+            if line.startswith(HOLDS_THE_CACHE):
+                dpkg_lock.hold()
+            elif line.startswith(f"… {CACHE_DONE_PHASE}"):
+                dpkg_lock.release()
+        result = subprocess.CompletedProcess(build.args, build.wait(), build.stdout.read(),
+                                             "".join(stderr))
     (out.parent / "build.stderr").write_text(result.stderr)
     assert result.returncode == 0, f"the debian build failed:\n{result.stderr[-4000:]}"
     return out

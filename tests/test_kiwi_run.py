@@ -7,7 +7,6 @@ real KIWI runs in the integration tests.
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from imagebuilder.build import kiwi
 from imagebuilder.core.errors import BuildError, CredentialsError, HostError, Interrupted, RepositoryError
 from imagebuilder.distros.repos import Repository
+from tests.conftest import HostDpkgLock
 
 REPO = Repository("oss", "https://download.opensuse.org/distribution/leap/15.5/repo/oss/", "rpm-md")
 
@@ -189,26 +189,11 @@ def test_kiwis_bootstrap_apt_get_runs_while_another_process_holds_the_hosts_dpkg
     config = tmp_path / "kiwi_apt.config"
     config.write_text(KIWI_HOST_APT_CONFIG.format(shared=shared))
     bootstrap = ["apt-get", "-q", "-c", str(config), "-y", "install", "-oDebug::pkgDPkgPm=1"]
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_DPKG_LOCK], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "holding"
+    with HostDpkgLock() as dpkg_lock:
+        dpkg_lock.hold()
         without_shim = subprocess.run(bootstrap, capture_output=True, text=True)
         env = make_run(tmp_path, "kiwi-ng").environment()
         with_shim = subprocess.run(bootstrap, capture_output=True, text=True, env=env)
-    finally:
-        holder.kill()
-        holder.wait()
     assert without_shim.returncode != 0 and "lock" in without_shim.stderr  # the defect, as it was
     assert with_shim.returncode == 0, with_shim.stderr
     assert (tmp_path / "t" / "build/image-root/var/lib/dpkg/lock-frontend").exists()
-
-
-# What apt, dpkg or unattended-upgrades hold while they run: fcntl locks on both files.
-HOLD_DPKG_LOCK = """
-import fcntl, os, sys, time
-for name in ("lock-frontend", "lock"):
-    fd = os.open("/var/lib/dpkg/" + name, os.O_RDWR | os.O_CREAT, 0o640)
-    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-print("holding", flush=True)
-time.sleep(120)
-"""

@@ -246,7 +246,8 @@ SETTINGS = (
     Setting("--dry-run", "dry_run", "Compose and check the description, print the kiwi-ng "
             "command, build nothing.", part=COMMAND, flag=True, configurable=False, summary=False),
     Setting("--force", "force", "Replace --out (and OUT.failed) even if they hold files tdx-image "
-            "did not write.  Never: the current directory, /, $HOME, the project's directories.",
+            "did not write.  Never: the current directory, /, system directories, $HOME (and sudo's "
+            "user's), the project's directories, the package cache, the lock directory.",
             flag=True, configurable=False),
     Setting("--config", "config", "Settings file (TOML; keys are option names).", FILE,
             part=COMMAND, metavar="FILE", shown_default=f"./{CONFIG_NAME} if present",

@@ -21,7 +21,7 @@ import pytest
 
 from imagebuilder.build import cleanup
 from imagebuilder.build.kiwi import PHASES
-from tests.conftest import TDX_IMAGE, error_line, run_cli, schema_errors
+from tests.conftest import HOLDS_THE_CACHE, TDX_IMAGE, HostDpkgLock, error_line, run_cli, schema_errors
 
 pytestmark = pytest.mark.integration
 
@@ -105,18 +105,23 @@ def test_concurrent_builds_refuse_or_wait_and_a_double_ctrl_c_leaves_nothing(tmp
     defects 4 and 5).  The next real build (the session's) shows the host is left fit to build."""
     a_out, c_out = tmp_path / "a" / "debian", tmp_path / "c" / "debian"
     # --no-incremental: a cached prepared root would skip the bootstrap and install waited for.
-    a = Run(["build", "debian", "--out", a_out, "--no-incremental"])
-    a.wait_for("… bootstrap")
+    # A bootstraps while another process holds the host's dpkg lock (issue 20: KIWI's apt-get
+    # failed then, exit 4); it gets to install packages all the same.
+    with HostDpkgLock() as dpkg_lock:
+        a = Run(["build", "debian", "--out", a_out, "--no-incremental"])
+        a.wait_for(HOLDS_THE_CACHE)
+        dpkg_lock.hold()  # before KIWI has started, let alone its apt-get
+        a.wait_for("… bootstrap")
 
-    b = run_cli("build", "debian", "--out", a_out, "--no-incremental", timeout=60)  # at once
-    assert b.returncode == 3
-    assert f"another build (pid {a.process.pid}) is writing to {a_out}" in error_line(b)
+        b = run_cli("build", "debian", "--out", a_out, "--no-incremental", timeout=60)  # at once
+        assert b.returncode == 3
+        assert f"another build (pid {a.process.pid}) is writing to {a_out}" in error_line(b)
 
-    c = Run(["build", "debian", "--out", c_out, "--no-incremental"])
-    c.wait_for("… wait for the package cache")
-    assert f"(build pid {a.process.pid} is using it)" in c.seen[-1]
+        c = Run(["build", "debian", "--out", c_out, "--no-incremental"])
+        c.wait_for("… wait for the package cache")
+        assert f"(build pid {a.process.pid} is using it)" in c.seen[-1]
 
-    a.wait_for("… install packages")
+        a.wait_for("… install packages")
     time.sleep(5)  # KIWI installs packages in its chroot: /proc, /sys and /dev are bind-mounted
     staging = [p for p in a_out.parent.iterdir() if ".staging-" in p.name]
     assert staging and cleanup.leftovers(staging[0])[0], "A should hold mounts when interrupted"
