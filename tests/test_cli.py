@@ -44,6 +44,25 @@ def test_dry_run_adds_user_repositories_after_the_targets(tmp_path):
     assert repos[-1].startswith(coco + ",rpm-md,") and len(repos) == 5
 
 
+def test_kiwis_temporary_files_go_into_the_builds_staging(tmp_path):
+    """Issue 20: a build that failed on a full disk left kiwi_mount_manager.* and kiwi_xslt-* in
+    /var/tmp; KIWI's --temp-dir is the staging directory's, removed with it."""
+    result = run_cli("build", "leap", "--dry-run", "--json", "--out", tmp_path / "l")
+    plan = json.loads(result.stdout)
+    command = plan["command"]
+    assert command[command.index("--temp-dir") + 1] == f"{plan['staging']}/kiwi-tmp"
+    assert command.index("--temp-dir") < command.index("system")
+
+
+def test_a_password_in_a_repository_url_is_in_no_alias_and_no_plan(tmp_path):
+    """Issue 20: the alias of --repo http://user:secret@... was made from the password."""
+    result = run_cli("build", "leap", "--dry-run", "--json", "--repo",
+                     "http://user:secret@127.0.0.1:9/repo/", "--out", tmp_path / "l")
+    assert result.returncode == 0, result.stderr
+    assert "secret" not in result.stdout + result.stderr
+    assert "http://user:***@127.0.0.1:9/repo/,rpm-md,user-127-0-0-1-9-repo," in result.stdout
+
+
 def test_bad_repo_option_is_input_error():
     result = run_cli("build", "leap", "--dry-run", "--repo", "download.opensuse.org/x")
     assert result.returncode == 2 and result.stderr.startswith("error: --repo")
