@@ -14,6 +14,7 @@ from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
 from ..core.errors import CheckFailed
 from ..core.inputs import Seconds, UserPath
 from ..vm.boot import BootResult, boot_image
+from .context import pass_host
 
 
 class BootProgress:
@@ -64,7 +65,9 @@ def verdict(result: BootResult, tdx: bool) -> str:
               help="Also read the backing files a qcow2 names (regular files, no loop): without "
                    "it such an image is refused, as its contents would come from this host.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def boot_command(image, accel, tdx, firmware, tpm, timeout, console_log, allow_backing, as_json):
+@pass_host
+def boot_command(host, image, accel, tdx, firmware, tpm, timeout, console_log, allow_backing,
+                 as_json):
     """Boot a throwaway copy of IMAGE and report the guest's TDX self-check."""
     console = Console(stderr=True)
     display = BootProgress(console, f"booting {image.name}" + (" as a TD" if tdx else ""), timeout)
@@ -72,7 +75,7 @@ def boot_command(image, accel, tdx, firmware, tpm, timeout, console_log, allow_b
     try:
         with display if live else nullcontext():
             result = boot_image(image, accel=accel, tdx=tdx, tpm=tpm, timeout=timeout,
-                                firmware=firmware, progress=display if live else None,
+                                firmware=firmware, progress=display if live else None, host=host,
                                 allow_backing=allow_backing,
                                 console_log=console_log or Path(f"{image.name}.console.log"))
     except CheckFailed:

@@ -17,6 +17,7 @@ from ..vm.launch import DEFAULT_QGS, Launch, choose_accel
 from ..host.requirements import require_ovmf, require_tdx_host, tdx_host_problems
 # qcow2 or raw for a readable image; a truncated qcow2 or a text file is an InputError.
 from ..image.disk import image_format as disk_format
+from .context import pass_host
 
 
 # QEMU 7.2's q35 machine takes at most 288 vCPUs; 4 TiB is a guard against a unit too many
@@ -48,7 +49,8 @@ MAX_CPUS, MAX_MEMORY_MIB = 288, 4 * 2**20
               help="Also read the backing files a qcow2 names (regular files, no loop): without "
                    "it such an image is refused, as its contents would come from this host.")
 @click.option("--json", "as_json", is_flag=True, help="Print the QEMU command as JSON.")
-def run_command(image, tdx, accel, memory_mib, cpus, firmware, ssh_port, persistent, qgs,
+@pass_host
+def run_command(host, image, tdx, accel, memory_mib, cpus, firmware, ssh_port, persistent, qgs,
                 libvirt_xml, execute, allow_backing, as_json):
     """Print (or run with --exec) the QEMU command that launches IMAGE.
 
@@ -60,16 +62,17 @@ def run_command(image, tdx, accel, memory_mib, cpus, firmware, ssh_port, persist
         virt.require_firmware_volume(firmware)
     tdvf = None
     if tdx and execute:
-        tdvf = require_tdx_host(firmware)
+        tdvf = require_tdx_host(firmware, host)
     elif tdx:
         # Printing is also for copying the command to a TDX host: say what this one lacks.
-        for problem in tdx_host_problems(firmware):
+        for problem in tdx_host_problems(firmware, host):
             click.echo(f"note: this host cannot run it: {problem}", err=True)
-        tdvf = firmware or virt.find_tdvf() or virt.TDVF_CANDIDATES[0]
-    launch = Launch(disk=image.resolve(), disk_format=disk_format(image, allow_backing), memory_mib=memory_mib,
-                    cpus=cpus, accel=choose_accel(accel, tdx)[0], tdx=tdx, tdvf=tdvf,
-                    firmware=None if tdx else (require_ovmf(firmware) if execute or firmware
-                                               else virt.find_ovmf()),
+        tdvf = firmware or host.tdvf or virt.TDVF_CANDIDATES[0]
+    launch = Launch(disk=image.resolve(), disk_format=disk_format(image, allow_backing),
+                    memory_mib=memory_mib, cpus=cpus, accel=choose_accel(accel, tdx, host)[0],
+                    tdx=tdx, tdvf=tdvf,
+                    firmware=None if tdx else (require_ovmf(firmware, host) if execute or firmware
+                                               else host.ovmf),
                     snapshot=not persistent, ssh_port=ssh_port,
                     qgs=None if qgs == "none" else qgs)
     if libvirt_xml:
