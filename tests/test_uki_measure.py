@@ -1,0 +1,248 @@
+"""Who measures what, read from real binaries: a UKI made by systemd's own ukify with the real
+systemd-stub 257, the 252 stub, Debian's signed grub 2.06 and 2.12 and shim 16.1, and the
+firmware reader on Debian's OVMF builds. The binaries come from tests/fetch-reference-packages.sh
+(setup.sh runs it); a test skips when its package is not there.
+
+Expected values come from the inputs given to ukify and from independent readers (GNU cpio for
+the stub's generated archive), not from the code under test."""
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from imagebuilder.host import firmware as fw
+from imagebuilder.measure import components
+from imagebuilder.measure.efi import GrubImage, PeImage
+from imagebuilder.measure.uki import Uki, literal_cpio, mangle_cmdline
+
+REFERENCE = Path(os.environ.get("TDX_IMAGE_REFERENCE_PACKAGES", "/var/cache/tdx-image/reference-packages"))
+EFI_DIR = "usr/lib/systemd/boot/efi"
+# ukify joins the words of a --cmdline string with single spaces (ukify.py finalize_options)
+CMDLINE = "root=PARTUUID=0 roothash=ab12 ro console=ttyS0"
+OS_RELEASE = b'ID=debian\nVERSION_ID="13"\n'
+INITRD = bytes(range(256)) * 397 + b"odd"  # not a multiple of 4: the stub pads it
+
+
+def reference(suite: str, package: str, path: str) -> Path:
+    found = REFERENCE / suite / package / path
+    if not found.exists():
+        pytest.skip(f"{found} missing: run tests/fetch-reference-packages.sh")
+    return found
+
+
+def ukify(work: Path, cmdline: str) -> Path:
+    """A UKI built by ukify 257 with the real 257 stub; .linux is a PE (systemd-boot)."""
+    tool = reference("trixie", "systemd-ukify", "usr/bin/ukify")
+    stub = reference("trixie", "systemd-boot-efi", f"{EFI_DIR}/linuxx64.efi.stub")
+    kernel = reference("trixie", "systemd-boot-efi", f"{EFI_DIR}/systemd-bootx64.efi")
+    python = shutil.which("python3", path="/usr/bin")
+    if python is None or subprocess.run([python, "-c", "import pefile"]).returncode:
+        pytest.skip("ukify needs the host's python3-pefile (setup.sh installs it)")
+    (work / "initrd").write_bytes(INITRD)
+    (work / "os-release").write_bytes(OS_RELEASE)
+    output = work / "test.efi"
+    subprocess.run([python, tool, "build", "--linux", kernel, "--initrd", work / "initrd",
+                    "--cmdline", cmdline, "--os-release", f"@{work / 'os-release'}",
+                    "--stub", stub, "--uname", "6.12.0-test", "--output", output],
+                   check=True, capture_output=True)
+    return output
+
+
+@pytest.fixture(scope="module")
+def uki_path(tmp_path_factory) -> Path:
+    return ukify(tmp_path_factory.mktemp("uki"), CMDLINE)
+
+
+@pytest.fixture(scope="module")
+def uki(uki_path) -> Uki:
+    return Uki(uki_path.read_bytes(), "test.efi")
+
+
+def sha384(data: bytes) -> bytes:
+    return hashlib.sha384(data).digest()
+
+
+def test_the_stub_is_told_by_its_sdmagic_version(uki):
+    assert uki.stub.name == "systemd-stub" and uki.stub.version.startswith("257.")
+    assert uki.stub.in_td is True and "255" in uki.stub.why
+    assert uki.unmodelled() is None
+
+
+def test_a_252_stub_measures_into_no_rtmr():
+    stub = reference("bookworm", "systemd-boot-efi", f"{EFI_DIR}/linuxx64.efi.stub")
+    component = components.systemd_stub(PeImage(stub.read_bytes(), stub.name))
+    assert component.version.startswith("252.") and component.in_td is False
+
+
+def test_systemd_boot_is_not_taken_for_a_stub():
+    boot = reference("trixie", "systemd-boot-efi", f"{EFI_DIR}/systemd-bootx64.efi")
+    image = PeImage(boot.read_bytes(), boot.name)
+    assert components.systemd_efi_binary(image)[0] == "systemd-boot"
+    assert components.systemd_stub(image).in_td is None
+
+
+def test_stub_measures_each_section_name_then_data_in_systemds_order(uki):
+    events = uki.stub_events()
+    names = [event.description for event in events[::2]]
+    # unified_sections order, whatever order ukify wrote them in; .sdmagic/.text never
+    assert names == [".linux", ".osrel", ".cmdline", ".initrd", ".uname", ".sbat"]
+    assert all(event.pcr == 11 and not event.tagged for event in events)
+    assert [event.data for event in events[::2]] == [name.encode() + b"\0" for name in names]
+    data = dict(zip(names, (event.data for event in events[1::2])))
+    assert data[".osrel"] == OS_RELEASE and data[".initrd"] == INITRD
+    assert data[".cmdline"] == CMDLINE.encode()
+    assert data[".uname"] == b"6.12.0-test"
+
+
+def test_the_kernel_gets_the_command_line_as_utf16_load_options(uki):
+    load_options, _ = uki.kernel_events()
+    assert (load_options.pcr, load_options.tagged) == (9, True)
+    assert load_options.description == "LOADED_IMAGE::LoadOptions"
+    assert load_options.data == (CMDLINE + "\0").encode("utf-16-le")
+
+
+def test_a_command_line_file_is_measured_raw_and_handed_over_mangled(tmp_path):
+    """``--cmdline @FILE`` keeps the file's bytes (a trailing newline, tabs): the stub measures
+    the section as is into PCR 11 and hands the kernel the mangled line (util.c)."""
+    (tmp_path / "cmdline").write_bytes(b"  ro\tquiet  root=x \n")
+    uki = Uki(ukify(tmp_path, f"@{tmp_path / 'cmdline'}").read_bytes(), "file.efi")
+    cmdline = dict(zip((e.description for e in uki.stub_events()[::2]), (e.data for e in uki.stub_events()[1::2])))
+    assert cmdline[".cmdline"] == b"  ro\tquiet  root=x \n"
+    assert uki.kernel_events()[0].data == "ro quiet  root=x\0".encode("utf-16-le")
+
+
+@pytest.mark.parametrize("given, mangled", [
+    ("\n a\tb\x7fc  \n", "a b c"), ("", ""), ("x", "x"), (" \t", "")])
+def test_command_line_mangling_follows_systemd_stub(given, mangled):
+    assert mangle_cmdline(given) == mangled
+
+
+def test_the_kernel_measures_the_initrd_plus_the_os_release_cpio(uki, tmp_path):
+    """The stub appends .osrel as /.extra/os-release (generate_embedded_initrds), each part
+    padded to 4 bytes; GNU cpio reads the generated archive back."""
+    _, initrd = uki.kernel_events()
+    assert initrd.description == "Linux initrd"
+    padded = INITRD + bytes(-len(INITRD) % 4)
+    assert initrd.data.startswith(padded)
+    archive = initrd.data[len(padded):]
+    listing = subprocess.run(["cpio", "-itv", "--quiet"], input=archive, capture_output=True, check=True)
+    lines = listing.stdout.decode().splitlines()
+    assert [line.split()[0] for line in lines] == ["dr-xr-xr-x", "-r--r--r--"]
+    assert [line.split()[-1] for line in lines] == [".extra", ".extra/os-release"]
+    subprocess.run(["cpio", "-id", "--quiet"], input=archive, cwd=tmp_path, check=True)
+    assert (tmp_path / ".extra/os-release").read_bytes() == OS_RELEASE
+
+
+def test_literal_cpio_is_padded_and_terminated():
+    archive = literal_cpio(".extra", "profile", b"12345")
+    assert len(archive) % 4 == 0 and archive.endswith(b"TRAILER!!!\0\0\0\0")
+    assert archive.count(b"070701") == 3
+
+
+def test_an_unknown_kernel_leaves_its_cc_measurements_unknown(uki):
+    assert uki.linux.version is None and uki.linux.in_td is None
+
+
+def bzimage(version: bytes) -> bytes:
+    header = bytearray(0x400)
+    header[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", header, 0x20E, 0x300 - 0x200)
+    header[0x300 : 0x300 + len(version) + 1] = version + b"\0"
+    return bytes(header)
+
+
+@pytest.mark.parametrize("version, in_td", [
+    (b"6.12.117+deb13-amd64 (debian-kernel@lists.debian.org) #1 SMP", True),
+    (b"6.1.0-40-amd64 (debian-kernel@lists.debian.org) #1 SMP", None)])
+def test_the_kernel_version_comes_from_the_boot_protocol_header(version, in_td):
+    component = components.linux(bzimage(version))
+    assert component.version == version.split(b" ")[0].decode() and component.in_td is in_td
+
+
+@pytest.mark.parametrize("suite, version", [("bookworm", "2.06-13+deb12u2"), ("trixie", "2.12-9+deb13u4")])
+def test_grub_2_06_and_2_12_reach_no_rtmr_without_a_vtpm(suite, version):
+    path = reference(suite, "grub-efi-amd64-signed", "usr/lib/grub/x86_64-efi-signed/grubx64.efi.signed")
+    component = components.grub(GrubImage(path.read_bytes(), path.name))
+    assert component.version == version and component.in_td is False
+    assert "grub_tpm_present" in component.why
+
+
+def test_shim_16_1_measures_through_cc():
+    path = reference("bookworm", "shim-signed", "usr/lib/shim/shimx64.efi.signed")
+    component = components.shim(PeImage(path.read_bytes(), path.name))
+    assert (component.version, component.in_td) == ("16.1", True)
+
+
+# --- firmware volumes ---------------------------------------------------------------------
+
+DXE_CORE = uuid.UUID("d6a2cb7f-6a18-4e2f-b43b-9920a733700a")  # MdeModulePkg/Core/Dxe/DxeMain.inf
+
+
+def test_bookworms_unified_ovmf_runs_a_td_but_records_no_rtmr_event():
+    path = Path("/usr/share/ovmf/OVMF.fd")
+    if not path.exists():
+        pytest.skip("the host's ovmf package is not installed")
+    image = fw.FirmwareImage.read(path)
+    assert image.has(DXE_CORE)  # the compressed DXE volume was opened
+    assert image.has(fw.TDXDXE) and not image.records_rtmr_events
+    assert "no TdTcg2Dxe" in fw.td_measurement_summary(image)
+
+
+@pytest.mark.parametrize("name", ["usr/share/ovmf/OVMF.fd", "usr/share/OVMF/OVMF_CODE_4M.fd"])
+def test_trixies_ovmf_records_rtmr_events(name):
+    image = fw.FirmwareImage.read(reference("trixie", "ovmf", name))
+    assert image.has(DXE_CORE) and image.records_rtmr_events
+    assert image.drivers() == ["TdTcg2Dxe", "TdxDxe", "Tcg2Dxe"]
+
+
+def ffs_file(name: uuid.UUID, sections: bytes, large: bool = False) -> bytes:
+    body_size = 24 + (8 if large else 0) + len(sections)
+    size = b"\0\0\0" if large else body_size.to_bytes(3, "little")
+    header = struct.pack("<16sHBB3sB", name.bytes_le, 0, 0x07, 0x01 if large else 0, size, 0xF8)
+    if large:
+        header += struct.pack("<Q", body_size)
+    data = header + sections
+    return data + bytes(-len(data) % 8)
+
+
+def section(kind: int, body: bytes) -> bytes:
+    data = (4 + len(body)).to_bytes(3, "little") + bytes([kind]) + body
+    return data + bytes(-len(data) % 4)
+
+
+def volume(files: bytes, length: int = 0x1000) -> bytes:
+    header = bytearray(struct.pack("<16s16sQ4sIHHHBB", bytes(16), fw.FFS2.bytes_le, length,
+                                   b"_FVH", 0, 72, 0, 0, 0, 2) + struct.pack("<IIII", 1, length, 0, 0))
+    checksum = (-sum(struct.unpack("<36H", header))) & 0xFFFF
+    struct.pack_into("<H", header, 50, checksum)
+    body = bytes(header) + files
+    return body + b"\xff" * (length - len(body))
+
+
+def lzma_guided(payload: bytes) -> bytes:
+    compressed = __import__("lzma").compress(payload, format=__import__("lzma").FORMAT_ALONE)
+    body = struct.pack("<16sHH", fw.LZMA_SECTION.bytes_le, 4 + 20, 0x01) + compressed
+    return section(0x02, body)
+
+
+def test_a_driver_inside_an_lzma_compressed_nested_volume_is_found(tmp_path):
+    inner = volume(ffs_file(fw.TDTCG2DXE, section(0x10, b"PE32")), length=0x1000)
+    outer = volume(ffs_file(uuid.uuid4(), lzma_guided(section(0x17, inner)), large=True), length=0x2000)
+    path = tmp_path / "fw.fd"
+    path.write_bytes(b"\0" * 0x1000 + outer)  # a volume on the next block boundary
+    assert fw.FirmwareImage.read(path).records_rtmr_events
+
+
+def test_a_volume_with_a_bad_checksum_is_no_volume(tmp_path):
+    data = bytearray(volume(ffs_file(fw.TDTCG2DXE, section(0x10, b"PE32"))))
+    data[50] ^= 1
+    path = tmp_path / "fw.fd"
+    path.write_bytes(bytes(data))
+    with pytest.raises(fw.FirmwareError, match="no firmware volume"):
+        fw.FirmwareImage.read(path).files
