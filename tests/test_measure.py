@@ -103,7 +103,7 @@ def test_unpredicted_registers_have_no_value_and_go_tdx_guest_leaves_them_unchec
     assert values[0] == values[2] == values[3] == ""
     assert len(values[1]) == 96 and values[1] == prediction.rtmr(1)
     document = prediction.to_dict()
-    assert set(document["pcr_sha384"]) == {"4", "5", "8", "9", "14"}
+    assert set(document["pcr_sha384"]) == {"4", "5", "8", "9", "11", "12", "14"}
     assert set(document["rtmr"]) == {"1", "2"} and document["rtmr"]["2"] is None
     assert schema_errors("measurements", json.loads(json.dumps(document))) == []
     assert schema_errors("measurements", {**document, "rtmr": {"1": "00"}})
@@ -337,7 +337,7 @@ def test_tpm_boot_refuses_a_td_and_needs_swtpm(tmp_path, monkeypatch):
 
 def measurements_file(path: Path) -> Path:
     path.write_text(json.dumps({"rtmr": {"1": "a" * 96, "2": "b" * 96},
-                                "pcr_sha384": {str(i): "c" * 96 for i in (4, 5, 8, 9, 14)}}))
+                                "pcr_sha384": {str(i): "c" * 96 for i in (4, 5, 8, 9, 11, 12, 14)}}))
     return path
 
 

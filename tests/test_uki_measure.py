@@ -7,6 +7,8 @@ Expected values come from the inputs given to ukify and from independent readers
 the stub's generated archive), not from the code under test."""
 
 import hashlib
+import json
+import lzma
 import os
 import shutil
 import struct
@@ -20,6 +22,7 @@ from imagebuilder.host import firmware as fw
 from imagebuilder.measure import components
 from imagebuilder.measure.efi import GrubImage, PeImage
 from imagebuilder.measure.uki import Uki, literal_cpio, mangle_cmdline
+from tests.conftest import run_cli
 
 REFERENCE = Path(os.environ.get("TDX_IMAGE_REFERENCE_PACKAGES", "/var/cache/tdx-image/reference-packages"))
 EFI_DIR = "usr/lib/systemd/boot/efi"
@@ -226,7 +229,7 @@ def volume(files: bytes, length: int = 0x1000) -> bytes:
 
 
 def lzma_guided(payload: bytes) -> bytes:
-    compressed = __import__("lzma").compress(payload, format=__import__("lzma").FORMAT_ALONE)
+    compressed = lzma.compress(payload, format=lzma.FORMAT_ALONE)
     body = struct.pack("<16sHH", fw.LZMA_SECTION.bytes_le, 4 + 20, 0x01) + compressed
     return section(0x02, body)
 
@@ -246,3 +249,69 @@ def test_a_volume_with_a_bad_checksum_is_no_volume(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(fw.FirmwareError, match="no firmware volume"):
         fw.FirmwareImage.read(path).files
+
+
+# --- the whole prediction for a disk whose ESP boots the UKI -------------------------------
+
+def uki_disk(work: Path, uki: Path, *extra_dirs: str) -> Path:
+    """A GPT disk: 1: ESP (FAT, mtools) with the UKI as \\EFI\\BOOT\\BOOTX64.EFI."""
+    esp, disk = work / "esp.img", work / "disk.raw"
+    subprocess.run(["mkfs.vfat", "-C", esp, str(32 * 1024)], check=True, capture_output=True)
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+    for directory in ("::/EFI", "::/EFI/BOOT", *extra_dirs):
+        subprocess.run(["mmd", "-i", esp, directory], check=True, env=env)
+    subprocess.run(["mcopy", "-i", esp, uki, "::/EFI/BOOT/BOOTX64.EFI"], check=True, env=env)
+    with open(disk, "wb") as file:
+        file.truncate(40 * 1024 * 1024)
+    subprocess.run(["sgdisk", "-n1:2048:+33M", "-t1:ef00", disk], check=True, capture_output=True)
+    with open(disk, "r+b") as file:
+        file.seek(2048 * 512)
+        file.write(esp.read_bytes())
+    return disk
+
+
+def dumped(uki: Path, section_name: str, work: Path) -> bytes:
+    """A section as binutils' objcopy reads it (VirtualSize bytes)."""
+    out = work / f"section{section_name}"
+    subprocess.run(["objcopy", "--dump-section", f"{section_name}={out}", uki, work / "scratch.efi"],
+                   check=True, capture_output=True)
+    return out.read_bytes()
+
+
+def test_measure_predicts_the_uki_chain_and_leaves_an_unknown_kernel_unpredicted(uki_path, tmp_path):
+    result = run_cli("measure", uki_disk(tmp_path, uki_path), "--json")
+    assert result.returncode == 1, result.stderr  # the kernel's measurements are unknown
+    document = json.loads(result.stdout)
+    by_pcr: dict[int, list[dict]] = {}
+    for event in document["events"]:
+        by_pcr.setdefault(event["pcr"], []).append(event)
+    # PCR 11: name with NUL then data, per section, in systemd's order, from systemd-stub 257
+    sections = [".linux", ".osrel", ".cmdline", ".initrd", ".uname", ".sbat"]
+    digests = []
+    for name in sections:
+        digests += [sha384(name.encode() + b"\0"), sha384(dumped(uki_path, name, tmp_path))]
+    assert [bytes.fromhex(e["sha384"]) for e in by_pcr[11]] == digests
+    assert all(e["by"].startswith("systemd-stub 257.") and e["in_td"] for e in by_pcr[11])
+    register = bytes(48)
+    for digest in digests:
+        register = sha384(register + digest)
+    assert document["pcr_sha384"]["11"] == register.hex()
+    assert document["pcr_sha384"]["12"] == "0" * 96 and document["pcr_sha384"]["8"] == "0" * 96
+    # PCR 4: the UKI, then .linux loaded by the stub (the firmware measures both)
+    applications = [e for e in by_pcr[4] if e["type"] == "EV_EFI_BOOT_SERVICES_APPLICATION"]
+    assert [e["description"].split(" ")[0] for e in applications] == [
+        "/EFI/BOOT/BOOTX64.EFI", "/EFI/BOOT/BOOTX64.EFI:.linux"]
+    assert document["rtmr"]["1"] is not None
+    # the kernel (here systemd-boot's PE, no bzImage header): its events are unknown
+    assert document["pcr_sha384"]["9"] is None and document["rtmr"]["2"] is None
+    assert "linux (version unknown)" in document["unpredicted"]["rtmr 2"]
+
+
+def test_a_uki_with_credentials_beside_it_is_unpredicted(uki_path, tmp_path):
+    disk = uki_disk(tmp_path, uki_path, "::/loader", "::/loader/credentials")
+    result = run_cli("measure", disk, "--json")
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert "/loader/credentials exists on the ESP" in document["unpredicted"]["pcr 12"]
+    # an addon would be loaded (PCR 4) too; the firmware's part before the UKI is still known
+    assert document["pcr_sha384"]["4"] is None and document["pcr_sha384"]["5"] is not None

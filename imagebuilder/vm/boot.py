@@ -198,7 +198,7 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
 
     With ``tdx`` the image is launched as a TD and passes only if the guest says it is one (and,
     where its kernel exposes RTMRs, only if RTMR1/2 equal the prediction). With ``tpm`` it boots
-    in the reference VM with a software TPM and passes only if the guest's PCR 4, 5, 8, 9 and 14
+    in the reference VM with a software TPM and passes only if the guest's PCR 4, 5, 8, 9, 11, 12, 14
     equal what ``tdx-image measure`` predicts.  ``firmware`` is the UEFI firmware (TDVF with
     ``tdx``), by default the host's; ``progress`` is called while waiting with the seconds
     elapsed and the console's last line.
