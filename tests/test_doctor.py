@@ -11,6 +11,8 @@ from imagebuilder.host import buildhost, os_release, runner, virt
 from imagebuilder.commands import doctor
 from imagebuilder.core.errors import RepositoryError
 from imagebuilder.core.results import FAIL, PASS, WARN, Result
+from tests.conftest import run_cli
+from tests.test_uki_measure import REFERENCE
 
 
 def doctor_check(name: str) -> Result:
@@ -60,13 +62,16 @@ def test_reachable_repositories_are_counted(monkeypatch):
     assert (check.status, check.detail) == (PASS, "4 reachable")
 
 
-def fake_tdx_host(monkeypatch, *, vendor, tdx, kvm_problem, qemu_tdx, tdvf, kvm_device):
+def fake_tdx_host(monkeypatch, *, vendor, tdx, kvm_problem, qemu_tdx, tdvf, kvm_device,
+                  measured_boot=True):
     monkeypatch.setattr(virt, "cpu_vendor", lambda: vendor)
     monkeypatch.setattr(virt, "kvm_tdx_enabled", lambda: tdx)
     monkeypatch.setattr(virt, "kvm_failure", lambda: kvm_problem)
     monkeypatch.setattr(virt, "qemu_version", lambda: "7.2.22")
     monkeypatch.setattr(virt, "qemu_has_tdx_guest", lambda: qemu_tdx)
     monkeypatch.setattr(virt, "find_tdvf", lambda: tdvf)
+    if measured_boot is not None:  # None: the real firmware files are read
+        monkeypatch.setattr(virt, "td_measured_boot", lambda path: measured_boot)
     monkeypatch.setattr(virt, "KVM_DEVICE", str(kvm_device))
 
 
@@ -89,11 +94,54 @@ def test_a_tdx_host_passes(monkeypatch, tmp_path):
     assert {check.status for check in doctor.tdx_checks()} == {PASS}
 
 
+def test_a_tdvf_without_measured_boot_warns_what_a_quote_then_attests(monkeypatch, tmp_path):
+    fake_tdx_host(monkeypatch, vendor="GenuineIntel", tdx="Y", kvm_problem=None, qemu_tdx=True,
+                  tdvf=tmp_path / "OVMF.fd", kvm_device="/dev/null", measured_boot=False)
+    check = {check.id: check for check in doctor.tdx_checks()}["TDVF firmware"]
+    assert check.status == WARN
+    assert "no TdTcg2Dxe" in check.detail and "attests the firmware (MRTD) alone" in check.detail
+
+
+TRIXIE_OVMF = REFERENCE / "trixie/ovmf/usr/share/ovmf/OVMF.fd"
+BOOKWORM_OVMF = Path("/usr/share/ovmf/OVMF.fd")
+
+
+@pytest.mark.parametrize("firmware, status", [(BOOKWORM_OVMF, WARN), (TRIXIE_OVMF, PASS)],
+                         ids=["bookworm", "trixie"])
+def test_doctor_reads_the_given_tdvfs_firmware_volumes(monkeypatch, firmware, status):
+    """Real firmware files: Debian 12's OVMF.fd has no TdTcg2Dxe, Debian 13's has."""
+    if not firmware.exists():
+        pytest.skip(f"{firmware} missing (tests/fetch-reference-packages.sh, the ovmf package)")
+    fake_tdx_host(monkeypatch, vendor="GenuineIntel", tdx="Y", kvm_problem=None, qemu_tdx=True,
+                  tdvf=None, kvm_device="/dev/null", measured_boot=None)
+    check = {check.id: check for check in doctor.tdx_checks(firmware)}["TDVF firmware"]
+    assert check.status == status, check.detail
+
+
+@pytest.mark.parametrize("firmware, noted", [(BOOKWORM_OVMF, True), (TRIXIE_OVMF, False)],
+                         ids=["bookworm", "trixie"])
+def test_run_tdx_says_when_the_firmware_measures_nothing(synthetic_image, firmware, noted):
+    if not firmware.exists():
+        pytest.skip(f"{firmware} missing")
+    result = run_cli("run", synthetic_image, "--tdx", "--firmware", firmware)
+    assert result.returncode == 0, result.stderr
+    assert ("no TdTcg2Dxe" in result.stderr) is noted, result.stderr
+
+
+def test_the_tdvf_that_measures_the_boot_is_preferred(monkeypatch):
+    if not (TRIXIE_OVMF.exists() and BOOKWORM_OVMF.exists()):
+        pytest.skip("needs bookworm's and trixie's OVMF.fd")
+    monkeypatch.setattr(virt, "TDVF_CANDIDATES", (BOOKWORM_OVMF, TRIXIE_OVMF))
+    assert virt.find_tdvf() == TRIXIE_OVMF
+    monkeypatch.setattr(virt, "TDVF_CANDIDATES", (BOOKWORM_OVMF,))
+    assert virt.find_tdvf() == BOOKWORM_OVMF  # still a TD, with a warning
+
+
 @pytest.fixture
 def canned_checks(monkeypatch):
     def use(build: list[Result], tdx: list[Result]):
         monkeypatch.setattr(doctor, "build_checks", lambda build_dir: build)
-        monkeypatch.setattr(doctor, "tdx_checks", lambda: tdx)
+        monkeypatch.setattr(doctor, "tdx_checks", lambda firmware=None: tdx)
     return use
 
 

@@ -56,6 +56,9 @@ def run_command(image, tdx, accel, memory_mib, cpus, firmware, ssh_port, persist
         for problem in tdx_host_problems(firmware):
             click.echo(f"note: this host cannot run it: {problem}", err=True)
         tdvf = firmware or virt.find_tdvf() or virt.TDVF_CANDIDATES[0]
+    note = virt.td_firmware_note(tdvf) if tdvf and tdvf.exists() else None
+    if note:
+        click.echo(f"note: {note}", err=True)
     launch = Launch(disk=image.resolve(), disk_format=disk_format(image), memory_mib=memory_mib,
                     cpus=cpus, accel=choose_accel(accel, tdx)[0], tdx=tdx, tdvf=tdvf,
                     firmware=None if tdx else (require_ovmf(firmware) if execute or firmware

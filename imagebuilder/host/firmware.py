@@ -177,11 +177,3 @@ class FirmwareImage:
         """The measurement-relevant drivers present, by name."""
         return [name for guid, name in DRIVER_NAMES.items() if guid in self.files]
 
-
-def td_measurement_summary(firmware: FirmwareImage) -> str:
-    """One line for doctor/boot/run: what a TD booted with this firmware can attest."""
-    if firmware.records_rtmr_events:
-        return (f"{firmware.path} has TdTcg2Dxe: a TD records its boot (loader, UKI, command "
-                "line) in RTMR0-2 and the CCEL event log")
-    return (f"{firmware.path} has no TdTcg2Dxe: a TD booted with it records nothing in RTMR0-2 "
-            "and has no event log; a quote attests the firmware (MRTD) only")

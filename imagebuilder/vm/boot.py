@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
-from ..host import requirements, runner, signals
+from ..host import requirements, runner, signals, virt
 from ..core.errors import CheckFailed, HostError, InputError, Interrupted
 from ..core.inputs import require_regular_file
 from ..host.virt import KVM_FAILURE, read, running
@@ -62,12 +62,14 @@ class BootResult:
     console_log: Path
     # With --tpm (PCRs) or --tdx (RTMRs): register -> {"predicted", "guest"}, all equal
     measurements: dict | None = None
+    # With --tdx: what the TDVF means for attestation when it records no RTMR events
+    firmware_note: str | None = None
 
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "accel": self.accel, "fallback_reason": self.fallback_reason,
                 "seconds_to_selfcheck": round(self.seconds_to_selfcheck, 1),
                 "selfcheck": self.selfcheck, "console_log": str(self.console_log),
-                "measurements": self.measurements}
+                "measurements": self.measurements, "firmware_note": self.firmware_note}
 
 
 def console_text(raw: str) -> str:
@@ -210,6 +212,7 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     requirements.require("boot", *(["boot:tpm"] if tpm else []))
     image_format = disk_format(image)  # a truncated qcow2 fails here, not after the timeout
     tdvf = require_tdx_host(firmware) if tdx else None
+    firmware_note = virt.td_firmware_note(tdvf) if tdvf else None
     ovmf = None if tdx else require_ovmf(firmware)
     chosen, fallback_reason = choose_accel(accel, tdx)
     prediction = predict(image).to_dict() if tpm else None  # offline, before a long boot
@@ -236,7 +239,9 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     if prediction is not None:  # with tpm
         measurements = compare_measurements(prediction["pcr_sha384"],
                                             selfcheck.get("pcr_sha384") or {}, "PCR")
-    elif tdx and selfcheck.get("rtmr"):  # kernels before 6.16 do not expose RTMRs
+    # kernels before 6.16 do not expose RTMRs; a TDVF without TdTcg2Dxe extends none
+    elif tdx and selfcheck.get("rtmr") and firmware_note is None:
         measurements = compare_measurements(predict(image).to_dict()["rtmr"], selfcheck["rtmr"],
                                             "RTMR")
-    return BootResult(chosen, fallback_reason, seconds, selfcheck, console_log, measurements)
+    return BootResult(chosen, fallback_reason, seconds, selfcheck, console_log, measurements,
+                      firmware_note)
