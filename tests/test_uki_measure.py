@@ -40,7 +40,7 @@ def reference(suite: str, package: str, path: str) -> Path:
     return found
 
 
-def ukify(work: Path, cmdline: str) -> Path:
+def ukify(work: Path, cmdline: str, initrd: bytes = INITRD) -> Path:
     """A UKI built by ukify 257 with the real 257 stub; .linux is a PE (systemd-boot)."""
     tool = reference("trixie", "systemd-ukify", "usr/bin/ukify")
     stub = reference("trixie", "systemd-boot-efi", f"{EFI_DIR}/linuxx64.efi.stub")
@@ -48,7 +48,7 @@ def ukify(work: Path, cmdline: str) -> Path:
     python = shutil.which("python3", path="/usr/bin")
     if python is None or subprocess.run([python, "-c", "import pefile"]).returncode:
         pytest.skip("ukify needs the host's python3-pefile (setup.sh installs it)")
-    (work / "initrd").write_bytes(INITRD)
+    (work / "initrd").write_bytes(initrd)
     (work / "os-release").write_bytes(OS_RELEASE)
     output = work / "test.efi"
     subprocess.run([python, tool, "build", "--linux", kernel, "--initrd", work / "initrd",
@@ -254,21 +254,44 @@ def test_a_volume_with_a_bad_checksum_is_no_volume(tmp_path):
 
 # --- the whole prediction for a disk whose ESP boots the UKI -------------------------------
 
+UNITS = "usr/lib/systemd/system"
+
+
 def uki_disk(work: Path, uki: Path, *extra_dirs: str) -> Path:
-    """A GPT disk: 1: ESP (FAT, mtools) with the UKI as \\EFI\\BOOT\\BOOTX64.EFI."""
-    esp, disk = work / "esp.img", work / "disk.raw"
+    """A GPT disk: 1: ESP (FAT, mtools) with the UKI as \\EFI\\BOOT\\BOOTX64.EFI; 2: an ext4
+    root whose sysinit.target wants systemd 257's two root pcrphase units."""
+    esp, root, disk = work / "esp.img", work / "root.img", work / "disk.raw"
+    wants = work / "root" / UNITS / "sysinit.target.wants"
+    wants.mkdir(parents=True)
+    for unit in ("systemd-pcrphase-sysinit.service", "systemd-pcrphase.service"):
+        (wants / unit).symlink_to(f"../{unit}")
+    subprocess.run(["mkfs.ext4", "-q", "-d", work / "root", root, "8M"], check=True, capture_output=True)
     subprocess.run(["mkfs.vfat", "-C", esp, str(32 * 1024)], check=True, capture_output=True)
     env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
     for directory in ("::/EFI", "::/EFI/BOOT", *extra_dirs):
         subprocess.run(["mmd", "-i", esp, directory], check=True, env=env)
     subprocess.run(["mcopy", "-i", esp, uki, "::/EFI/BOOT/BOOTX64.EFI"], check=True, env=env)
     with open(disk, "wb") as file:
-        file.truncate(40 * 1024 * 1024)
-    subprocess.run(["sgdisk", "-n1:2048:+33M", "-t1:ef00", disk], check=True, capture_output=True)
+        file.truncate(48 * 1024 * 1024)
+    subprocess.run(["sgdisk", "-n1:2048:+33M", "-t1:ef00", "-n2:0:+8M", "-t2:8304", disk],
+                   check=True, capture_output=True)
     with open(disk, "r+b") as file:
         file.seek(2048 * 512)
         file.write(esp.read_bytes())
+        file.seek((2048 + 33 * 2048) * 512)
+        file.write(root.read_bytes())
     return disk
+
+
+def cpio_initrd(work: Path) -> bytes:
+    """A newc initrd (GNU cpio) in which initrd.target wants systemd-pcrphase-initrd.service."""
+    tree = work / "initrd-tree"
+    wants = tree / UNITS / "initrd.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "systemd-pcrphase-initrd.service").symlink_to("../systemd-pcrphase-initrd.service")
+    names = "\n".join(str(path.relative_to(tree)) for path in sorted(tree.rglob("*"))) + "\n"
+    return subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=names.encode(), cwd=tree,
+                          capture_output=True, check=True).stdout
 
 
 def dumped(uki: Path, section_name: str, work: Path) -> bytes:
@@ -279,7 +302,8 @@ def dumped(uki: Path, section_name: str, work: Path) -> bytes:
     return out.read_bytes()
 
 
-def test_measure_predicts_the_uki_chain_and_leaves_an_unknown_kernel_unpredicted(uki_path, tmp_path):
+def test_measure_predicts_the_uki_chain_and_leaves_an_unknown_kernel_unpredicted(tmp_path):
+    uki_path = ukify(tmp_path, CMDLINE, cpio_initrd(tmp_path))
     result = run_cli("measure", uki_disk(tmp_path, uki_path), "--json")
     assert result.returncode == 1, result.stderr  # the kernel's measurements are unknown
     document = json.loads(result.stdout)
@@ -291,8 +315,13 @@ def test_measure_predicts_the_uki_chain_and_leaves_an_unknown_kernel_unpredicted
     digests = []
     for name in sections:
         digests += [sha384(name.encode() + b"\0"), sha384(dumped(uki_path, name, tmp_path))]
-    assert [bytes.fromhex(e["sha384"]) for e in by_pcr[11]] == digests
-    assert all(e["by"].startswith("systemd-stub 257.") and e["in_td"] for e in by_pcr[11])
+    boot, running = by_pcr[11][:len(digests)], by_pcr[11][len(digests):]
+    assert [bytes.fromhex(e["sha384"]) for e in boot] == digests
+    assert all(e["by"].startswith("systemd-stub 257.") and e["in_td"] for e in boot)
+    # then systemd-pcrextend's words: the initrd's unit, the root's two (TPM only)
+    words = ["enter-initrd", "leave-initrd", "sysinit", "ready"]
+    assert [(e["description"], e["after_boot"], e["in_td"]) for e in running] == [(w, True, False) for w in words]
+    digests += [sha384(word.encode()) for word in words]
     register = bytes(48)
     for digest in digests:
         register = sha384(register + digest)

@@ -31,13 +31,14 @@ from ..core.errors import InputError
 from ..core.inputs import read_text
 from ..image.disk import ESP_TYPE, LINUX_ROOT_TYPES, Disk, RawDisk, open_disk
 from ..image.filesystems import Ext4, Fat, FilesystemError
+from ..image.initrd import InitrdError, initrd_members
 from ..image.inspection import Inspection, Unavailable
 from ..schemas import SCHEMA_VERSION
 from . import components
 from . import eventlog as ev
 from .efi import EfiError, GrubImage, PeImage, Shim, gpt_event_data
 from .grubscript import Grub, Unpredictable, Volume
-from .uki import Uki
+from .uki import INITRD_PHASES, ROOT_PHASES, SYSTEMD_UNITS, Uki
 
 REMOVABLE_LOADER = "/EFI/BOOT/BOOTX64.EFI"
 SHIM_FALLBACK = "/EFI/BOOT/fbx64.efi"
@@ -63,6 +64,7 @@ class Step:
     event: ev.Event
     in_td: bool
     by: str = FIRMWARE
+    after_boot: bool = False  # measured by the running system: in no firmware event log
 
 
 @dataclass
@@ -75,11 +77,12 @@ class Prediction:
     seconds: float = 0.0
 
     def add(self, pcr: int, event_type: int, description: str, data: bytes,
-            in_td: bool = True, digest: bytes | None = None, by: str = FIRMWARE) -> None:
+            in_td: bool = True, digest: bytes | None = None, by: str = FIRMWARE,
+            after_boot: bool = False) -> None:
         """The next event: ``data`` measured (or its ``digest``); ``in_td``: it also reaches
         the TD's RTMRs; ``by``: the component that measures it."""
         event = ev.Event(pcr, event_type, description, digest or ev.sha384(data))
-        self.steps.append(Step(event, in_td, by))
+        self.steps.append(Step(event, in_td, by, after_boot))
 
     def measured_by(self, component: components.Component, registers: list[str]) -> bool:
         """Whether ``component``'s events reach the TD's RTMRs; when nobody established it,
@@ -135,8 +138,8 @@ class Prediction:
                                         "shape, not on the image: the verifier supplies them"},
             "notes": self.notes,
             # TPM order; "in_td": whether the loader also measures it into an RTMR
-            "events": [{**step.event.to_dict(), "in_td": step.in_td, "by": step.by}
-                       for step in self.steps],
+            "events": [{**step.event.to_dict(), "in_td": step.in_td, "by": step.by,
+                        "after_boot": step.after_boot} for step in self.steps],
             "rtmr_events": [{**event.to_dict(), "rtmr": rtmr} for rtmr, event in self.td_events],
             "seconds": round(self.seconds, 2),
         }
@@ -238,14 +241,14 @@ def _predict_into(prediction: Prediction, inspection: Inspection, workdir: Path)
     add(5, ev.EV_SEPARATOR, "separator", SEPARATOR)
     inspection.esp  # no intact GPT or no readable ESP: not an image this boot path applies to
     add(5, ev.EV_EFI_GPT_EVENT, "GPT header and used partition entries", gpt_event_data(inspection.disk))
-    systemd = False
+    systemd, uki = False, None
     try:
         loader = PeImage(read_esp_file(inspection, REMOVABLE_LOADER), REMOVABLE_LOADER)
         add(4, ev.EV_EFI_BOOT_SERVICES_APPLICATION, f"{REMOVABLE_LOADER} (Authenticode)", b"",
             digest=loader.authenticode_sha384)
         systemd = components.systemd_efi_binary(loader) is not None
         if systemd:
-            _systemd_boot(prediction, inspection, loader)
+            uki = _systemd_boot(prediction, inspection, loader)
         else:
             _boot_loaders(prediction, inspection, loader, workdir)
     except (Unpredictable, EfiError) as error:
@@ -261,6 +264,8 @@ def _predict_into(prediction: Prediction, inspection: Inspection, workdir: Path)
     # grub (or the kernel's EFI stub) calls ExitBootServices; the firmware measures it.
     for action in EXIT_BOOT_SERVICES:
         add(5, ev.EV_EFI_ACTION, action.decode(), action)
+    if uki is not None:
+        _pcr_phases(prediction, inspection, uki)
 
 
 def _boot_loaders(prediction: Prediction, inspection: Inspection, loader: PeImage,
@@ -301,7 +306,7 @@ def _boot_loaders(prediction: Prediction, inspection: Inspection, loader: PeImag
         add(event.pcr, ev.EV_IPL, event.description, event.data, in_td=grub_td, by=component.label)
 
 
-def _systemd_boot(prediction: Prediction, inspection: Inspection, loader: PeImage) -> None:
+def _systemd_boot(prediction: Prediction, inspection: Inspection, loader: PeImage) -> Uki:
     """A UKI the firmware starts directly: systemd-stub's and the kernel EFI stub's events,
     and the firmware's measurement of the kernel the stub loads (uki.py)."""
     kind = components.systemd_efi_binary(loader)
@@ -337,6 +342,28 @@ def _systemd_boot(prediction: Prediction, inspection: Inspection, loader: PeImag
         f"passes no load options; {linux.label}: {linux.why}. Assumes Secure Boot off (the "
         "reference VM's and TDVF's variable store): with it on, systemd-stub's security override "
         "skips the firmware's PCR 4 / RTMR1 measurement of .linux")
+    return uki
+
+
+def _pcr_phases(prediction: Prediction, inspection: Inspection, uki: Uki) -> None:
+    """systemd-pcrextend's phase words in PCR 11 up to 'ready' (uki.py ROOT_PHASES): the value
+    the self-check reads (it runs after systemd-pcrphase.service). TPM only, not in the TD."""
+    try:
+        initrd = set(initrd_members(uki.loaded_section(".initrd") or b""))
+        root = inspection.root
+    except (InitrdError, Unavailable, FilesystemError) as error:
+        prediction.unpredicted["pcr 11"] = f"which systemd-pcrphase units run is unknown: {error}"
+        return
+    words = [word for unit, phase in INITRD_PHASES if f"{SYSTEMD_UNITS}/{unit}" in initrd for word in phase]
+    words += [word for unit, phase in ROOT_PHASES if root.lookup(f"/{SYSTEMD_UNITS}/{unit}") for word in phase]
+    for word in words:
+        prediction.add(11, ev.EV_IPL, word, word.encode(), in_td=False, after_boot=True,
+                       by="systemd-pcrextend 257 (units/systemd-pcrphase*.service.in), TPM only")
+    if words:
+        prediction.notes.append(
+            f"PCR 11 is predicted as the running system reads it after systemd-pcrphase.service: "
+            f"the UKI's sections, then the phase words {', '.join(words)} (systemd-pcrextend, TPM "
+            "only); the firmware's event log holds the sections alone")
 
 
 def load_registers(path: Path) -> dict:
@@ -364,7 +391,7 @@ def compare_with_log(prediction: Prediction, log: list[ev.LoggedEvent]) -> list[
     ``binary_bios_measurements``) and the prediction part ways; empty when they agree."""
     differences = []
     for pcr in PREDICTED_PCRS:
-        predicted = [event for event in prediction.events if event.pcr == pcr]
+        predicted = [step.event for step in prediction.steps if step.event.pcr == pcr and not step.after_boot]
         logged = [event for event in log if event.pcr == pcr and event.event_type != ev.EV_NO_ACTION]
         for number, (mine, real) in enumerate(zip_longest(predicted, logged), start=1):
             if mine is None or real is None or mine.digest != real.sha384:

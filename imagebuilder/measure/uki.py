@@ -46,6 +46,14 @@ KERNEL_INITRD_PCR = 9
 # linux/drivers/firmware/efi/libstub/efi-stub-helper.c events[]
 LOAD_OPTIONS_EVENT = "LOADED_IMAGE::LoadOptions"
 INITRD_EVENT = "Linux initrd"
+# After the boot, systemd 257's systemd-pcrextend measures phase words into PCR 11 (TPM only:
+# 257 has no CC path there) from units/systemd-pcrphase*.service.in, when the stub measured the
+# UKI (ConditionSecurity=measured-uki): in the initrd when initrd.target wants the initrd unit,
+# in the root when sysinit.target wants the others. The digest is the SHA-384 of the word.
+SYSTEMD_UNITS = "usr/lib/systemd/system"
+INITRD_PHASES = (("initrd.target.wants/systemd-pcrphase-initrd.service", ("enter-initrd", "leave-initrd")),)
+ROOT_PHASES = (("sysinit.target.wants/systemd-pcrphase-sysinit.service", ("sysinit",)),
+               ("sysinit.target.wants/systemd-pcrphase.service", ("ready",)))
 
 
 @dataclass(frozen=True)
