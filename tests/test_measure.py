@@ -6,6 +6,7 @@ Expected strings follow the real Debian 12 boot's event log (see imagebuilder/me
 its body verbatim.
 """
 
+import base64
 import hashlib
 import os
 import json
@@ -313,6 +314,24 @@ def test_guest_registers_must_equal_the_prediction_and_each_difference_is_named(
     assert "PCR 8 (guest bbbbbbbbbbbb…, predicted aaaaaaaaaaaa…)" in message
     assert "PCR 9 (not reported by the guest)" in message and "PCR 14 (unpredicted)" in message
     assert "PCR 4" not in message
+
+
+def test_differing_registers_name_where_the_guests_event_log_parts():
+    with pytest.raises(CheckFailed) as raised:
+        boot.compare_measurements({"9": PCR}, {"9": "b" * 96}, "PCR",
+                                  ("PCR 9 event 2: predicted 'Linux initrd', the log has nothing more",))
+    assert "its event log: PCR 9 event 2: predicted 'Linux initrd'" in str(raised.value)
+
+
+def test_the_guests_event_log_line_is_read_from_the_console():
+    log = synthetic_log([(11, ev.EV_IPL, b".linux\0")])
+    line = base64.b64encode(log).decode()
+    console = f"[  30.1] \x1b[0;1;39mtdx-selfcheck\x1b[0m[1]: x\r\nTDX-EVENTLOG {line}\r\nTDX-SELFCHECK {{}}\r\n"
+    events = boot.parse_event_log(console)
+    assert [(e.pcr, e.data) for e in events] == [(11, b".linux\0")]
+    # a line a kernel message broke into, or none at all: no log, not a failure
+    assert boot.parse_event_log(console.replace(line, line[:40] + "[ 31.0] audit" + line[40:])) is None
+    assert boot.parse_event_log("TDX-SELFCHECK {}\n") is None
 
 
 @pytest.mark.skipif(not shutil.which("swtpm"), reason="swtpm is not installed (setup.sh installs it)")

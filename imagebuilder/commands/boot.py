@@ -89,5 +89,7 @@ def boot_command(image, accel, tdx, firmware, tpm, timeout, console_log, as_json
         click.echo(f"note: {result.firmware_note}")
     for index, pair in (result.measurements or {}).items():
         click.echo(f"{'PCR' if tpm else 'RTMR'} {index}: {pair['guest']} (as predicted)")
+    if result.event_log:
+        click.echo(f"event log: {result.event_log['events']} events, each as predicted")
     click.echo(f"console log: {result.console_log}")
     click.echo(verdict(result, tdx))
