@@ -69,9 +69,11 @@ def measure_command(image: Path, as_json: bool, show_events: bool, log_file: Pat
     else:
         console = Console()
         if show_events:
-            for event in prediction.events:
+            for step in prediction.steps:
+                event, where = step.event, "TD" if step.in_td else "TPM only"
                 console.print(f"PCR {event.pcr:>2} {event.digest.hex()[:16]}… "
-                              f"{event.description.splitlines()[0]}", markup=False, highlight=False)
+                              f"{event.description.splitlines()[0]}  [{step.by}; {where}]",
+                              markup=False, highlight=False, soft_wrap=True)
         render(prediction, console)
     if log_matches:
         click.echo(f"{log_file}: every event of PCR {', '.join(map(str, PREDICTED_PCRS))} as predicted", err=True)
