@@ -195,7 +195,7 @@ def test_bookworms_unified_ovmf_runs_a_td_but_records_no_rtmr_event():
     image = fw.FirmwareImage.read(path)
     assert image.has(DXE_CORE)  # the compressed DXE volume was opened
     assert image.has(fw.TDXDXE) and not image.records_rtmr_events
-    assert "no TdTcg2Dxe" in virt.td_firmware_note(path)
+    assert "no TdTcg2Dxe" in virt.td_firmware_note(path, virt.td_measured_boot(path))
 
 
 @pytest.mark.parametrize("name", ["usr/share/ovmf/OVMF.fd", "usr/share/OVMF/OVMF_CODE_4M.fd"])

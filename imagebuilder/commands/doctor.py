@@ -16,10 +16,12 @@ from pathlib import Path
 import click
 
 from ..host import requirements
+from ..host.facts import HostFacts
 from ..core.errors import HostError, TdxImageError
 from ..distros.repos import check_reachable, load_credentials
 from ..core.results import FAIL, PASS, WARN, Result, render, wide_console
 from ..distros.targets import TARGETS
+from .context import pass_host
 
 REPOSITORY_TIMEOUT = 10.0
 # The purposes each section reports, and what a requirement not met counts as there.
@@ -30,9 +32,10 @@ SECTIONS = {
 }
 
 
-def host_checks(section: str, build_dir: Path, firmware: Path | None = None) -> list[Result]:
+def host_checks(section: str, build_dir: Path, host: HostFacts,
+                firmware: Path | None = None) -> list[Result]:
     purposes = SECTIONS[section]
-    context = requirements.Context(build_dir=build_dir, firmware=firmware)
+    context = requirements.Context(host, build_dir=build_dir, firmware=firmware)
     results = []
     for requirement in requirements.REQUIREMENTS:
         severities = {purposes[purpose] for purpose in requirement.needed_for if purpose in purposes}
@@ -42,14 +45,14 @@ def host_checks(section: str, build_dir: Path, firmware: Path | None = None) -> 
     return results
 
 
-def build_checks(build_dir: Path) -> list[Result]:
+def build_checks(build_dir: Path, host: HostFacts) -> list[Result]:
     with ThreadPoolExecutor(max_workers=len(TARGETS)) as pool:
         repositories = pool.map(repository_check, TARGETS)
-        return host_checks("build", build_dir) + list(repositories)
+        return host_checks("build", build_dir, host) + list(repositories)
 
 
-def tdx_checks(firmware: Path | None = None) -> list[Result]:
-    return host_checks("tdx", Path("."), firmware)
+def tdx_checks(host: HostFacts, firmware: Path | None = None) -> list[Result]:
+    return host_checks("tdx", Path("."), host, firmware)
 
 
 def repository_check(target_name: str) -> Result:
@@ -79,10 +82,11 @@ def record(check: Result) -> dict:
               help="The TDVF a TD would boot with: is it TDVF, does it measure the boot into RTMRs?  "
                    "[default: the host's, preferring one that does]")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-def doctor_command(only, build_dir, firmware, as_json):
+@pass_host
+def doctor_command(host, only, build_dir, firmware, as_json):
     """Check this machine: can it build images, and can it run them as TDs?"""
-    checks = ((build_checks(build_dir) if only != "tdx" else [])
-              + (tdx_checks(firmware) if only != "build" else []))
+    checks = ((build_checks(build_dir, host) if only != "tdx" else [])
+              + (tdx_checks(host, firmware) if only != "build" else []))
     failed = [f"{item.group}: {item.id}" for item in checks if item.failed]
     report = {"ok": not failed, "checks": [record(item) for item in checks]}
     if failed and as_json:  # the CLI prints the checks with the error as one document

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import InputError
-from . import os_release, runner
+from . import runner
 from .firmware import FirmwareError, FirmwareImage
 
 QEMU = "qemu-system-x86_64"
@@ -84,8 +84,8 @@ def firmware_for(path: Path) -> Firmware:
     return Firmware(path, variables if variables and variables.is_file() else None)
 
 
-def firmware_install_hint() -> str:
-    family = os_release.host_family()
+def firmware_install_hint(family: str | None) -> str:
+    """How to install OVMF on the distribution ``family`` (os_release.host_family())."""
     if family:
         return FIRMWARE_INSTALL[family]
     return "install OVMF: " + "; ".join(f"{name}: {command}"
@@ -110,9 +110,9 @@ def td_measured_boot(firmware: Path) -> bool | None:
         return None
 
 
-def td_firmware_note(firmware: Path) -> str | None:
-    """What a TDVF without measured boot means for attestation (None: it has measured boot)."""
-    measured = td_measured_boot(firmware)
+def td_firmware_note(firmware: Path, measured: bool | None) -> str | None:
+    """What a TDVF without measured boot (``td_measured_boot``) means for attestation; None
+    when it has measured boot."""
     if measured:
         return None
     if measured is None:
