@@ -255,16 +255,28 @@ def test_a_volume_with_a_bad_checksum_is_no_volume(tmp_path):
 # --- the whole prediction for a disk whose ESP boots the UKI -------------------------------
 
 UNITS = "usr/lib/systemd/system"
+TSS2 = ("libtss2-esys.so.0", "libtss2-rc.so.0", "libtss2-mu.so.0")
 
 
-def uki_disk(work: Path, uki: Path, *extra_dirs: str) -> Path:
+def with_tss2(tree: Path) -> None:
+    """The TSS2 libraries systemd-pcrextend dlopens (empty files: only their presence counts)."""
+    libraries = tree / "usr/lib/x86_64-linux-gnu"
+    libraries.mkdir(parents=True, exist_ok=True)
+    for name in TSS2:
+        (libraries / name).write_bytes(b"")
+
+
+def uki_disk(work: Path, uki: Path, *extra_dirs: str, tss2: bool = True) -> Path:
     """A GPT disk: 1: ESP (FAT, mtools) with the UKI as \\EFI\\BOOT\\BOOTX64.EFI; 2: an ext4
-    root whose sysinit.target wants systemd 257's two root pcrphase units."""
+    root whose sysinit.target wants systemd 257's two root pcrphase units (with the TSS2
+    libraries, or without)."""
     esp, root, disk = work / "esp.img", work / "root.img", work / "disk.raw"
     wants = work / "root" / UNITS / "sysinit.target.wants"
     wants.mkdir(parents=True)
     for unit in ("systemd-pcrphase-sysinit.service", "systemd-pcrphase.service"):
         (wants / unit).symlink_to(f"../{unit}")
+    if tss2:
+        with_tss2(work / "root")
     subprocess.run(["mkfs.ext4", "-q", "-d", work / "root", root, "8M"], check=True, capture_output=True)
     subprocess.run(["mkfs.vfat", "-C", esp, str(32 * 1024)], check=True, capture_output=True)
     env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
@@ -283,12 +295,14 @@ def uki_disk(work: Path, uki: Path, *extra_dirs: str) -> Path:
     return disk
 
 
-def cpio_initrd(work: Path) -> bytes:
+def cpio_initrd(work: Path, tss2: bool = True) -> bytes:
     """A newc initrd (GNU cpio) in which initrd.target wants systemd-pcrphase-initrd.service."""
     tree = work / "initrd-tree"
     wants = tree / UNITS / "initrd.target.wants"
     wants.mkdir(parents=True)
     (wants / "systemd-pcrphase-initrd.service").symlink_to("../systemd-pcrphase-initrd.service")
+    if tss2:
+        with_tss2(tree)
     names = "\n".join(str(path.relative_to(tree)) for path in sorted(tree.rglob("*"))) + "\n"
     return subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=names.encode(), cwd=tree,
                           capture_output=True, check=True).stdout
@@ -335,6 +349,17 @@ def test_measure_predicts_the_uki_chain_and_leaves_an_unknown_kernel_unpredicted
     # the kernel (here systemd-boot's PE, no bzImage header): its events are unknown
     assert document["pcr_sha384"]["9"] is None and document["rtmr"]["2"] is None
     assert "linux (version unknown)" in document["unpredicted"]["rtmr 2"]
+
+
+def test_without_tss2_libraries_pcrextend_measures_no_phase(tmp_path):
+    """As in the debian 13 image: the units run, pcrextend --graceful finds no libtss2 and
+    leaves PCR 11 as the stub left it (seen under swtpm)."""
+    uki_path = ukify(tmp_path, CMDLINE, cpio_initrd(tmp_path, tss2=False))
+    result = run_cli("measure", uki_disk(tmp_path, uki_path, tss2=False), "--json")
+    document = json.loads(result.stdout)
+    pcr11 = [e for e in document["events"] if e["pcr"] == 11]
+    assert len(pcr11) == 12 and not any(e["after_boot"] for e in pcr11)
+    assert any("no phase words" in note for note in document["notes"])
 
 
 def test_a_uki_with_credentials_beside_it_is_unpredicted(uki_path, tmp_path):

@@ -38,7 +38,7 @@ from . import components
 from . import eventlog as ev
 from .efi import EfiError, GrubImage, PeImage, Shim, gpt_event_data
 from .grubscript import Grub, Unpredictable, Volume
-from .uki import INITRD_PHASES, ROOT_PHASES, SYSTEMD_UNITS, Uki
+from .uki import INITRD_PHASES, ROOT_PHASES, SYSTEMD_UNITS, Uki, measures_phases
 
 REMOVABLE_LOADER = "/EFI/BOOT/BOOTX64.EFI"
 SHIM_FALLBACK = "/EFI/BOOT/fbx64.efi"
@@ -354,16 +354,21 @@ def _pcr_phases(prediction: Prediction, inspection: Inspection, uki: Uki) -> Non
     except (InitrdError, Unavailable, FilesystemError) as error:
         prediction.unpredicted["pcr 11"] = f"which systemd-pcrphase units run is unknown: {error}"
         return
-    words = [word for unit, phase in INITRD_PHASES if f"{SYSTEMD_UNITS}/{unit}" in initrd for word in phase]
-    words += [word for unit, phase in ROOT_PHASES if root.lookup(f"/{SYSTEMD_UNITS}/{unit}") for word in phase]
+    words: list[str] = []
+    if measures_phases(initrd.__contains__):
+        words += [word for unit, phase in INITRD_PHASES if f"{SYSTEMD_UNITS}/{unit}" in initrd
+                  for word in phase]
+    if measures_phases(lambda path: root.lookup(f"/{path}") is not None):
+        words += [word for unit, phase in ROOT_PHASES if root.lookup(f"/{SYSTEMD_UNITS}/{unit}")
+                  for word in phase]
     for word in words:
         prediction.add(11, ev.EV_IPL, word, word.encode(), in_td=False, after_boot=True,
                        by="systemd-pcrextend 257 (units/systemd-pcrphase*.service.in), TPM only")
-    if words:
-        prediction.notes.append(
-            f"PCR 11 is predicted as the running system reads it after systemd-pcrphase.service: "
-            f"the UKI's sections, then the phase words {', '.join(words)} (systemd-pcrextend, TPM "
-            "only); the firmware's event log holds the sections alone")
+    prediction.notes.append(
+        "PCR 11 is predicted as the running system reads it after systemd-pcrphase.service: the "
+        "UKI's sections" + (f", then the phase words {', '.join(words)} (systemd-pcrextend, TPM "
+                            "only)" if words else "; no phase words: systemd-pcrextend finds no "
+                            "TSS2 libraries (libtss2-esys/-rc/-mu) or no pcrphase unit is wanted"))
 
 
 def load_registers(path: Path) -> dict:

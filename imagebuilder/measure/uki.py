@@ -49,8 +49,13 @@ INITRD_EVENT = "Linux initrd"
 # After the boot, systemd 257's systemd-pcrextend measures phase words into PCR 11 (TPM only:
 # 257 has no CC path there) from units/systemd-pcrphase*.service.in, when the stub measured the
 # UKI (ConditionSecurity=measured-uki): in the initrd when initrd.target wants the initrd unit,
-# in the root when sysinit.target wants the others. The digest is the SHA-384 of the word.
+# in the root when sysinit.target wants the others -- and only where it can dlopen all three
+# TSS2 libraries: with --graceful it otherwise exits without measuring (pcrextend.c
+# tpm2_is_fully_supported; tpm2-util.c dlopen_tpm2_esys/_rc/_mu). The digest is the SHA-384
+# of the word.
 SYSTEMD_UNITS = "usr/lib/systemd/system"
+TSS2_LIBRARIES = ("libtss2-esys.so.0", "libtss2-rc.so.0", "libtss2-mu.so.0")
+LIBRARY_DIRS = ("usr/lib/x86_64-linux-gnu", "usr/lib64", "usr/lib")  # Debian's, then SUSE's
 INITRD_PHASES = (("initrd.target.wants/systemd-pcrphase-initrd.service", ("enter-initrd", "leave-initrd")),)
 ROOT_PHASES = (("sysinit.target.wants/systemd-pcrphase-sysinit.service", ("sysinit",)),
                ("sysinit.target.wants/systemd-pcrphase.service", ("ready",)))
@@ -182,3 +187,10 @@ class Uki(PeImage):
         if len(present) == 1:
             return present[0]
         return b"".join(_pad4(part) for part in present)
+
+
+def measures_phases(exists) -> bool:
+    """Whether systemd-pcrextend can measure in a file system where ``exists(path)`` (a path
+    relative to its root) tells what is there: it can dlopen every TSS2 library."""
+    return all(any(exists(f"{directory}/{library}") for directory in LIBRARY_DIRS)
+               for library in TSS2_LIBRARIES)
