@@ -325,7 +325,8 @@ def test_differing_registers_name_where_the_guests_event_log_parts():
 def test_the_guests_event_log_line_is_read_from_the_console():
     log = synthetic_log([(11, ev.EV_IPL, b".linux\0")])
     line = base64.b64encode(log).decode()
-    console = f"[  30.1] \x1b[0;1;39mtdx-selfcheck\x1b[0m[1]: x\r\nTDX-EVENTLOG {line}\r\nTDX-SELFCHECK {{}}\r\n"
+    # as the debian 13 guest printed it: systemd's console prefix before the line
+    console = f"[  30.1] x\r\n[ 125.160894] tdx-selfcheck[486]: TDX-EVENTLOG {line}\r\nTDX-SELFCHECK {{}}\r\n"
     events = boot.parse_event_log(console)
     assert [(e.pcr, e.data) for e in events] == [(11, b".linux\0")]
     # a line a kernel message broke into, or none at all: no log, not a failure

@@ -38,7 +38,7 @@ from ..image.disk import image_format as disk_format
 SELFCHECK_PREFIX = "TDX-SELFCHECK "
 # The self-check's copy of the firmware's TPM event log, base64 on one line (where the kernel
 # has it: a UKI boot; grub's legacy loader does not hand it over).
-EVENT_LOG_LINE = re.compile(r"^TDX-EVENTLOG ([A-Za-z0-9+/]+=*)$", re.MULTILINE)
+EVENT_LOG_LINE = re.compile(r"TDX-EVENTLOG ([A-Za-z0-9+/]+=*)$", re.MULTILINE)  # after systemd's prefix
 # CSI sequences (colours, cursor moves) and charset switches that systemd and GRUB print.
 ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-9;?=]*[A-Za-z]|[()][A-Za-z0-9])")
 POLL_SECONDS = 0.5
