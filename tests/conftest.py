@@ -204,10 +204,11 @@ def debian_build(tmp_path_factory) -> Path:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tdx-image-test",
                     "-f", root / "ssh" / "id_ed25519"], check=True)
     (root / "tdx-image.toml").write_text('ssh-key = "ssh/id_ed25519.pub"\nssh-user = "tester"\n')
-    with HostDpkgLock() as dpkg_lock:
+    # stdout (the --json record) goes to a file: a pipe nobody reads until stderr ends could fill.
+    with HostDpkgLock() as dpkg_lock, open(root / "build.stdout", "w") as stdout:
         build = subprocess.Popen([*TDX_IMAGE, "build", "debian", "--out", str(out), "--boot-test",
                                   "--json", "--config", str(root / "tdx-image.toml"), "--package",
-                                  "jq"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                  "jq"], stdout=stdout, stderr=subprocess.PIPE, text=True)
         stderr = []
         for line in build.stderr:  # the phases, one a line (not a terminal)
             stderr.append(line)
@@ -215,10 +216,9 @@ def debian_build(tmp_path_factory) -> Path:
                 dpkg_lock.hold()
             elif line.startswith(f"… {CACHE_DONE_PHASE}"):
                 dpkg_lock.release()
-        result = subprocess.CompletedProcess(build.args, build.wait(), build.stdout.read(),
-                                             "".join(stderr))
-    (out.parent / "build.stderr").write_text(result.stderr)
-    assert result.returncode == 0, f"the debian build failed:\n{result.stderr[-4000:]}"
+        returncode = build.wait()
+    (out.parent / "build.stderr").write_text("".join(stderr))
+    assert returncode == 0, f"the debian build failed:\n{''.join(stderr)[-4000:]}"
     return out
 
 
