@@ -25,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .. import __version__
-from . import cleanup, incremental, kiwi, kiwicheck, outdir, publish, sbom, settings
+from . import cleanup, incremental, kiwi, kiwicheck, outdir, provenance, publish, sbom, settings
 from ..host import buildhost, locks, requirements, runner, signals
 from ..vm.boot import boot_image
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
@@ -62,6 +62,8 @@ class BuildRequest:
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S
     incremental: bool = True  # reuse a cached prepared root when its key matches (incremental.py)
     force: bool = False  # replace an --out that holds something other than an earlier output
+    supplier: str | None = None  # "Name <contact>": the image's supplier, its SBOMs' author
+    builder_id: str | None = None  # the provenance's builder.id (default: this host)
 
     @cached_property
     def repositories(self) -> list[Repository]:
@@ -138,11 +140,12 @@ class BuildContext:
 
 @dataclass(frozen=True)
 class Published:
-    """What the publish step made: the image, its digest, the SBOM and the overlay manifest."""
+    """What the publish step made: the image, its digest, the SBOMs (by format) and the overlay
+    manifest."""
 
     image: Path
     image_digest: str
-    sbom_file: Path
+    sboms: dict[str, Path]
     manifest: Path
 
 
@@ -275,9 +278,10 @@ def _build_in(context: BuildContext) -> dict:
     _validate(context, published)
     _measure(context, published.image)
     boot = _boot_test(context, published.image) if context.request.boot_test else None
+    provenance_file = _provenance(context, composition, decision, published)
     digests = publish.artifact_digests(context.staging.publish,
                                        {published.image.name: published.image_digest})
-    return _record(context, composition, decision, published, digests, boot)
+    return _record(context, composition, decision, published, provenance_file, digests, boot)
 
 
 def _compose(context: BuildContext) -> Composition:
@@ -319,12 +323,14 @@ def _publish(context: BuildContext, composition: Composition) -> Published:
         artifacts = publish.collect(staging.kiwi_target, staging.publish)
         image = artifacts["image"]
         image_digest = publish.write_checksum(image)
-        sbom_file = sbom.write(artifacts["image_packages"], image, image_digest, request.target,
-                               staging.image_root)
+        sboms = sbom.write(artifacts["image_packages"], sbom.Image(
+            image, image_digest, request.target,
+            sbom.parse_supplier(request.supplier) if request.supplier else None),
+            staging.image_root, request.cache_dir)
         manifest = publish.overlay_manifest(composition.path, staging.publish)
         publish.description(composition.path, staging.kiwi_target, staging.published_description,
                             context.redact)
-    return Published(image, image_digest, sbom_file, manifest)
+    return Published(image, image_digest, sboms, manifest)
 
 
 def _validate(context: BuildContext, published: Published) -> None:
@@ -354,6 +360,24 @@ def _boot_test(context: BuildContext, image: Path) -> dict:
     return boot
 
 
+def _provenance(context: BuildContext, composition: Composition, decision: incremental.Decision,
+                published: Published) -> Path:
+    """The image's build provenance, after everything that ran on it (its finishing time)."""
+    request = context.request
+    statement = provenance.statement(
+        published.image, published.image_digest,
+        {"target": request.target.name, "release": request.target.chosen.name,
+         **settings.recorded(request)},
+        composition.path, SHARED_OVERLAY, request.repositories, decision.metadata,
+        list(request.signing_keys), context.host.kiwi_version,
+        request.builder_id or provenance.default_builder_id(),
+        provenance.started(context.durations.record()["total"]),
+        {"profile": request.target.profile, "incremental": decision.incremental,
+         "prepared_root_key": decision.key},
+        list(published.sboms.values()))
+    return provenance.write(published.image, context.final(statement))
+
+
 @contextmanager
 def _package_cache(context: BuildContext) -> Iterator[locks.Lock]:
     """Hold the package cache; a wait for another build's package manager is a phase of its own."""
@@ -365,7 +389,8 @@ def _package_cache(context: BuildContext) -> Iterator[locks.Lock]:
 
 
 def _record(context: BuildContext, composition: Composition, decision: incremental.Decision,
-            published: Published, digests: dict[str, dict], boot: dict | None) -> dict:
+            published: Published, provenance_file: Path, digests: dict[str, dict],
+            boot: dict | None) -> dict:
     """build.json: what was built from what, how long each phase took, what was published."""
     request, target = context.request, context.request.target
     return {
@@ -394,8 +419,12 @@ def _record(context: BuildContext, composition: Composition, decision: increment
         "durations_s": context.durations.record(),
         "artifacts": digests,
         "image": published.image.name,
-        "sbom": {"file": published.sbom_file.name, "format": "SPDX-2.3 JSON",
-                 "sha256": digests[published.sbom_file.name]["sha256"]},
+        **{key: {"file": path.name, "format": format_,
+                 "sha256": digests[path.name]["sha256"]} for key, path, format_ in (
+            ("sbom", published.sboms["spdx"], "SPDX-2.3 JSON"),
+            ("sbom_spdx3", published.sboms["spdx3"], "SPDX-3.0.1 JSON-LD"),
+            ("sbom_cyclonedx", published.sboms["cyclonedx"], "CycloneDX-1.6 JSON"),
+            ("provenance", provenance_file, "in-toto Statement v1, SLSA provenance v1"))},
         "validation": {"ok": True},
         "boot_test": boot,
     }

@@ -20,6 +20,7 @@ from click.core import ParameterSource
 
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S, DEFAULT_CACHE_DIR
 from .compose import Customisation
+from .sbom import parse_supplier
 from ..core.inputs import Seconds
 from ..distros.repos import check_url, parse_repo_option
 from ..distros.targets import TARGETS
@@ -87,6 +88,17 @@ class DiskSize(click.ParamType):
             self.fail(f"{value} is too small: a TDX guest disk needs at least {MIN_SIZE_MIB}M",
                       param, ctx)
         return mib
+
+
+class SupplierOption(click.ParamType):
+    """``Name <e-mail>`` or ``Name <https://url>``, as the SBOMs name the image's supplier."""
+
+    name = "supplier"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str) or parse_supplier(value) is None:
+            self.fail(f"{value!r} is not 'Name <e-mail>' or 'Name <https://url>'", param, ctx)
+        return value
 
 
 class UserName(click.ParamType):
@@ -221,6 +233,13 @@ SETTINGS = (
     Setting("--config", "config", "Settings file (TOML; keys are option names).", FILE,
             part=COMMAND, metavar="FILE", shown_default=f"./{CONFIG_NAME} if present",
             configurable=False, callback=load_config),
+    Setting("--supplier", "supplier", "Who builds and supplies the image, named as its supplier "
+            "and the author of its SBOMs (BSI TR-03183-2 asks for a contact).", SupplierOption(),
+            metavar="'NAME <E-MAIL|URL>'", recorded=True, envvar="TDX_IMAGE_SUPPLIER",
+            shown_default="none: NOASSERTION"),
+    Setting("--builder-id", "builder_id", "The builder named in the provenance (SLSA's "
+            "builder.id), e.g. the CI workflow's URL.", metavar="URI", recorded=True,
+            envvar="TDX_IMAGE_BUILDER_ID", shown_default="urn:tdx-image:builder:host:HOSTNAME"),
     Setting("--package", "packages", "Add this package to the image (repeatable).", PackageName(),
             part=CUSTOM, metavar="NAME", multiple=True, recorded=True),
     Setting("--size", "size_mib", "Disk size, e.g. 8G or 6144M.", DiskSize(), part=CUSTOM,
