@@ -11,20 +11,25 @@ exchange into --out, OUT.failed, and the phase events.  Passed through a seam: p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
 
-from imagebuilder.build import pipeline
+from imagebuilder.build import pipeline, provenance
+from imagebuilder.core.paths import SHARED_OVERLAY
 from imagebuilder.host import locks
 from imagebuilder.cli import main
 from imagebuilder.build.kiwi import DONE_PHASE, PHASES
-from tests.conftest import schema_errors
+from tests.conftest import sbom_conformance, schema_errors
 from tests.test_validate_checks import BREAKAGES
 
 IMAGE = "tdx-guest-debian-12.x86_64-12.0.0.raw"
@@ -40,6 +45,7 @@ while [ $# -gt 0 ]; do
         --root) root=$2 ;;
         --target-dir) target=$2 ;;
         --description) description=$2 ;;
+        --shared-cache-dir) cache=$2 ;;
     esac
     shift
 done
@@ -59,9 +65,13 @@ if [ -n "$FAKE_KIWI_FAIL" ]; then
     exit 1
 fi
 if [ -n "$root" ]; then
-    mkdir -p "$root/var/lib/dpkg"
-    printf 'Package: dbus\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.14\n' \
+    # What installing dbus leaves: dpkg's record, its copyright file, apt's cached archive.
+    mkdir -p "$root/var/lib/dpkg" "$root/usr/share/doc/dbus" "$cache/apt-get/archives"
+    printf 'Package: dbus\nStatus: install ok installed\nMaintainer: Utopia Maintenance Team <pkg-utopia-maintainers@lists.alioth.debian.org>\nArchitecture: amd64\nVersion: 1.14\n' \
         > "$root/var/lib/dpkg/status"
+    printf 'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nCopyright: 2002-2008 Red Hat, Inc.\nLicense: AFL-2.1 or GPL-2+\n' \
+        > "$root/usr/share/doc/dbus/copyright"
+    echo 'dbus archive' > "$cache/apt-get/archives/dbus_1.14_amd64.deb"
     exit 0
 fi
 @LATER@
@@ -167,6 +177,51 @@ def test_a_build_publishes_a_validated_image_and_reports_every_phase(standin):
     assert json.loads(again.stdout)["incremental"] is True
     assert [name for status, name in phase_events(events(again.stderr), "prepared root")
             if status == "started"] == ["copy prepared root"]
+
+
+def test_a_build_publishes_conformant_sboms_and_its_provenance(standin):
+    supplier, builder = "Example Builders <images@example.org>", "https://ci.example.org/runs/1"
+    result = run_build(standin, "--json", "--supplier", supplier, "--builder-id", builder)
+
+    assert result.exit_code == 0, result.output + result.stderr
+    record = json.loads(result.stdout)
+    assert schema_errors("build", record) == []
+    for key in ("sbom", "sbom_spdx3", "sbom_cyclonedx", "provenance"):
+        published = standin / record[key]["file"]
+        assert hashlib.sha256(published.read_bytes()).hexdigest() == record[key]["sha256"] == \
+            record["artifacts"][published.name]["sha256"]
+    # dbus, as the stand-in installs it (maintainer, DEP-5 copyright file, cached archive), is
+    # all a conformant SBOM needs; --supplier names the image's supplier and the SBOMs' author.
+    assert all(finding["unmet"] == [] for finding in sbom_conformance(standin, record).values())
+    cyclonedx = (standin / record["sbom_cyclonedx"]["file"]).read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(cyclonedx) is None
+
+    statement = json.loads((standin / record["provenance"]["file"]).read_text())
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
+    image_sha256 = (standin / f"{IMAGE}.sha256").read_text().split()[0]
+    assert statement["subject"] == [{"name": IMAGE, "digest": {"sha256": image_sha256}}]
+    definition, run = statement["predicate"]["buildDefinition"], statement["predicate"]["runDetails"]
+    assert definition["buildType"] == provenance.BUILD_TYPE
+    assert definition["externalParameters"]["target"] == "debian"
+    assert definition["externalParameters"]["supplier"] == supplier
+    dependencies = {entry["name"]: entry for entry in definition["resolvedDependencies"]}
+    for suite, base in (("bookworm", "debian"), ("bookworm-security", "debian-security")):
+        in_release = standin.parent.parent / "mirror" / base / "dists" / suite / "InRelease"
+        assert dependencies[suite]["digest"] == {"sha256": hashlib.sha256(in_release.read_bytes()).hexdigest()}
+        assert dependencies[suite]["annotations"]["metadata"] == f"dists/{suite}/InRelease"
+    # The overlay's digest is what README's shell line computes.
+    overlay = dependencies[f"overlay:{SHARED_OVERLAY.name}"]["digest"]["sha256"]
+    assert overlay == subprocess.run(
+        ["bash", "-c", "find . -type f -printf '%P\\n' | LC_ALL=C sort | xargs -d '\\n' sha256sum "
+                       "| sha256sum"], cwd=SHARED_OVERLAY, capture_output=True, text=True,
+        check=True).stdout.split()[0]
+    assert dependencies["kiwi"]["uri"] == "pkg:generic/kiwi@11.1.6"
+    assert run["builder"]["id"] == builder
+    assert run["metadata"]["startedOn"] <= run["metadata"]["finishedOn"]
+    assert {entry["name"] for entry in run["byproducts"]} == {
+        record[key]["file"] for key in ("sbom", "sbom_spdx3", "sbom_cyclonedx")}
+    assert SECRET not in json.dumps(statement)
 
 
 def test_an_image_that_fails_validation_is_kept_out_of_out(standin, synthetic_image, tmp_path,
