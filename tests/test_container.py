@@ -29,7 +29,8 @@ def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, 
                            custom=Customisation(packages=("jq", "vim"), size_mib=6144,
                                                 image_format="vmdk", ssh_key=key, ssh_user="admin"),
                            extra_repositories=[parse_repo_option("http://r.example/x,bookworm,main contrib")],
-                           cache_dir=tmp_path / "cache")
+                           cache_dir=tmp_path / "cache", supplier="Builders <b@example.org>",
+                           builder_id="https://ci.example.org/run/7")
     command = container.engine_command("/usr/bin/podman", "builder:tag", request, as_json=True)
     engine_part, inner = command[:command.index("builder:tag")], command[command.index("builder:tag") + 1:]
     volumes = [engine_part[i + 1] for i, word in enumerate(engine_part) if word == "--volume"]
@@ -44,6 +45,9 @@ def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, 
     assert inner[inner.index("--release") + 1] == "15.6"
     assert inner[inner.index("--out") + 1] == str(tmp_path / "out" / "leap")
     assert inner[inner.index("--repo") + 1] == "http://r.example/x,bookworm,main contrib"
+    # Who supplies the image and which builder made it are the outer build's.
+    assert inner[inner.index("--supplier") + 1] == "Builders <b@example.org>"
+    assert inner[inner.index("--builder-id") + 1] == "https://ci.example.org/run/7"
     # The customisation goes in as the same options (settings.SETTINGS), paths absolute.
     assert " ".join(inner[inner.index("--package"):inner.index("--ssh-user") + 2]) == (
         f"--package jq --package vim --size 6144M --format vmdk --ssh-key {key} --ssh-user admin")

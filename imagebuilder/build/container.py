@@ -177,6 +177,10 @@ def engine_command(engine_path: str, image: str, request: BuildRequest, as_json:
         inner += ["--credentials", str(Path(request.credentials_file).resolve())]
     for key in request.signing_keys:
         inner += ["--signing-key", str(Path(key).resolve())]
+    if request.supplier:
+        inner += ["--supplier", request.supplier]
+    if request.builder_id:
+        inner += ["--builder-id", request.builder_id]
     inner += settings.arguments(request.custom)
     if not request.incremental:
         inner.append("--no-incremental")
