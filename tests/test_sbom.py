@@ -348,3 +348,30 @@ def test_a_symlink_in_the_image_never_leads_out_of_it(tmp_path):
     (tmp_path / "host-secret" / "copyright").write_text("Format: copyright-format/1.0\n")
     (root / "usr/share/doc/evil").symlink_to("../../../../host-secret")
     assert licences.inside(root, "usr/share/doc/evil/copyright") is None
+
+
+def test_a_package_whose_doc_link_dpkg_left_out_has_its_source_packages_copyright(tmp_path):
+    """The image's dpkg keeps only /usr/share/doc/*/copyright: a doc directory that is a link to a
+    sibling's (Debian Policy 12.5) is not installed; the sibling from the same source has it."""
+    root = tmp_path / "image-root"
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / sbom.DPKG_STATUS).write_text(
+        "Package: openssh-client\nArchitecture: amd64\nSource: openssh\nVersion: 1:9.2p1-2\n\n"
+        "Package: openssh-server\nArchitecture: amd64\nSource: openssh\nVersion: 1:9.2p1-2\n\n"
+        "Package: kmod\nArchitecture: amd64\nVersion: 30+20221128-1\n")
+    (root / "usr/share/doc/openssh-client").mkdir(parents=True)
+    (root / "usr/share/doc/openssh-client/copyright").write_text(LINUX_COPYRIGHT)
+    packages = ("openssh-client|None|1:9.2p1-2|None|amd64|None|None\n"
+                "openssh-server|None|1:9.2p1-2|None|amd64|None|None\n"
+                "kmod|None|30+20221128-1|None|amd64|None|None\n")
+    document = parsed_and_valid(write_sboms(tmp_path, packages, "debian", root)["spdx"])
+    server, kmod = (next(p for p in document.packages if p.name == name)
+                    for name in ("openssh-server", "kmod"))
+    assert str(server.license_concluded) == "GPL-2.0-only"
+    assert server.license_comment == (
+        "concluded by tdx-image from /usr/share/doc/openssh-client/copyright, its source package's "
+        "(/usr/share/doc/openssh-server/copyright is not in the image): DEP-5 License and Copyright "
+        "fields; no analysis of the sources")
+    assert str(kmod.license_concluded) == "NOASSERTION"  # no sibling has one either
+    assert kmod.license_comment == ("no assertion: /usr/share/doc/kmod/copyright is not in the "
+                                    "image, nor one of its source package's")

@@ -32,8 +32,9 @@ VERSIONED = re.compile(r"(A?GPL|LGPL|GFDL|GFDL-NIV)-?v?(\d+(?:\.\d+)?)(\+?)", re
 # DEP-5: "and" binds tighter than "or", as in SPDX; after a comma either binds loosest
 # ("A, and B or C" is A AND (B OR C)).  An operator stands between blanks ("GPL-2+-or-X11" is one name).
 OPERATOR = re.compile(r"(\s*,\s*(?:and|or)\s+|\s+(?:and|or)\s+)", re.IGNORECASE)
-# A copyright notice line in a free-form copyright file: "Copyright (C) 1991-2022 Free ...".
-NOTICE = re.compile(r"\s*(?:copyright\b|\(c\)|©).*\d{4}", re.IGNORECASE)
+# A copyright notice in a free-form copyright file's line: "Copyright (C) 1991-2022 Free ...",
+# "Debian support files Copyright (C) 2006 ...", "Copyright 2000 Red Hat", "(c) 1999 ...".
+NOTICE = re.compile(r"\bcopyright\s*(?:\(c\)|©|\d{4})|(?:^|\s)(?:\(c\)|©)\s*\d{4}", re.IGNORECASE)
 MAX_SYMLINKS = 16
 
 
@@ -183,22 +184,28 @@ def read_dep5(text: str) -> Licence | None:
     return Licence(combined(expressions), "\n".join(dict.fromkeys(holders)) or None, found)
 
 
-def read_package_copyright(root: Path, package: str) -> Licence:
-    """The licence of a Debian package from its copyright file in the image root."""
+def read_package_copyright(root: Path, package: str, siblings: list[str]) -> Licence:
+    """The licence of a Debian package from its copyright file in the image root, or, when the
+    image has none for it, from that of a binary package of the same source (``siblings``)."""
     relative = COPYRIGHT_FILE.format(package=package)
-    path = inside(root, relative)
-    try:
-        text = path.read_text(errors="replace") if path else None
-    except OSError:
-        text = None
-    if text is None:
-        return Licence(source=f"/{relative} is not in the image")
+    for name in dict.fromkeys([package, *siblings]):
+        path = inside(root, COPYRIGHT_FILE.format(package=name))
+        try:
+            text = path.read_text(errors="replace") if path else None
+        except OSError:
+            text = None
+        if text is not None:
+            break
+    else:
+        return Licence(source=f"/{relative} is not in the image, nor one of its source package's")
+    where = f"/{COPYRIGHT_FILE.format(package=name)}" + (
+        "" if name == package else f", its source package's (/{relative} is not in the image)")
     licence = read_dep5(text)
     if licence is None:  # prose: its notices can be picked out, its licence cannot
-        notices = [line.strip() for line in text.splitlines() if NOTICE.match(line)]
+        notices = [line.strip() for line in text.splitlines() if NOTICE.search(line)]
         return Licence(None, "\n".join(dict.fromkeys(notices)) or None, {},
-                       f"/{relative} is not machine-readable (DEP-5)")
-    licence.source = f"/{relative} (DEP-5 License and Copyright fields)"
+                       f"{where} is not machine-readable (DEP-5)")
+    licence.source = f"{where}: DEP-5 License and Copyright fields"
     return licence
 
 

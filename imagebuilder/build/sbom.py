@@ -179,13 +179,21 @@ def rpm_supplier(disturl: str | None) -> Supplier | None:
     return None
 
 
-def _source(fields: dict[str, str], package: Package) -> str | None:
+def _source_package(fields: dict[str, str], package: Package) -> tuple[str, str] | None:
+    """The Debian source package (name, version) a binary was built from, per dpkg's record."""
     if "Source" in fields:  # "name" or "name (version)" when it differs from the binary's
         match = re.fullmatch(r"(\S+)(?:\s+\((.+)\))?", fields["Source"])
         if match:
-            return f"built from source package {match.group(1)} {match.group(2) or package.version}"
+            return match.group(1), match.group(2) or package.version
     if fields:  # a dpkg entry without Source: the source package has the binary's name
-        return f"built from source package {package.name} {package.version}"
+        return package.name, package.version
+    return None
+
+
+def _source(fields: dict[str, str], package: Package) -> str | None:
+    source = _source_package(fields, package)
+    if source:
+        return f"built from source package {source[0]} {source[1]}"
     return f"built from {package.disturl}" if package.disturl else None
 
 
@@ -209,12 +217,21 @@ def components(packages: list[Package], target: Target, image_root: Path,
                cache_dir: Path | None) -> list[Component]:
     purl_type, namespace = PURL.get(target.name, ("generic", target.name))
     dpkg = read_dpkg_status(image_root / DPKG_STATUS) if purl_type == "deb" else {}
+    # Binaries of one source package share its copyright file: Debian Policy 12.5 lets a
+    # binary's doc directory be a link to a sibling's, and the image's dpkg excludes such links.
+    siblings: dict[tuple[str, str], list[str]] = {}
+    for package in packages:
+        source = _source_package(dpkg.get((package.name, package.arch or ""), {}), package)
+        if source:
+            siblings.setdefault(source, []).append(package.name)
     result = []
     for package in packages:
         if purl_type == "deb":
             fields = dpkg.get((package.name, package.arch or ""), {})
             who = supplier(fields.get("Maintainer"))
-            licence = read_package_copyright(image_root, package.name)
+            source = _source_package(fields, package)
+            licence = read_package_copyright(image_root, package.name,
+                                             siblings.get(source, []) if source else [])
         else:
             fields, who, licence = {}, rpm_supplier(package.disturl), read_rpm_tag(package.license)
         purl = str(PackageURL(purl_type, namespace, package.name, package.full_version,
