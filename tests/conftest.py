@@ -17,6 +17,8 @@ TDX_IMAGE = [sys.executable, "-m", "imagebuilder"]
 # Developers iterating on validate/boot tests may reuse a published build directory instead of
 # building again; CI never sets this, so there the image is always built for real.
 REUSE_BUILD = "TDX_IMAGE_TEST_BUILD"
+# Who supplies the integration tier's debian build (its SBOMs' author), from its config file.
+TEST_SUPPLIER = "tdx-image integration tests <tdx-image-tests@example.org>"
 
 
 
@@ -158,7 +160,8 @@ def debian_build(tmp_path_factory) -> Path:
     (root / "ssh").mkdir()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tdx-image-test",
                     "-f", root / "ssh" / "id_ed25519"], check=True)
-    (root / "tdx-image.toml").write_text('ssh-key = "ssh/id_ed25519.pub"\nssh-user = "tester"\n')
+    (root / "tdx-image.toml").write_text('ssh-key = "ssh/id_ed25519.pub"\nssh-user = "tester"\n'
+                                         f'supplier = "{TEST_SUPPLIER}"\n')
     result = run_cli("build", "debian", "--out", out, "--boot-test", "--json",
                      "--config", root / "tdx-image.toml", "--package", "jq")
     (out.parent / "build.stderr").write_text(result.stderr)

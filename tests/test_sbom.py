@@ -237,7 +237,7 @@ def test_without_the_dpkg_database_suppliers_are_noassertion(tmp_path):
 
 
 def test_rpm_packages_keep_their_license_tag_and_distributor(tmp_path):
-    archives = tmp_path / "cache" / "zypper" / "packages" / "repo-oss" / "x86_64"
+    archives = tmp_path / "cache" / "packages" / "repo-oss" / "x86_64"  # KIWI's zypper cache
     archives.mkdir(parents=True)
     (archives / "glibc-2.31-150300.63.1.x86_64.rpm").write_bytes(b"glibc rpm")
     paths = write_sboms(tmp_path, LEAP_PACKAGES, "leap", tmp_path / "image-root", tmp_path / "cache")

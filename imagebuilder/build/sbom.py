@@ -42,8 +42,8 @@ ORGANIZATION = re.compile(r"team|maintainers|developers|project|group|debian", r
 # The build service a SUSE rpm's DISTURL names is its distributor's.
 RPM_DISTRIBUTORS = {"build.suse.de": ("SUSE", "https://www.suse.com"),
                     "build.opensuse.org": ("openSUSE", "https://www.opensuse.org")}
-# Where KIWI's package managers keep downloaded archives below --cache-dir.
-ARCHIVE_DIRS = {"deb": ("apt-get/archives",), "rpm": ("zypper/packages",)}
+# Where KIWI's apt and zypper keep downloaded archives below --cache-dir (kiwi/repository/).
+ARCHIVE_DIRS = {"deb": "apt-get/archives", "rpm": "packages"}
 TOOL = "tdx-image"
 SUPPLIER = re.compile(r"(?P<name>[^<>]*\S)\s*<(?P<contact>[^<>\s]+@[^<>\s]+|https?://[^<>\s]+)>")
 SPDX3_CONTEXT = "https://spdx.org/rdf/3.0.1/spdx-context.jsonld"
@@ -207,33 +207,30 @@ def _archive(package: Package, kind: str, cache_dir: Path | None) -> Archive | N
         cached = f"{package.name}_{package.full_version.replace(':', '%3a')}_{package.arch}.deb"
     else:
         name = cached = f"{package.name}-{package.version}-{package.release}.{package.arch}.rpm"
-    for directory in ARCHIVE_DIRS[kind] if cache_dir else ():
-        for found in sorted((cache_dir / directory).rglob(cached)):  # type: ignore[operator]
-            return Archive(name, _sha512(found))
-    return Archive(name, None)
+    found = sorted((cache_dir / ARCHIVE_DIRS[kind]).rglob(cached)) if cache_dir else []
+    return Archive(name, _sha512(found[0]) if found else None)
 
 
 def components(packages: list[Package], target: Target, image_root: Path,
                cache_dir: Path | None) -> list[Component]:
     purl_type, namespace = PURL.get(target.name, ("generic", target.name))
     dpkg = read_dpkg_status(image_root / DPKG_STATUS) if purl_type == "deb" else {}
+    records = {package: dpkg.get((package.name, package.arch or ""), {}) for package in packages}
+    sources = {package: _source_package(records[package], package) for package in packages}
     # Binaries of one source package share its copyright file: Debian Policy 12.5 lets a
     # binary's doc directory be a link to a sibling's, and the image's dpkg excludes such links.
-    siblings: dict[tuple[str, str], list[str]] = {}
-    for package in packages:
-        source = _source_package(dpkg.get((package.name, package.arch or ""), {}), package)
-        if source:
-            siblings.setdefault(source, []).append(package.name)
+    siblings: dict[tuple[str, str] | None, list[str]] = {}
+    for package, source in sources.items():
+        siblings.setdefault(source, []).append(package.name)
     result = []
     for package in packages:
+        fields = records[package]
         if purl_type == "deb":
-            fields = dpkg.get((package.name, package.arch or ""), {})
             who = supplier(fields.get("Maintainer"))
-            source = _source_package(fields, package)
             licence = read_package_copyright(image_root, package.name,
-                                             siblings.get(source, []) if source else [])
+                                             siblings[sources[package]] if sources[package] else [])
         else:
-            fields, who, licence = {}, rpm_supplier(package.disturl), read_rpm_tag(package.license)
+            who, licence = rpm_supplier(package.disturl), read_rpm_tag(package.license)
         purl = str(PackageURL(purl_type, namespace, package.name, package.full_version,
                               {"arch": package.arch} if package.arch else None))
         result.append(Component(package, purl, who, _source(fields, package), licence,
