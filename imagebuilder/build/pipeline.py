@@ -352,15 +352,16 @@ def _provenance(context: BuildContext, composition: Composition, decision: incre
     request = context.request
     statement = provenance.statement(
         published.image, published.image_digest,
-        {"target": request.target.name, "release": request.target.chosen.name,
-         **settings.recorded(request)},
-        composition.path, SHARED_OVERLAY, request.repositories, decision.metadata,
-        list(request.signing_keys), context.host.kiwi_version,
-        request.builder_id or provenance.default_builder_id(),
-        provenance.started(context.durations.record()["total"]),
-        {"profile": request.target.profile, "incremental": decision.incremental,
-         "prepared_root_key": decision.key},
-        list(published.sboms.values()))
+        external={"target": request.target.name, "release": request.target.chosen.name,
+                  **settings.recorded(request)},
+        internal={"profile": request.target.profile, "incremental": decision.incremental,
+                  "prepared_root_key": decision.key},
+        description=composition.path, overlay=SHARED_OVERLAY, repositories=request.repositories,
+        metadata=decision.metadata, signing_keys=list(request.signing_keys),
+        kiwi_version=context.host.kiwi_version,
+        builder_id=request.builder_id or provenance.default_builder_id(),
+        started=provenance.started(context.durations.record()["total"]),
+        byproducts=list(published.sboms.values()))
     return provenance.write(published.image, context.final(statement))
 
 

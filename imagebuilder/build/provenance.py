@@ -54,11 +54,12 @@ def repository(repo: Repository, metadata: dict[str, str]) -> dict:
     return descriptor
 
 
-def statement(image: Path, image_sha256: str, external: dict, description: Path, overlay: Path,
-              repositories: list[Repository], metadata: dict[str, str], signing_keys: list[Path],
-              kiwi_version: str, builder_id: str, started: datetime, internal: dict,
-              byproducts: list[Path]) -> dict:
-    """The in-toto statement of one build."""
+def statement(image: Path, image_sha256: str, *, external: dict, internal: dict,
+              description: Path, overlay: Path, repositories: list[Repository],
+              metadata: dict[str, str], signing_keys: list[Path], kiwi_version: str,
+              builder_id: str, started: datetime, byproducts: list[Path]) -> dict:
+    """The in-toto statement of one build: ``metadata`` is the repositories' metadata digests by
+    probe URL (incremental.Decision), ``byproducts`` the files it names with their digests."""
     keys = [{"name": key.name, "digest": {"sha256": hashlib.sha256(key.read_bytes()).hexdigest()}}
             for key in signing_keys]
     return {
