@@ -34,6 +34,7 @@ Status: install ok installed
 Maintainer: Debian Adduser Developers <adduser@packages.debian.org>
 Architecture: all
 Version: 3.134
+Depends: passwd
 Description: add and remove users and groups
  This package includes the 'adduser' and 'deluser' commands.
 
@@ -43,17 +44,21 @@ Maintainer: GNU Libc Maintainers <debian-glibc@lists.debian.org>
 Architecture: amd64
 Source: glibc
 Version: 2.36-9+deb12u13
+Provides: libc-abi
 
 Package: linux-image-6.12.117+deb12-amd64
 Maintainer: Debian Kernel Team <debian-kernel@lists.debian.org>
 Architecture: amd64
 Source: linux-signed-6.12-amd64 (6.12.117+1~deb12u1)
 Version: 6.12.117-1~deb12u1
+Depends: libc-abi
 
 Package: procps
 Maintainer: Craig Small <csmall@debian.org>
 Architecture: amd64
 Version: 2:4.0.2-3
+Pre-Depends: libc6 (>= 2.34)
+Depends: init-system-helpers (>= 1.29~) | adduser:any, libc6 (>= 2.34)
 """
 # Machine-readable copyright files (DEP-5), shortened from the real packages'.
 ADDUSER_COPYRIGHT = """\
@@ -183,9 +188,31 @@ def test_debian_packages_become_a_valid_spdx_document(tmp_path, image_root, cach
     assert packages["libc6"].source_info == "built from source package glibc 2.36-9+deb12u13"
     assert packages["adduser"].source_info == "built from source package adduser 3.134"
     # The document describes the image, which contains every package.
-    relations = {(r.relationship_type, r.related_spdx_element_id) for r in document.relationships}
+    relations = {(r.relationship_type, str(r.related_spdx_element_id)) for r in document.relationships}
     assert (RelationshipType.DESCRIBES, "SPDXRef-Image") in relations
     assert sum(r.relationship_type == RelationshipType.CONTAINS for r in document.relationships) == 4
+
+
+def test_dependencies_come_from_dpkgs_record(tmp_path, image_root):
+    """Pre-Depends and Depends, satisfied by name, by Provides or by an alternative; a relation
+    nothing installed satisfies makes the package's list incomplete."""
+    paths = write_sboms(tmp_path, DEBIAN_PACKAGES, "debian", image_root)
+    document = parsed_and_valid(paths["spdx"])
+    names = {p.spdx_id: p.name for p in document.packages}
+    depends = {(names[r.spdx_element_id], names.get(str(r.related_spdx_element_id), str(r.related_spdx_element_id)))
+               for r in document.relationships if r.relationship_type == RelationshipType.DEPENDS_ON}
+    assert depends == {("procps", "libc6"), ("procps", "adduser"),
+                       ("linux-image-6.12.117+deb12-amd64", "libc6"),
+                       ("libc6", "NONE")}  # adduser's passwd is not installed: nothing asserted
+    graph = json.loads(paths["spdx3"].read_text())["@graph"]
+    completeness = {element["from"].split("#")[1].split("-", 3)[-1]: element["completeness"]
+                    for element in graph if element.get("relationshipType") == "dependsOn"}
+    assert completeness == {"procps": "complete", "linux-image-6.12.117-deb12-amd64": "complete"}
+    bom = json.loads(paths["cyclonedx"].read_text())
+    cyclonedx = {d["ref"].split("/")[-1].split("@")[0]: len(d.get("dependsOn", []))
+                 for d in bom["dependencies"] if d["ref"] != "image"}
+    assert cyclonedx == {"procps": 2, "libc6": 0, "adduser": 0,
+                         "linux-image-6.12.117%2Bdeb12-amd64": 1}
 
 
 def test_licences_and_copyrights_come_from_the_packages_copyright_files(tmp_path, image_root):

@@ -38,6 +38,8 @@ from .licences import Licence, combined, read_package_copyright, read_rpm_tag
 # purl (github.com/package-url/purl-spec) type and namespace of each target's packages.
 PURL = {"debian": ("deb", "debian"), "leap": ("rpm", "opensuse"), "sles": ("rpm", "suse")}
 DPKG_STATUS = "var/lib/dpkg/status"
+# One relation of a Depends/Provides field: "libc6 (>= 2.34)", "awk", "python3:any" -> the name.
+RELATION = re.compile(r"\s*([^\s(:\[<]+)")
 ORGANIZATION = re.compile(r"team|maintainers|developers|project|group|debian", re.IGNORECASE)
 # The build service a SUSE rpm's DISTURL names is its distributor's.
 RPM_DISTRIBUTORS = {"build.suse.de": ("SUSE", "https://www.suse.com"),
@@ -103,6 +105,10 @@ class Component:
     source: str | None
     licence: Licence
     archive: Archive | None
+    # The installed packages its Depends and Pre-Depends name (dpkg's record); None: unknown
+    # (rpm: KIWI's list has no requirements).  complete: every relation has an installed package.
+    depends: tuple[Package, ...] | None = None
+    depends_complete: bool = False
 
 
 @dataclass(frozen=True)
@@ -216,6 +222,7 @@ def components(packages: list[Package], target: Target, image_root: Path,
     purl_type, namespace = PURL.get(target.name, ("generic", target.name))
     dpkg = read_dpkg_status(image_root / DPKG_STATUS) if purl_type == "deb" else {}
     records = {package: dpkg.get((package.name, package.arch or ""), {}) for package in packages}
+    dependencies = _dependencies({p: fields for p, fields in records.items() if fields})
     sources = {package: _source_package(records[package], package) for package in packages}
     # Binaries of one source package share its copyright file: Debian Policy 12.5 lets a
     # binary's doc directory be a link to a sibling's, and the image's dpkg excludes such links.
@@ -233,9 +240,38 @@ def components(packages: list[Package], target: Target, image_root: Path,
             who, licence = rpm_supplier(package.disturl), read_rpm_tag(package.license)
         purl = str(PackageURL(purl_type, namespace, package.name, package.full_version,
                               {"arch": package.arch} if package.arch else None))
+        depends, complete = dependencies.get(package, (None, False))
         result.append(Component(package, purl, who, _source(fields, package), licence,
-                                _archive(package, purl_type, cache_dir) if purl_type in ARCHIVE_DIRS else None))
+                                _archive(package, purl_type, cache_dir) if purl_type in ARCHIVE_DIRS else None,
+                                depends, complete))
     return result
+
+
+def _dependencies(records: dict[Package, dict[str, str]]
+                  ) -> dict[Package, tuple[tuple[Package, ...], bool]]:
+    """Each package's Pre-Depends and Depends as the installed packages that satisfy them (by
+    name or Provides; the first installed alternative of ``a | b``), and whether all do.  dpkg
+    installed them satisfied, so versions are not compared again."""
+    by_name: dict[str, list[Package]] = {}
+    for package, fields in records.items():
+        for name in [package.name, *map(_related, filter(str.strip, fields.get("Provides", "").split(",")))]:
+            by_name.setdefault(name, []).append(package)
+    result = {}
+    for package, fields in records.items():
+        relations = ", ".join(filter(None, (fields.get("Pre-Depends"), fields.get("Depends"))))
+        found, complete = [], True
+        for relation in filter(str.strip, relations.split(",")):
+            satisfying = [one for alternative in relation.split("|")
+                          for one in by_name.get(_related(alternative), [])]
+            found += satisfying[:1]
+            complete = complete and bool(satisfying)
+        result[package] = (tuple(dict.fromkeys(found)), complete)
+    return result
+
+
+def _related(relation: str) -> str:
+    match = RELATION.match(relation)
+    return match[1] if match else relation.strip()
 
 
 def image_licence(parts: list[Component]) -> str | None:
@@ -288,8 +324,9 @@ def spdx2(image: Image, parts: list[Component], created: str) -> dict:
     }]
     relationships = [{"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES",
                       "relatedSpdxElement": image_id}]
-    for index, part in enumerate(parts, 1):
-        spdx_id = _spdx_id(index, part.package.name)
+    ids = {part.package: _spdx_id(index, part.package.name) for index, part in enumerate(parts, 1)}
+    for part in parts:
+        spdx_id = ids[part.package]
         texts.update(part.licence.texts)
         entry = {
             "SPDXID": spdx_id,
@@ -316,6 +353,12 @@ def spdx2(image: Image, parts: list[Component], created: str) -> dict:
         packages.append(entry)
         relationships.append({"spdxElementId": image_id, "relationshipType": "CONTAINS",
                               "relatedSpdxElement": spdx_id})
+        # "NONE": a package that depends on nothing (SPDX 2.3, section 11.1).
+        relationships += [{"spdxElementId": spdx_id, "relationshipType": "DEPENDS_ON",
+                           "relatedSpdxElement": ids[dependency]}
+                          for dependency in part.depends or ()] or (
+            [{"spdxElementId": spdx_id, "relationshipType": "DEPENDS_ON", "relatedSpdxElement": "NONE"}]
+            if part.depends == () and part.depends_complete else [])
     document = {
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
@@ -407,11 +450,12 @@ def spdx3(image: Image, parts: list[Component], created: str) -> dict:
                        {"type": "Hash", "algorithm": "sha512", "hashValue": image.sha512}])
     graph.relate(image_id, "hasDistributionArtifact", [image_file])
     graph.licence(image_id, "hasConcludedLicense", image_licence(parts), texts)
-    contained = []
-    for index, part in enumerate(parts, 1):
+    ids = {part.package: f"{image.namespace}#{_spdx_id(index, part.package.name)}"
+           for index, part in enumerate(parts, 1)}
+    for part in parts:
         who = graph.agent(part.supplier) if part.supplier else None
         package = graph.add(
-            "software_Package", local=_spdx_id(index, part.package.name), name=part.package.name,
+            "software_Package", local=ids[part.package].split("#")[1], name=part.package.name,
             software_packageVersion=part.package.full_version, software_packageUrl=part.purl,
             software_primaryPurpose="library",
             software_copyrightText=part.licence.copyright or "NOASSERTION",
@@ -419,8 +463,10 @@ def spdx3(image: Image, parts: list[Component], created: str) -> dict:
                                  "externalIdentifierType": "packageUrl", "identifier": part.purl}],
             suppliedBy=who, originatedBy=[who] if who else None, software_sourceInfo=part.source,
             comment=_licence_comment(part.licence))
-        contained.append(package)
         graph.licence(package, "hasConcludedLicense", part.licence.expression, texts)
+        if part.depends:
+            graph.relate(package, "dependsOn", [ids[one] for one in part.depends],
+                         completeness="complete" if part.depends_complete else "incomplete")
         graph.licence(package, "hasDeclaredLicense", part.licence.expression, texts)
         if part.archive:
             archive = graph.add("software_File", name=part.archive.name,
@@ -430,7 +476,7 @@ def spdx3(image: Image, parts: list[Component], created: str) -> dict:
                                                 "hashValue": part.archive.sha512}]
                                 if part.archive.sha512 else None)
             graph.relate(package, "hasDistributionArtifact", [archive])
-    graph.relate(image_id, "contains", contained, completeness="complete")
+    graph.relate(image_id, "contains", list(ids.values()), completeness="complete")
     sbom = f"{image.namespace}#SPDXRef-Sbom"
     elements = [element["spdxId"] for element in graph.elements]
     return {"@context": SPDX3_CONTEXT, "@graph": [
@@ -483,8 +529,9 @@ def cyclonedx(image: Image, parts: list[Component]) -> str:
         hashes=[HashType(alg=HashAlgorithm.SHA_256, content=image.sha256),
                 HashType(alg=HashAlgorithm.SHA_512, content=image.sha512)])
     bom.metadata.component = subject
+    components = {}
     for part in parts:
-        component = CdxComponent(
+        components[part.package] = component = CdxComponent(
             type=ComponentType.LIBRARY, name=part.package.name,
             version=part.package.full_version, bom_ref=part.purl,
             purl=PackageURL.from_string(part.purl), supplier=entity(part.supplier),
@@ -493,6 +540,10 @@ def cyclonedx(image: Image, parts: list[Component]) -> str:
             if part.archive and part.archive.sha512 else None)
         bom.components.add(component)
         bom.register_dependency(subject, [component])
+    for part in parts:
+        if part.depends is not None:  # an empty list: depends on nothing
+            bom.register_dependency(components[part.package],
+                                    [components[one] for one in part.depends])
     return JsonV1Dot6(bom).output_as_string(indent=2) + "\n"
 
 
