@@ -83,6 +83,13 @@ def test_the_sboms_conform_but_where_the_image_holds_no_machine_readable_licence
     cyclonedx = (debian_build / record["sbom_cyclonedx"]["file"]).read_text()
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(cyclonedx) is None
     assert len(json.loads(cyclonedx)["components"]) == len(spdx["packages"]) - 1
+    # dpkg installed every dependency: each package's list is complete (jq needs libjq1).
+    graph = json.loads((debian_build / record["sbom_spdx3"]["file"]).read_text())["@graph"]
+    depends = [element for element in graph if element.get("relationshipType") == "dependsOn"]
+    assert depends and {element["completeness"] for element in depends} == {"complete"}
+    ids = {p["SPDXID"]: p["name"] for p in spdx["packages"]}
+    assert ("jq", "libjq1") in {(ids[r["spdxElementId"]], ids.get(r["relatedSpdxElement"]))
+                                for r in spdx["relationships"] if r["relationshipType"] == "DEPENDS_ON"}
 
 
 def test_the_provenance_names_the_published_image_and_what_made_it(debian_build, debian_image):
