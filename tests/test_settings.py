@@ -109,6 +109,8 @@ def test_the_readable_summary_names_settings_and_sources(project):
     ('ssh-user = "Root Admin"\n', ["--ssh-key", "keys/id.pub"], "is not a user name"),
     ('ssh-user = "tester"\n', [], "--ssh-user needs --ssh-key"),
     ('package = [\n', [], "cannot read tdx-image.toml"),
+    ('supplier = "Example Builders"\n', [], "is not 'Name <e-mail>' or 'Name <https://url>'"),
+    ('supplier = "Example <ftp://example.org>"\n', [], "is not 'Name <e-mail>'"),
 ])
 def test_bad_settings_are_refused_before_anything_runs(project, config, args, fragment):
     (project / "tdx-image.toml").write_text(config)
