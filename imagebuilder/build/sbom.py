@@ -49,6 +49,9 @@ ARCHIVE_DIRS = {"deb": "apt-get/archives", "rpm": "packages"}
 TOOL = "tdx-image"
 SUPPLIER = re.compile(r"(?P<name>[^<>]*\S)\s*<(?P<contact>[^<>\s]+@[^<>\s]+|https?://[^<>\s]+)>")
 SPDX3_CONTEXT = "https://spdx.org/rdf/3.0.1/spdx-context.jsonld"
+# BSI TR-03183-2's "structured" property (a file that holds other components: a disk image, a
+# .deb or .rpm archive), in the SPDX 3 terms sbomcheck reads it from.
+STRUCTURED = ["container"]
 NO_ASSERTION_LICENCE = "https://spdx.org/rdf/3.0.1/terms/ExpandedLicensing/NoAssertionLicense"
 SUFFIXES = {"spdx": ".spdx.json", "spdx3": ".spdx3.json", "cyclonedx": ".cdx.json"}
 
@@ -445,7 +448,7 @@ def spdx3(image: Image, parts: list[Component], created: str) -> dict:
         originatedBy=[creator] if image.supplier else None)
     image_file = graph.add(
         "software_File", local="SPDXRef-Image-file", name=image.path.name,
-        software_primaryPurpose="operatingSystem", software_additionalPurpose=["container"],
+        software_primaryPurpose="diskImage", software_additionalPurpose=STRUCTURED,
         verifiedUsing=[{"type": "Hash", "algorithm": "sha256", "hashValue": image.sha256},
                        {"type": "Hash", "algorithm": "sha512", "hashValue": image.sha512}])
     graph.relate(image_id, "hasDistributionArtifact", [image_file])
@@ -471,7 +474,7 @@ def spdx3(image: Image, parts: list[Component], created: str) -> dict:
         if part.archive:
             archive = graph.add("software_File", name=part.archive.name,
                                 software_primaryPurpose="archive",
-                                software_additionalPurpose=["container"],
+                                software_additionalPurpose=STRUCTURED,
                                 verifiedUsing=[{"type": "Hash", "algorithm": "sha512",
                                                 "hashValue": part.archive.sha512}]
                                 if part.archive.sha512 else None)
