@@ -46,6 +46,11 @@ DONE_PHASE = PHASES[-1][1]
 ERROR_LINE = re.compile(r"\[ ERROR\s*\]: [\d:]+ \| (Kiwi\w+): (.*)")
 # Seconds KIWI gets after SIGINT to unwind its mounts before the process group is killed.
 STOP_GRACE = 120
+# Where KIWI's zypper backend writes an authenticated repository's user and password, in plain
+# text (``username=``/``password=``), below the shared cache: kiwi/repository/zypper.py
+# ``add_repo`` (credentials-dir), named ``kiwiRepoCredentials`` unless the URL's ``?credentials=``
+# names another file (kiwi/system/uri.py ``credentials_file_name``).  KIWI never removes it.
+ZYPPER_CREDENTIALS_DIR = Path("zypper") / "credentials"
 
 
 @dataclass
@@ -108,6 +113,29 @@ class KiwiInvocation:
             link = self.esp_fallback_dir / "bin" / name
             if not link.exists():
                 link.symlink_to(HOSTSHIM)
+
+
+def seal_repository_credentials(cache_dir: Path) -> None:
+    """Before KIWI runs: the directory KIWI's zypper writes credentials to exists, is root's alone
+    (0700, whatever the umask made of an earlier one), and holds nothing a killed build left."""
+    directory = cache_dir / ZYPPER_CREDENTIALS_DIR
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    remove_repository_credentials(cache_dir)
+
+
+def remove_repository_credentials(cache_dir: Path) -> None:
+    """Remove what KIWI's zypper wrote into its credentials directory of the shared cache.
+
+    Called while this build holds the package cache (locks.lock_cache), so another build's file
+    is never touched: the directory holds only credentials files KIWI wrote for this build.
+    """
+    directory = cache_dir / ZYPPER_CREDENTIALS_DIR
+    if not directory.is_dir() or directory.is_symlink():
+        return
+    for entry in directory.iterdir():
+        if entry.is_file() or entry.is_symlink():
+            entry.unlink()
 
 
 def execute(build: KiwiInvocation, log_path: Path, on_phase: Callable[[str], None],

@@ -335,10 +335,10 @@ def _run_kiwi(context: BuildContext) -> None:
     cache until KIWI is done with the package manager.  KIWI's phases are steps of these."""
     request, staging = context.request, context.staging
     log = staging.publish / "build.log"
-    with _package_cache(context) as cache:
+    with _package_cache(context) as hand_on:
         def kiwi_step(name: str) -> None:
             if name == kiwi.CACHE_DONE_PHASE:
-                cache.release()  # KIWI is done with the package manager: the next build may go
+                hand_on()  # KIWI is done with the package manager: the next build may go
             context.phases.step(None if name == kiwi.DONE_PHASE else name)
 
         with context.phase("prepared root"):
@@ -352,13 +352,31 @@ def _run_kiwi(context: BuildContext) -> None:
 
 
 @contextmanager
-def _package_cache(context: BuildContext) -> Iterator[locks.Lock]:
-    """Hold the package cache; a wait for another build's package manager is a phase of its own."""
+def _package_cache(context: BuildContext) -> Iterator[Callable[[], None]]:
+    """Hold the package cache; a wait for another build's package manager is a phase of its own.
+
+    Yields the call that hands the cache on.  KIWI's zypper leaves the repository password in
+    the cache (kiwi.ZYPPER_CREDENTIALS_DIR): it is removed whenever this build lets go of the
+    cache — when KIWI is done with the package manager, or on failure or signal — and never
+    after, when the file may be the next build's.
+    """
+    cache_dir = context.request.cache_dir
     with ExitStack() as waiting:
-        lock = locks.lock_cache(context.request.cache_dir, lambda message: waiting.enter_context(
+        lock = locks.lock_cache(cache_dir, lambda message: waiting.enter_context(
             context.phase("wait for the package cache", message)))
+
+    def hand_on() -> None:
+        if lock.held:
+            kiwi.remove_repository_credentials(cache_dir)
+            lock.release()
+
     with lock:
-        yield lock
+        try:
+            kiwi.seal_repository_credentials(cache_dir)
+            yield hand_on
+        finally:
+            with signals.deferred():
+                hand_on()
 
 
 def _record(context: BuildContext, image: Path, digests: dict[str, dict], sbom_file: Path,
