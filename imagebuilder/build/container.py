@@ -171,6 +171,8 @@ def engine_command(engine_path: str, image: str, request: BuildRequest, as_json:
         inner += ["--force"]
     if request.mirror:
         inner += ["--mirror", request.mirror]
+    if request.ltss:
+        inner.append("--ltss")
     for repo in request.extra_repositories:
         inner += ["--repo", _repo_option(repo)]
     if request.credentials_file:

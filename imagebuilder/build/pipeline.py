@@ -53,6 +53,7 @@ class BuildRequest:
     target: Target
     out_dir: Path
     mirror: str | None = None
+    ltss: bool = False  # SLES 15 SPx: the LTSS update repository too
     extra_repositories: tuple[Repository, ...] = ()
     credentials_file: Path | None = None
     signing_keys: tuple[Path, ...] = ()
@@ -66,7 +67,7 @@ class BuildRequest:
     @cached_property
     def repositories(self) -> list[Repository]:
         # Target repositories first: KIWI pairs credentials with the leading --add-repo values.
-        return self.target.repositories(self.mirror) + list(self.extra_repositories)
+        return self.target.repositories(self.mirror, self.ltss) + list(self.extra_repositories)
 
     def credentials(self) -> Credentials | None:
         """The user's (--credentials, environment), or those the host's repositories name."""
@@ -199,7 +200,8 @@ def dry_run(request: BuildRequest) -> dict:
             "out": str(out_dir), "out_state": state, "staging": str(staging.root),
             "description": str(invocation.description),
             "command": [redact(word) for word in invocation.command()],
-            "esp_fallback": invocation.esp_fallback_dir is not None, "note": note}
+            "esp_fallback": invocation.esp_fallback_dir is not None, "note": note,
+            "warning": request.target.chosen.end_of_life_warning()}
 
 
 def build(request: BuildRequest, on_event: Listener) -> dict:
@@ -217,12 +219,20 @@ def build(request: BuildRequest, on_event: Listener) -> dict:
         require_regular_file(key, "--signing-key")
     credentials = request.credentials()
     host = preflight(request, out_dir)
+    end_of_life = request.target.chosen.end_of_life_warning()
+    if end_of_life:
+        phases.note(f"warning: {end_of_life}")
     if host.esp_fallback:
         phases.note(ESP_FALLBACK_NOTE)
     with locks.lock_out(out_dir):
         outdir.check(out_dir, request.force, request.cache_dir)  # as it is now that it is ours
         with phases.phase("check repositories"):
-            check_reachable(request.repositories, credentials)
+            try:
+                check_reachable(request.repositories, credentials)
+            except RepositoryError as gone:
+                if end_of_life:  # mirrors drop a release some time after its end
+                    raise RepositoryError(gone.message, end_of_life) from None
+                raise
         return _stage_and_publish(request, out_dir, lambda staging: _build_in(
             BuildContext(request, out_dir, staging, host, credentials, phases, durations)))
 

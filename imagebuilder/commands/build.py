@@ -68,6 +68,8 @@ def build_command(dry_run, as_json, container, container_image, progress_format,
             click.echo("command: " + shlex.join(plan["command"]))
             if plan["note"]:
                 click.echo(f"note: {plan['note']}", err=True)
+        if plan["warning"]:
+            click.echo(f"warning: {plan['warning']}", err=True)
         return
     if container or container_image:
         from ..build import container as containers  # only this path needs the engine

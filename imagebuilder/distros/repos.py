@@ -153,9 +153,14 @@ def _deb822_fields(stanza: str) -> dict[str, str]:
     return fields
 
 
-def host_zypper_repositories(release: str, root: str | None = None
+# The release in a SUSE repository URL: /15-SP5/, /15-SP5-LTSS/ (SLE 15) or /16.0/ (SLE 16).
+RELEASE_IN_URL = re.compile(r"/(1\d-SP\d+|1[6-9]\.\d+)(-LTSS)?/")
+
+
+def host_zypper_repositories(release: str, root: str | None = None, ltss: bool = False
                              ) -> tuple[list[Repository], list[str]]:
-    """A registered SUSE host's enabled zypper repositories for ``release`` (e.g. "15-SP5").
+    """A registered SUSE host's enabled zypper repositories for ``release`` (e.g. "15-SP5",
+    "16.0"); its LTSS repositories only when asked for (``ltss``).
 
     Reads ``/etc/zypp/repos.d/*.repo`` (INI: ``[alias]``, ``baseurl=``, ``enabled=``,
     ``type=``) the way ``debian`` reads the host's apt sources.  SUSEConnect writes SCC
@@ -180,10 +185,12 @@ def host_zypper_repositories(release: str, root: str | None = None
             url = urls[0] if urls else ""
             if not url or section.get("enabled", "1").strip() != "1":
                 continue
-            release_match = re.search(r"/(1\d-SP\d+)/", url)
+            release_match = RELEASE_IN_URL.search(url)
             if not release_match or release_match.group(1) != release:
                 if release_match:
                     others.add(release_match.group(1))
+                continue
+            if release_match.group(2) and not ltss:
                 continue
             base, _, query = url.partition("?")
             parts = [part for part in query.split("&") if part]
