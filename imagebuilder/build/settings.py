@@ -188,8 +188,8 @@ SETTINGS = (
     Setting("--container", "container", "Build inside the target's own container image (podman "
             "or docker): how Leap and SLES are built on a non-SUSE host.", part=COMMAND, flag=True),
     Setting("--container-image", "container_image", "The container image for --container.",
-            part=COMMAND, metavar="IMAGE", shown_default="openSUSE Leap or SLE BCI of the "
-            "release; debian: localhost/tdx-image-debian:12 from containers/make-debian-12-image"),
+            part=COMMAND, metavar="IMAGE", shown_default="openSUSE Leap of the release's "
+            "generation (sles too: 15.6 or 16.0); debian: localhost/tdx-image-debian:12 from containers/make-debian-12-image"),
     Setting("--out", "out_dir", "Where the artifacts are published.",
             click.Path(file_okay=False, path_type=Path), metavar="DIR", shown_default="out/TARGET"),
     Setting("--mirror", "mirror", "Base URL of the distribution's repositories (Debian: the "

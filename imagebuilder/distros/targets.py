@@ -209,8 +209,11 @@ class Target:
 
 
 LEAP_IMAGE = "registry.opensuse.org/opensuse/leap:{}"
-# SLE BCI base: pulls without registration; unregistered it sees only the SLE_BCI repository.
-SLE_BCI_IMAGE = "registry.suse.com/bci/bci-base:{}"
+# SLES builds in the Leap container of its generation, not in SLE BCI (registry.suse.com/bci/
+# bci-base): an unregistered BCI container sees only the SLE_BCI repository, which is not shown
+# to hold the disk tools KIWI needs; Leap's repositories have them, and Leap 15.6 / 16.0 carry
+# the rpm of SLES 15 / 16, which is what KIWI needs from the build host.
+SLES_BUILDER_15, SLES_BUILDER_16 = LEAP_IMAGE.format("15.6"), LEAP_IMAGE.format("16.0")
 # Made on the build host by containers/make-debian-12-image (no registry needed).
 DEBIAN_BUILDER_IMAGE = "localhost/tdx-image-debian:12"
 
@@ -227,15 +230,15 @@ LEAP_RELEASES = (
             date(2024, 12, 31), "leap --release 16.0"),
 )
 SLES_RELEASES = (
-    Release("16.0", "SUSE Linux Enterprise Server 16.0", "16.0.0", SLE_BCI_IMAGE.format("16.0"),
+    Release("16.0", "SUSE Linux Enterprise Server 16.0", "16.0.0", SLES_BUILDER_16,
             "SLES16", 16),
     Release("15-SP7", "SUSE Linux Enterprise Server 15 SP7", "15.7.0",
-            SLE_BCI_IMAGE.format("15.7"), "SLES15", 15),
+            SLES_BUILDER_15, "SLES15", 15),
     Release("15-SP6", "SUSE Linux Enterprise Server 15 SP6", "15.6.0",
-            SLE_BCI_IMAGE.format("15.6"), "SLES15", 15, date(2025, 12, 31),
+            SLES_BUILDER_15, "SLES15", 15, date(2025, 12, 31),
             "sles --release 16.0 (or 15-SP7)", ltss=True),
     Release("15-SP5", "SUSE Linux Enterprise Server 15 SP5", "15.5.0",
-            SLE_BCI_IMAGE.format("15.5"), "SLES15", 15, date(2024, 12, 31),
+            SLES_BUILDER_15, "SLES15", 15, date(2024, 12, 31),
             "sles --release 16.0 (or 15-SP7)", ltss=True),
 )
 
