@@ -13,7 +13,7 @@ from imagebuilder.host import buildhost
 from imagebuilder.core.errors import CredentialsError, InputError, RepositoryError
 from imagebuilder.distros.repos import Credentials, host_zypper_repositories
 from imagebuilder.distros.targets import TARGETS, get_target
-from tests.conftest import run_cli
+from tests.conftest import FakeHost, run_cli
 
 ZYPP_SAMPLE = Path(__file__).parent / "data" / "zypp"  # files as SUSEConnect writes them
 RMT_PASSWORD = "rmt-pass:w/rd@1"
@@ -97,13 +97,13 @@ def test_a_build_of_an_ended_release_warns_on_build_summary_and_doctor(tmp_path)
 
 def test_a_gone_repository_of_an_ended_release_says_why(tmp_path, repo_server, monkeypatch):
     from imagebuilder.build import pipeline
+    from imagebuilder.host import locks
 
-    monkeypatch.setattr(pipeline, "preflight", lambda request, out_dir: pipeline.Host("kiwi-ng", "11", False))
-    monkeypatch.setattr(pipeline.requirements, "require", lambda *args, **kwargs: None)
+    monkeypatch.setattr(locks, "LOCK_DIR", tmp_path / "locks")
     request = pipeline.BuildRequest(target=get_target("leap", "15.5"), out_dir=tmp_path / "leap",
-                                    mirror=f"{repo_server}/gone")
-    with pytest.raises(RepositoryError) as raised:
-        pipeline.build(request, lambda event: None)
+                                    mirror=f"{repo_server}/gone", cache_dir=tmp_path / "cache")
+    with pytest.raises(RepositoryError) as raised:  # a SUSE 15 host as the build wants it
+        pipeline.build(request, lambda event: None, FakeHost())
     assert raised.value.exit_code == 4 and "end of general support on 2024-12-31" in raised.value.hint
 
 

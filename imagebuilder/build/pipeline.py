@@ -27,6 +27,7 @@ from pathlib import Path
 from .. import __version__
 from . import cleanup, incremental, kiwi, kiwicheck, outdir, publish, sbom, settings
 from ..host import buildhost, locks, requirements, runner, signals
+from ..host.facts import HostFacts
 from ..vm.boot import boot_image
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
 from .compose import Composition, Customisation, compose, read_ssh_keys
@@ -90,20 +91,6 @@ class BuildRequest:
 
 
 @dataclass(frozen=True)
-class Host:
-    """What the preflight found out about the host, once per build."""
-
-    kiwi: str  # the kiwi-ng command
-    kiwi_version: str
-    esp_fallback: bool  # the kernel cannot mount vfat: the ESP is written with mtools
-
-    @classmethod
-    def probe(cls) -> Host:
-        return cls(buildhost.kiwi_command(), buildhost.kiwi_version(),
-                   esp_fallback=not buildhost.kernel_mounts_vfat())
-
-
-@dataclass(frozen=True)
 class BuildContext:
     """One build: the request, where it stages, the host facts and credentials resolved once,
     and the phases it reports.  Steps take it with what the steps before them made, and return
@@ -112,7 +99,7 @@ class BuildContext:
     request: BuildRequest
     out_dir: Path
     staging: Staging
-    host: Host
+    host: HostFacts
     credentials: Credentials | None
     phases: Phases
     durations: Durations
@@ -147,11 +134,11 @@ class Published:
     manifest: Path
 
 
-def kiwi_invocation(request: BuildRequest, host: Host, staging: Staging,
+def kiwi_invocation(request: BuildRequest, host: HostFacts, staging: Staging,
                     credentials: Credentials | None) -> kiwi.KiwiInvocation:
     """The kiwi-ng run that builds ``request`` in ``staging``."""
     return kiwi.KiwiInvocation(
-        kiwi=host.kiwi,
+        kiwi=host.kiwi_command,
         description=staging.description,
         target_dir=staging.kiwi_target,
         cache_dir=request.cache_dir,
@@ -159,7 +146,7 @@ def kiwi_invocation(request: BuildRequest, host: Host, staging: Staging,
         profile=request.target.profile,
         credentials_file=staging.credentials if credentials else None,
         signing_keys=list(request.signing_keys),
-        esp_fallback_dir=staging.esp_fallback if host.esp_fallback else None,
+        esp_fallback_dir=None if host.mounts_vfat else staging.esp_fallback,
     )
 
 
@@ -171,7 +158,7 @@ def compose_description(request: BuildRequest, destination: Path) -> Composition
     return composition
 
 
-def dry_run(request: BuildRequest) -> dict:
+def dry_run(request: BuildRequest, host: HostFacts) -> dict:
     """What a build would do: let KIWI check the composed description (in a temporary directory,
     removed again) and return the kiwi-ng command as the build would run it, beside --out."""
     out_dir = outdir.check(request.out_dir, request.force, request.cache_dir)
@@ -191,7 +178,7 @@ def dry_run(request: BuildRequest) -> dict:
                                     request.repositories)
     # The staging directory's random suffix is made when a build starts.
     staging = Staging(out_dir.parent / f".{out_dir.name}.staging-XXXXXXXX")
-    invocation = kiwi_invocation(request, Host.probe(), staging, credentials)
+    invocation = kiwi_invocation(request, host, staging, credentials)
     redact = runner.Redactor(request.secrets(credentials))
     state = ("absent: will be created" if not os.path.lexists(out_dir) else
              "empty or an earlier output: will be replaced" if outdir.replaceable(out_dir) else
@@ -204,25 +191,25 @@ def dry_run(request: BuildRequest) -> dict:
             "warning": request.target.chosen.end_of_life_warning()}
 
 
-def build(request: BuildRequest, on_event: Listener) -> dict:
+def build(request: BuildRequest, on_event: Listener, host: HostFacts) -> dict:
     """Build, check and publish; return the build record (also written as build.json)."""
     durations = Durations()
     phases = Phases(on_event, durations)
     # A host that cannot build this target at all says so first, then --out, then the user's
     # other inputs, then the host's root, tools and space.
     requirements.require(f"build:{request.target.package_manager}",
-                         context=requirements.Context(target=request.target))
+                         context=requirements.Context(host, target=request.target))
     out_dir = outdir.check(request.out_dir, request.force, request.cache_dir)
     if request.custom.ssh_key:
         read_ssh_keys(request.custom.ssh_key)
     for key in request.signing_keys:
         require_regular_file(key, "--signing-key")
     credentials = request.credentials()
-    host = preflight(request, out_dir)
+    preflight(request, out_dir, host)
     end_of_life = request.target.chosen.end_of_life_warning()
     if end_of_life:
         phases.note(f"warning: {end_of_life}")
-    if host.esp_fallback:
+    if not host.mounts_vfat:
         phases.note(ESP_FALLBACK_NOTE)
     with locks.lock_out(out_dir):
         outdir.check(out_dir, request.force, request.cache_dir)  # as it is now that it is ours
@@ -237,14 +224,13 @@ def build(request: BuildRequest, on_event: Listener) -> dict:
             BuildContext(request, out_dir, staging, host, credentials, phases, durations)))
 
 
-def preflight(request: BuildRequest, out_dir: Path) -> Host:
+def preflight(request: BuildRequest, out_dir: Path, host: HostFacts) -> None:
     """What the host must offer before a KIWI run is worth starting (requirements.py)."""
-    requirements.require("root")
+    requirements.require("root", context=requirements.Context(host))
     require_writable_dir(out_dir.parent, f"--out {out_dir}")
     require_writable_dir(request.cache_dir, f"--cache-dir {request.cache_dir}")
-    requirements.require("build", context=requirements.Context(build_dir=out_dir.parent,
+    requirements.require("build", context=requirements.Context(host, build_dir=out_dir.parent,
                                                                target=request.target))
-    return Host.probe()
 
 
 def _stage_and_publish(request: BuildRequest, out_dir: Path,
@@ -412,7 +398,7 @@ def _record(context: BuildContext, composition: Composition, decision: increment
             "credentials_used": context.credentials is not None,
         },
         "host": {"kernel": platform.release(), "python": sys.version.split()[0],
-                 "esp_fallback": context.host.esp_fallback},
+                 "esp_fallback": not context.host.mounts_vfat},
         "tools": {"kiwi": context.host.kiwi_version,
                   "qemu-img": buildhost.tool_version(["qemu-img", "--version"])},
         "kiwi_command": context.final([context.redact(word) for word in decision.invocation.command()]),

@@ -25,6 +25,7 @@ from ..core.inputs import require_regular_file
 from ..host.virt import KVM_FAILURE, read, running
 from .launch import Launch, choose_accel
 from ..measure import predict
+from ..host.facts import HostFacts
 from ..host.requirements import require_ovmf, require_tdx_host
 from ..schemas import SCHEMA_VERSION
 from ..image.disk import image_format as disk_format
@@ -193,7 +194,8 @@ def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: st
 
 def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool = False,
                timeout: float = DEFAULT_BOOT_TIMEOUT_S, console_log: Path, firmware: Path | None = None,
-               progress: Callable[[float, str], None] | None = None) -> BootResult:
+               progress: Callable[[float, str], None] | None = None,
+               host: HostFacts | None = None) -> BootResult:
     """Boot a throwaway copy of ``image`` and return the guest's self-check report.
 
     With ``tdx`` the image is launched as a TD and passes only if the guest says it is one (and,
@@ -207,11 +209,12 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     require_regular_file(image, "image")
     if tpm and tdx:
         raise InputError("--tpm and --tdx are different VMs", "boot once with each")
-    requirements.require("boot", *(["boot:tpm"] if tpm else []))
+    host = host or HostFacts()
+    requirements.require("boot", *(["boot:tpm"] if tpm else []), context=requirements.Context(host))
     image_format = disk_format(image)  # a truncated qcow2 fails here, not after the timeout
-    tdvf = require_tdx_host(firmware) if tdx else None
-    ovmf = None if tdx else require_ovmf(firmware)
-    chosen, fallback_reason = choose_accel(accel, tdx)
+    tdvf = require_tdx_host(firmware, host) if tdx else None
+    ovmf = None if tdx else require_ovmf(firmware, host)
+    chosen, fallback_reason = choose_accel(accel, tdx, host)
     prediction = predict(image).to_dict() if tpm else None  # offline, before a long boot
     console_log.parent.mkdir(parents=True, exist_ok=True)
     console_log.unlink(missing_ok=True)
