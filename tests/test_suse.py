@@ -278,3 +278,19 @@ def test_tokens_and_passwords_of_the_hosts_repositories_are_secrets(monkeypatch,
     line = (f"https://SCC_0123456789abcdef:{RMT_PASSWORD}@rmt.example.com/repo "
             f"{request.repositories[1].full_url}")
     assert RMT_PASSWORD not in Redactor(secrets)(line) and SCC_TOKEN not in Redactor(secrets)(line)
+
+
+def test_suse_repositories_are_pinned_to_the_build_hosts_signing_keys(tmp_path, monkeypatch):
+    from imagebuilder.distros import repos
+
+    monkeypatch.setattr(repos, "SUSE_KEYS_DIR", tmp_path)
+    assert {repo.signing_keys for repo in get_target("leap").repositories(None)} == {()}
+    for name in ("gpg-pubkey-29b700a4-62b07e22.asc", "gpg-pubkey-39db7c82-5f68629b.asc", "README"):
+        (tmp_path / name).write_text("key\n")
+    keys = (str(tmp_path / "gpg-pubkey-29b700a4-62b07e22.asc"),
+            str(tmp_path / "gpg-pubkey-39db7c82-5f68629b.asc"))
+    leap = get_target("leap").repositories(None)
+    assert {repo.signing_keys for repo in leap} == {keys}
+    assert leap[0].kiwi_add_repo().split(",")[6] == "{" + ";".join(f"file://{k}" for k in keys) + "}"
+    sles = get_target("sles", "15-SP5").repositories("https://rmt.example/repo")
+    assert {repo.signing_keys for repo in sles} == {keys}

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..core.paths import DESCRIPTIONS_DIR
 from ..core.errors import CredentialsError, InputError, RepositoryError
-from .repos import DEBIAN_KEYRING, Repository, host_debian_mirrors, host_zypper_repositories
+from .repos import (DEBIAN_KEYRING, Repository, host_debian_mirrors, host_zypper_repositories,
+                    suse_signing_keys)
 
 OPENSUSE_MIRROR = "https://download.opensuse.org"
 # SUSE Customer Center's package host: it serves registered systems per-repository tokens, not
@@ -184,7 +185,11 @@ class Target:
             raise InputError(f"--ltss: {self.title} has no LTSS repositories",
                              f"LTSS exists for {self.name} {', '.join(with_ltss)}" if with_ltss
                              else "only SLES 15 service packs have LTSS")
-        return self.repository_source(self.chosen, mirror, ltss)
+        repositories = self.repository_source(self.chosen, mirror, ltss)
+        if self.package_manager == "zypper":
+            keys = suse_signing_keys()
+            repositories = [replace(repo, signing_keys=keys) for repo in repositories]
+        return repositories
 
     def with_release(self, name: str | None) -> Target:
         if name is None:
