@@ -51,6 +51,9 @@ if [ -f "$credentials" ]; then
     mkdir -p "$cache/zypper/credentials"
     printf 'username=%s\npassword=%s\n' "$(cut -d: -f1 "$credentials")" \
         "$(cut -d: -f2- "$credentials")" > "$cache/zypper/credentials/kiwiRepoCredentials"
+    mkdir -p "$cache/apt-get/auth.conf.d"  # and its apt backend (kiwi/repository/apt.py)
+    printf 'machine file:/mirror login %s password %s\n' "$(cut -d: -f1 "$credentials")" \
+        "$(cut -d: -f2- "$credentials")" > "$cache/apt-get/auth.conf.d/bookworm.conf"
 fi
 # What KIWI must never pass on: the repository password, here in its own output.
 cat "$(dirname "$description")/credentials" 2>/dev/null
@@ -119,7 +122,7 @@ def run_build(out: Path, *options: str):
 
 
 def assert_no_credentials_in_cache(cache: Path) -> None:
-    """KIWI's zypper credentials file is gone and its directory is root's alone."""
+    """KIWI's credentials files are gone and their directories are root's alone."""
     assert not [path for path in cache.rglob("*") if path.is_file()
                 and SECRET.encode() in path.read_bytes()]
     assert (cache / "zypper" / "credentials").stat().st_mode & 0o777 == 0o700

@@ -355,7 +355,7 @@ def _package_cache(context: BuildContext) -> Iterator[Callable[[], None]]:
     """Hold the package cache; a wait for another build's package manager is a phase of its own.
 
     Yields the call that hands the cache on.  KIWI's zypper leaves the repository password in
-    the cache (kiwi.ZYPPER_CREDENTIALS_DIR): it is removed whenever this build lets go of the
+    the cache (kiwi.CREDENTIALS_DIRS): it is removed whenever this build lets go of the
     cache — when KIWI is done with the package manager, or on failure or signal — and never
     after, when the file may be the next build's.
     """
