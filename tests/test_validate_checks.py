@@ -195,6 +195,9 @@ BREAKAGES = [
     Breakage("apt credentials left",
              lambda raw: ext4_write(raw, "/etc/apt/auth.conf.d/mirror.conf", b"machine mirror login builder password secret\n"),
              {"secure.repo-credentials": "fail"}),
+    Breakage("zypper's credentials.cat left",  # libzypp's store for a password from a URL
+             lambda raw: ext4_write(raw, "/root/.zypp/credentials.cat", b"[https://rmt.invalid/repo]\nusername=u\npassword=secret\n", 0o600),
+             {"secure.repo-credentials": "fail"}),
     Breakage("password in a repository URL",
              lambda raw: ext4_write(raw, "/etc/zypp/repos.d/updates.repo", b"[updates]\nbaseurl=https://builder:secret@mirror.invalid/repo\n"),
              {"secure.repo-credentials": "fail"}),

@@ -239,8 +239,12 @@ URL_WITH_PASSWORD = r"\b[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"
 
 
 def no_repository_credentials(image: Inspection) -> Finding:
+    # libzypp keeps a password it finds in a repository URL (KIWI passes --add-repo-credentials
+    # that way) in the user's credentials.cat below the root it works on (zypp
+    # UrlCredentialExtractor -> CredentialManager::addUserCred: ROOT/$HOME/.zypp/credentials.cat).
     credential_files = [path for path, content in
-                        _files(image, "/etc/zypp/credentials.d/", "/etc/apt/auth.conf", "/etc/apt/auth.conf.d/")
+                        _files(image, "/etc/zypp/credentials.d/", "/etc/zypp/credentials.cat",
+                               "/root/.zypp/credentials.cat", "/etc/apt/auth.conf", "/etc/apt/auth.conf.d/")
                         if content.strip()]
     repositories = _files(image, "/etc/apt/sources.list", "/etc/apt/sources.list.d/", "/etc/zypp/repos.d/")
     found = credential_files + [f"user:password@ URL at {where}" for where in _matching_lines(repositories, URL_WITH_PASSWORD)]
