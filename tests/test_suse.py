@@ -3,6 +3,7 @@ repositories, SCC refusal, and secrets kept out of every output."""
 
 import json
 import os
+import xml.etree.ElementTree as ET
 import shutil
 from datetime import date
 from pathlib import Path
@@ -294,3 +295,29 @@ def test_suse_repositories_are_pinned_to_the_build_hosts_signing_keys(tmp_path, 
     assert leap[0].kiwi_add_repo().split(",")[6] == "{" + ";".join(f"file://{k}" for k in keys) + "}"
     sles = get_target("sles", "15-SP5").repositories("https://rmt.example/repo")
     assert {repo.signing_keys for repo in sles} == {keys}
+
+
+@pytest.mark.parametrize("target, release, network, product", [
+    ("leap", "16.0", "NetworkManager", "Leap-release"),
+    ("leap", "15.5", "wicked", "openSUSE-release"),
+    ("sles", "16.0", "NetworkManager", "SLES-release"),
+    ("sles", "15-SP7", "wicked", "sles-release"),
+])
+def test_each_generation_gets_its_network_stack_and_product(target, release, network, product, tmp_path):
+    from imagebuilder.build.pipeline import BuildRequest, compose_description
+
+    summary = json.loads(run_cli("summary", target, "--release", release, "--json").stdout)
+    packages = summary["image"]["packages"]
+    assert network in packages and ({"wicked", "NetworkManager"} - {network}).isdisjoint(packages)
+    composed = compose_description(BuildRequest(target=get_target(target, release),
+                                                 out_dir=tmp_path / "o"), tmp_path / "d")
+    profile = get_target(target, release).profile
+    sections = ET.parse(composed.path / "config.xml").getroot().iterfind("packages")
+    bootstrap = {package.get("name") for section in sections if section.get("type") == "bootstrap"
+                 and profile in (section.get("profiles") or profile).split(",")
+                 for package in section.iterfind("package")}
+    assert product in bootstrap and not {"openSUSE-release", "sles-release", "SLES-release",
+                                         "Leap-release"} - {product} & bootstrap
+    script = (composed.path / "config.sh").read_text()
+    assert "systemctl mask suseconnect-keepalive.timer" in script
+    assert "rm -f /root/.zypp/credentials.cat" in script
