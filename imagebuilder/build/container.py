@@ -34,7 +34,10 @@ ENGINE_ENV = "TDX_IMAGE_CONTAINER_ENGINE"
 ENGINES = ("podman", "docker")
 PROVISION = Path(__file__).resolve().parent / "container-provision.sh"
 VENV_PYTHON = "/opt/tdx-image/bin/python"
-CONTAINER_PYTHON = "3.11"  # Debian 12's python3; python311 on SUSE 15 (container-provision.sh)
+# The builders' Pythons (container-provision.sh): 3.11 is Debian 12's python3 and SUSE 15's
+# python311; SUSE 16 ships 3.13 (python313, as KIWI's build-tests/x86/leap/
+# test-image-aws-isolated-compute installs python313-cbor2).  Wheels are fetched for both.
+CONTAINER_PYTHONS = ("3.11", "3.13")
 GLIBC_MINOR = 31  # the oldest glibc among the builder images: Leap 15.5 / SLE 15 SP5, 2.31
 HOST_ZYPP_MOUNT = "/run/tdx-image/host"  # the host's /etc/zypp appears below this
 # Seconds the build inside gets to stop after SIGINT: KIWI's own grace and the engine's teardown.
@@ -121,14 +124,15 @@ def _fetch_wheels(requirements_file: Path, wheels: Path) -> None:
     pip = [sys.executable, "-m", "pip"]
     platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(17, GLIBC_MINOR + 1)]
     platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "any"]
-    abi = "cp" + CONTAINER_PYTHON.replace(".", "")
-    for command in (
-        [*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), "-r", str(requirements_file)],
-        [*pip, "download", "--quiet", "--only-binary=:all:", "--python-version", CONTAINER_PYTHON,
-         "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none",
-         *[f"--platform={platform}" for platform in platforms], "--find-links", str(wheels),
-         "--dest", str(wheels), "-r", str(requirements_file)],
-    ):
+    commands = [[*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), "-r",
+                 str(requirements_file)]]
+    for version in CONTAINER_PYTHONS:
+        commands.append(
+            [*pip, "download", "--quiet", "--only-binary=:all:", "--python-version", version,
+             "--implementation", "cp", "--abi", "cp" + version.replace(".", ""), "--abi", "abi3",
+             "--abi", "none", *[f"--platform={platform}" for platform in platforms],
+             "--find-links", str(wheels), "--dest", str(wheels), "-r", str(requirements_file)])
+    for command in commands:
         result = runner.run(command)
         if result.returncode != 0:
             raise RepositoryError("pip could not fetch KIWI and the driver's dependencies for the "
