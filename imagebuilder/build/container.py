@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import kiwi, outdir, progress, settings
-from ..host import runner
+from ..host import locks, runner
 from .pipeline import BuildRequest
 from ..core.errors import HostError, InputError, Interrupted, RepositoryError, TdxImageError
 from ..distros.repos import ZYPP_ROOT_ENV, Repository
@@ -157,6 +157,9 @@ def engine_command(engine_path: str, image: str, request: BuildRequest, as_json:
                *[word for source in _driver_sources() for word in ("--volume", f"{source}:{source}:ro")],
                "--volume", f"{out_dir.parent}:{out_dir.parent}",
                "--volume", f"{cache_dir}:{cache_dir}",
+               # The host's build locks: the package cache is shared with builds outside (and
+               # in other containers), so its lock must be too, or two apt-gets meet in it.
+               "--volume", f"{locks.LOCK_DIR}:{locks.LOCK_DIR}",
                "--env", f"PYTHONPATH={PACKAGE_DIR.parent}", "--workdir", str(PACKAGE_DIR.parent)]
     inputs = [request.custom.ssh_key, request.credentials_file, *request.signing_keys]
     for path in (Path(p).resolve() for p in inputs if p):
@@ -213,7 +216,7 @@ def build_in_container(request: BuildRequest, container_image: str | None, as_js
     else:
         image = ensure_builder(engine_path, base, lambda text: print(text, file=sys.stderr),
                                engine_output=sys.stderr)
-    for directory in (request.out_dir.resolve().parent, request.cache_dir.resolve()):
+    for directory in (request.out_dir.resolve().parent, request.cache_dir.resolve(), locks.LOCK_DIR):
         directory.mkdir(parents=True, exist_ok=True)  # the engine mounts only what exists
     try:
         # A signal reaches the engine as SIGINT; it forwards it to the build, which releases its
