@@ -40,7 +40,8 @@ class FakeHost(HostFacts):
     """A host with the facts a test names and otherwise those of a capable build host that
     cannot run TDs (no KVM, no TDVF).  Facts HostFacts keeps as properties are given by name;
     the tools missing, the devices present, the free space and why SUSE targets cannot build
-    here, as data.  Whether a file is TDVF is read from the file the test made."""
+    here, as data.  Whether a file is TDVF is read from the file the test made; whether a TDVF
+    measures the boot into RTMRs is ``td_measured_boot`` (None: read from the file too)."""
 
     CAPABLE = {"is_root": True, "family": "debian", "kiwi_command": "/usr/bin/kiwi-ng",
                    "kiwi_version": "11.1.6", "mounts_vfat": True, "cpu_vendor": "GenuineIntel", "kvm_tdx": "",
@@ -48,11 +49,16 @@ class FakeHost(HostFacts):
                    "kvm_failure": "/dev/kvm is absent", "ovmf": None, "tdvf": None}
 
     def __init__(self, *, missing=(), devices=("/dev/loop-control",), free_bytes=100 * 2**30,
-                 build_host_problem=None, **facts):
+                 build_host_problem=None, td_measured_boot=True, **facts):
         assert set(facts) <= set(self.CAPABLE), f"no such fact: {set(facts) - set(self.CAPABLE)}"
         self.__dict__.update({**self.CAPABLE, **facts})  # what cached_property would have kept
         self._missing, self._devices, self._free = set(missing), set(devices), free_bytes
-        self._problem = build_host_problem
+        self._problem, self._measured_boot = build_host_problem, td_measured_boot
+
+    def td_measured_boot(self, firmware):
+        if self._measured_boot is None:
+            return super().td_measured_boot(firmware)
+        return self._measured_boot
 
     def missing(self, tools):
         return [tool for tool in tools if tool in self._missing]

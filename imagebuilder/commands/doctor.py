@@ -32,8 +32,10 @@ SECTIONS = {
 }
 
 
-def host_checks(section: str, build_dir: Path, host: HostFacts) -> list[Result]:
-    purposes, context = SECTIONS[section], requirements.Context(host, build_dir=build_dir)
+def host_checks(section: str, build_dir: Path, host: HostFacts,
+                firmware: Path | None = None) -> list[Result]:
+    purposes = SECTIONS[section]
+    context = requirements.Context(host, build_dir=build_dir, firmware=firmware)
     results = []
     for requirement in requirements.REQUIREMENTS:
         severities = {purposes[purpose] for purpose in requirement.needed_for if purpose in purposes}
@@ -50,8 +52,8 @@ def build_checks(build_dir: Path, host: HostFacts) -> list[Result]:
             release_check(name) for name in TARGETS]
 
 
-def tdx_checks(host: HostFacts) -> list[Result]:
-    return host_checks("tdx", Path("."), host)
+def tdx_checks(host: HostFacts, firmware: Path | None = None) -> list[Result]:
+    return host_checks("tdx", Path("."), host, firmware)
 
 
 def repository_check(target_name: str) -> Result:
@@ -88,12 +90,15 @@ def record(check: Result) -> dict:
               help="Check only the build host or only the TDX host.")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Where builds will write (free space is checked there).")
+@click.option("--firmware", "--tdvf", "firmware", type=click.Path(dir_okay=False, path_type=Path),
+              help="The TDVF a TD would boot with: is it TDVF, does it measure the boot into RTMRs?  "
+                   "[default: the host's, preferring one that does]")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @pass_host
-def doctor_command(host, only, build_dir, as_json):
+def doctor_command(host, only, build_dir, firmware, as_json):
     """Check this machine: can it build images, and can it run them as TDs?"""
     checks = ((build_checks(build_dir, host) if only != "tdx" else [])
-              + (tdx_checks(host) if only != "build" else []))
+              + (tdx_checks(host, firmware) if only != "build" else []))
     failed = [f"{item.group}: {item.id}" for item in checks if item.failed]
     report = {"ok": not failed, "checks": [record(item) for item in checks]}
     if failed and as_json:  # the CLI prints the checks with the error as one document

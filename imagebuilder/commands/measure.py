@@ -45,7 +45,7 @@ def render(prediction: Prediction, console: Console) -> None:
                    "/sys/kernel/security/tpm0/binary_bios_measurements): name where they part.")
 def measure_command(image: Path, as_json: bool, show_events: bool, log_file: Path | None):
     """Predict IMAGE's boot measurements offline: RTMR1/RTMR2 of a TD booted with TDVF, and
-    PCR 4, 5, 8, 9, 14 (SHA-384) of a VM with a software TPM (the `boot --tpm` shape)."""
+    PCR 4, 5, 8, 9, 11, 12, 14 (SHA-384) of a VM with a software TPM (the `boot --tpm` shape)."""
     if log_file is not None:  # before the prediction: a FIFO would hang the read after it
         require_regular_file(log_file, "--log")
     prediction = predict(image)
@@ -69,11 +69,13 @@ def measure_command(image: Path, as_json: bool, show_events: bool, log_file: Pat
     else:
         console = Console()
         if show_events:
-            for event in prediction.events:
+            for step in prediction.steps:
+                event, where = step.event, "TD" if step.in_td else "TPM only"
                 console.print(f"PCR {event.pcr:>2} {event.digest.hex()[:16]}… "
-                              f"{event.description.splitlines()[0]}", markup=False, highlight=False)
+                              f"{event.description.splitlines()[0]}  [{step.by}; {where}]",
+                              markup=False, highlight=False, soft_wrap=True)
         render(prediction, console)
     if log_matches:
-        click.echo(f"{log_file}: every event of PCR 4, 5, 8, 9 and 14 as predicted", err=True)
+        click.echo(f"{log_file}: every event of PCR {', '.join(map(str, PREDICTED_PCRS))} as predicted", err=True)
     if failure:
         raise failure

@@ -168,14 +168,15 @@ def qemu_tdx_guest(context: Context) -> Finding:
 
 
 def tdvf(context: Context) -> Finding:
-    if context.firmware is not None:
-        if context.host.is_tdvf(context.firmware):
-            return Finding(True, f"{context.firmware} carries TDX metadata")
+    if context.firmware is not None and not context.host.is_tdvf(context.firmware):
         return Finding(False, f"{context.firmware} is not TDVF (no TDX metadata)")
-    found = context.host.tdvf
+    found = context.firmware or context.host.tdvf
     if found is None:
         return Finding(False, "no TDVF firmware in " + ", ".join(map(str, virt.TDVF_CANDIDATES)))
-    return Finding(True, f"{found} carries TDX metadata")
+    note = context.host.td_firmware_note(found)
+    if note:  # a TD still runs: a warning, not a missing requirement
+        return Finding(True, f"TDX metadata, but {note}", warning=True)
+    return Finding(True, f"{found} carries TDX metadata and TdTcg2Dxe (the boot is measured into RTMRs)")
 
 
 def kvm(context: Context) -> Finding:

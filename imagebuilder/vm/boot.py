@@ -8,8 +8,11 @@ runs a qcow2 overlay backed by it, in a temporary directory. QEMU runs in its ow
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
+import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,12 +28,17 @@ from ..core.inputs import require_regular_file
 from ..host.virt import KVM_FAILURE, read, running
 from .launch import Launch, choose_accel
 from ..measure import predict
+from ..measure.eventlog import EventLogError, LoggedEvent, parse_tcg2_log
+from ..measure.predict import compare_with_log
 from ..host.facts import HostFacts
 from ..host.requirements import require_ovmf, require_tdx_host
 from ..schemas import SCHEMA_VERSION
 from ..image.disk import image_format as disk_format
 
 SELFCHECK_PREFIX = "TDX-SELFCHECK "
+# The self-check's copy of the firmware's TPM event log, base64 on one line (where the kernel
+# has it: a UKI boot; grub's legacy loader does not hand it over).
+EVENT_LOG_LINE = re.compile(r"TDX-EVENTLOG ([A-Za-z0-9+/]+=*)$", re.MULTILINE)  # after systemd's prefix
 # CSI sequences (colours, cursor moves) and charset switches that systemd and GRUB print.
 ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-9;?=]*[A-Za-z]|[()][A-Za-z0-9])")
 POLL_SECONDS = 0.5
@@ -63,12 +71,17 @@ class BootResult:
     console_log: Path
     # With --tpm (PCRs) or --tdx (RTMRs): register -> {"predicted", "guest"}, all equal
     measurements: dict | None = None
+    # With --tdx: what the TDVF means for attestation when it records no RTMR events
+    firmware_note: str | None = None
+    # With --tpm, when the guest printed its event log: {"events": N, "differences": [...]}
+    event_log: dict | None = None
 
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "accel": self.accel, "fallback_reason": self.fallback_reason,
                 "seconds_to_selfcheck": round(self.seconds_to_selfcheck, 1),
                 "selfcheck": self.selfcheck, "console_log": str(self.console_log),
-                "measurements": self.measurements}
+                "measurements": self.measurements, "firmware_note": self.firmware_note,
+                "event_log": self.event_log}
 
 
 def console_text(raw: str) -> str:
@@ -89,6 +102,18 @@ def parse_selfcheck(console: str) -> dict | None:
             return value
         start = text.find(SELFCHECK_PREFIX, start + 1)
     return None
+
+
+def parse_event_log(console: str) -> list[LoggedEvent] | None:
+    """The guest's TCG2 event log from its TDX-EVENTLOG line; None when it printed none or
+    the line arrived damaged (kernel messages can interleave on the console)."""
+    match = EVENT_LOG_LINE.search(console_text(console))
+    if match is None:
+        return None
+    try:
+        return parse_tcg2_log(base64.b64decode(match.group(1), validate=True))
+    except (binascii.Error, EventLogError, struct.error):
+        return None
 
 
 def diagnose(console: str) -> tuple[str, bool]:
@@ -172,8 +197,10 @@ def software_tpm(work: Path):
         yield socket
 
 
-def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: str) -> dict:
-    """register -> {"predicted", "guest"}; a CheckFailed naming every register that differs."""
+def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: str,
+                         log_differences: tuple[str, ...] = ()) -> dict:
+    """register -> {"predicted", "guest"}; a CheckFailed naming every register that differs
+    (and where the guest's event log parts from the prediction, when it has one)."""
     compared = {index: {"predicted": value, "guest": guest.get(index)}
                 for index, value in predicted.items()}
     wrong = []
@@ -186,8 +213,9 @@ def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: st
             wrong.append(f"{kind} {index} (guest {pair['guest'][:12]}…, "
                          f"predicted {pair['predicted'][:12]}…)")
     if wrong:
+        where = f"; its event log: {'; '.join(log_differences)}" if log_differences else ""
         raise CheckFailed(f"boot test failed: the guest's {kind}s differ from "
-                          f"`tdx-image measure`: {', '.join(wrong)}",
+                          f"`tdx-image measure`: {', '.join(wrong)}{where}",
                           "compare with tdx-image measure --json IMAGE")
     return compared
 
@@ -200,7 +228,7 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
 
     With ``tdx`` the image is launched as a TD and passes only if the guest says it is one (and,
     where its kernel exposes RTMRs, only if RTMR1/2 equal the prediction). With ``tpm`` it boots
-    in the reference VM with a software TPM and passes only if the guest's PCR 4, 5, 8, 9 and 14
+    in the reference VM with a software TPM and passes only if the guest's PCR 4, 5, 8, 9, 11, 12, 14
     equal what ``tdx-image measure`` predicts.  ``firmware`` is the UEFI firmware (TDVF with
     ``tdx``), by default the host's; ``progress`` is called while waiting with the seconds
     elapsed and the console's last line.
@@ -213,9 +241,10 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     requirements.require("boot", *(["boot:tpm"] if tpm else []), context=requirements.Context(host))
     image_format = disk_format(image)  # a truncated qcow2 fails here, not after the timeout
     tdvf = require_tdx_host(firmware, host) if tdx else None
+    firmware_note = host.td_firmware_note(tdvf) if tdvf else None
     ovmf = None if tdx else require_ovmf(firmware, host)
     chosen, fallback_reason = choose_accel(accel, tdx, host)
-    prediction = predict(image).to_dict() if tpm else None  # offline, before a long boot
+    predicted = predict(image) if tpm else None  # offline, before a long boot
     console_log.parent.mkdir(parents=True, exist_ok=True)
     console_log.unlink(missing_ok=True)
     try:
@@ -235,11 +264,21 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     if tdx and selfcheck.get("td") is not True:
         raise CheckFailed(f"the guest booted but is not running as a TD: {selfcheck.get('reason')}",
                           f"console log: {console_log}")
-    measurements = None
-    if prediction is not None:  # with tpm
-        measurements = compare_measurements(prediction["pcr_sha384"],
-                                            selfcheck.get("pcr_sha384") or {}, "PCR")
-    elif tdx and selfcheck.get("rtmr"):  # kernels before 6.16 do not expose RTMRs
+    measurements, event_log = None, None
+    if predicted is not None:  # with tpm
+        log = parse_event_log(read(console_log))
+        differences = compare_with_log(predicted, log) if log is not None else []
+        if log is not None:
+            event_log = {"events": len(log), "differences": differences}
+        measurements = compare_measurements(predicted.to_dict()["pcr_sha384"],
+                                            selfcheck.get("pcr_sha384") or {}, "PCR",
+                                            tuple(differences))
+        if differences:  # equal registers from other events: the prediction's story is wrong
+            raise CheckFailed("boot test failed: the guest's event log differs from `tdx-image "
+                              f"measure`: {'; '.join(differences)}", "compare with tdx-image measure --log")
+    # kernels before 6.16 do not expose RTMRs; a TDVF without TdTcg2Dxe extends none
+    elif tdx and selfcheck.get("rtmr") and firmware_note is None:
         measurements = compare_measurements(predict(image).to_dict()["rtmr"], selfcheck["rtmr"],
                                             "RTMR")
-    return BootResult(chosen, fallback_reason, seconds, selfcheck, console_log, measurements)
+    return BootResult(chosen, fallback_reason, seconds, selfcheck, console_log, measurements,
+                      firmware_note, event_log)
