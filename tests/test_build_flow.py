@@ -49,6 +49,17 @@ while [ $# -gt 0 ]; do
     shift
 done
 say() { echo "[ INFO    ]: 10:00:00 | $1"; }
+# The build's credentials, where KIWI's zypper backend writes them for an authenticated
+# repository (kiwi/repository/zypper.py add_repo): plain text below the shared cache.
+credentials="$(dirname "$description")/credentials"
+if [ -f "$credentials" ]; then
+    mkdir -p "$cache/zypper/credentials"
+    printf 'username=%s\npassword=%s\n' "$(cut -d: -f1 "$credentials")" \
+        "$(cut -d: -f2- "$credentials")" > "$cache/zypper/credentials/kiwiRepoCredentials"
+    mkdir -p "$cache/apt-get/auth.conf.d"  # and its apt backend (kiwi/repository/apt.py)
+    printf 'machine file:/mirror login %s password %s\n' "$(cut -d: -f1 "$credentials")" \
+        "$(cut -d: -f2- "$credentials")" > "$cache/apt-get/auth.conf.d/bookworm.conf"
+fi
 # What KIWI must never pass on: the repository password, here in its own output.
 cat "$(dirname "$description")/credentials" 2>/dev/null
 say '@PREPARE@'
@@ -119,6 +130,13 @@ def run_build(out: Path, *options: str):
                                      *options], obj=FakeHost(kiwi_command=str(work / "bin" / "kiwi-ng")))
 
 
+def assert_no_credentials_in_cache(cache: Path) -> None:
+    """KIWI's credentials files are gone and their directories are root's alone."""
+    assert not [path for path in cache.rglob("*") if path.is_file()
+                and SECRET.encode() in path.read_bytes()]
+    assert (cache / "zypper" / "credentials").stat().st_mode & 0o777 == 0o700
+
+
 def events(stderr: str) -> list[dict]:
     """The --progress=json stream: every line one JSON object."""
     return [json.loads(line) for line in stderr.splitlines()]
@@ -152,6 +170,7 @@ def test_a_build_publishes_a_validated_image_and_reports_every_phase(standin):
     # The secret KIWI printed and wrote into its state XML reached no event, log or record.
     assert SECRET not in result.stderr + result.stdout + published_text(standin)
     assert "***" in (standin / "build.log").read_text()
+    assert_no_credentials_in_cache(standin.parent.parent / "cache")
 
     stream = events(result.stderr)
     assert {"status", "phase", "time"} <= set(stream[0])
@@ -256,6 +275,8 @@ def test_a_kiwi_failure_shows_which_phase_failed_and_keeps_the_log(standin, monk
     assert "KiwiDiskGeometryError" in (failed / "build.log").read_text()
     assert json.loads((failed / "failure.json").read_text())["exit_code"] == 6
     assert sorted(p.name for p in standin.parent.iterdir()) == ["debian.failed"]
+    assert SECRET not in published_text(failed)
+    assert_no_credentials_in_cache(standin.parent.parent / "cache")
 
 
 def test_an_interrupt_mid_phase_ends_it_as_failed(standin, monkeypatch):
@@ -272,6 +293,8 @@ def test_an_interrupt_mid_phase_ends_it_as_failed(standin, monkeypatch):
     failed = standin.parent / "debian.failed"
     assert json.loads((failed / "failure.json").read_text())["exit_code"] == 130
     assert sorted(p.name for p in standin.parent.iterdir()) == ["debian.failed"]
+    assert SECRET not in published_text(failed)
+    assert_no_credentials_in_cache(standin.parent.parent / "cache")
 
 
 def test_a_wait_for_the_package_cache_is_a_phase_of_its_own(standin, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.build import container
-from imagebuilder.host import runner, signals
+from imagebuilder.host import locks, runner, signals
 from imagebuilder.build.pipeline import BuildRequest
 from imagebuilder.build.compose import Customisation
 from imagebuilder.core.errors import Interrupted
@@ -25,7 +25,7 @@ def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, 
     key = tmp_path / "id.pub"
     key.write_text("ssh-ed25519 AAAA test\n")
     request = BuildRequest(target=get_target("leap", "15.6"), out_dir=tmp_path / "out" / "leap",
-                           mirror="https://mirror.example/opensuse",
+                           mirror="https://mirror.example/opensuse", ltss=False,
                            custom=Customisation(packages=("jq", "vim"), size_mib=6144,
                                                 image_format="vmdk", ssh_key=key, ssh_user="admin"),
                            extra_repositories=[parse_repo_option("http://r.example/x,bookworm,main contrib")],
@@ -40,9 +40,16 @@ def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, 
         assert f"{source}:{source}:ro" in volumes
     assert f"{PROJECT_ROOT}:{PROJECT_ROOT}:ro" not in volumes
     assert f"{tmp_path / 'out'}:{tmp_path / 'out'}" in volumes
+    # One package-cache lock for builds inside and outside containers (locks.LOCK_DIR).
+    assert f"{locks.LOCK_DIR}:{locks.LOCK_DIR}" in volumes
+    assert f"{tmp_path / 'cache'}:{tmp_path / 'cache'}" in volumes
     assert f"{key}:{key}:ro" in volumes
     assert inner[:5] == [container.VENV_PYTHON, "-m", "imagebuilder", "build", "leap"]
     assert inner[inner.index("--release") + 1] == "15.6"
+    assert "--ltss" not in inner
+    ltss = BuildRequest(target=get_target("sles", "15-SP6"), out_dir=tmp_path / "s", ltss=True,
+                        mirror="https://rmt.example/repo")
+    assert "--ltss" in container.engine_command("podman", "builder:tag", ltss, as_json=False)
     assert inner[inner.index("--out") + 1] == str(tmp_path / "out" / "leap")
     assert inner[inner.index("--repo") + 1] == "http://r.example/x,bookworm,main contrib"
     # Who supplies the image and which builder made it are the outer build's.

@@ -54,6 +54,7 @@ class BuildRequest:
     target: Target
     out_dir: Path
     mirror: str | None = None
+    ltss: bool = False  # SLES 15 SPx: the LTSS update repository too
     extra_repositories: tuple[Repository, ...] = ()
     credentials_file: Path | None = None
     signing_keys: tuple[Path, ...] = ()
@@ -69,7 +70,7 @@ class BuildRequest:
     @cached_property
     def repositories(self) -> list[Repository]:
         # Target repositories first: KIWI pairs credentials with the leading --add-repo values.
-        return self.target.repositories(self.mirror) + list(self.extra_repositories)
+        return self.target.repositories(self.mirror, self.ltss) + list(self.extra_repositories)
 
     def credentials(self) -> Credentials | None:
         """The user's (--credentials, environment), or those the host's repositories name."""
@@ -189,7 +190,8 @@ def dry_run(request: BuildRequest, host: HostFacts) -> dict:
             "out": str(out_dir), "out_state": state, "staging": str(staging.root),
             "description": str(invocation.description),
             "command": [redact(word) for word in invocation.command()],
-            "esp_fallback": invocation.esp_fallback_dir is not None, "note": note}
+            "esp_fallback": invocation.esp_fallback_dir is not None, "note": note,
+            "warning": request.target.chosen.end_of_life_warning()}
 
 
 def build(request: BuildRequest, on_event: Listener, host: HostFacts) -> dict:
@@ -207,12 +209,20 @@ def build(request: BuildRequest, on_event: Listener, host: HostFacts) -> dict:
         require_regular_file(key, "--signing-key")
     credentials = request.credentials()
     preflight(request, out_dir, host)
+    end_of_life = request.target.chosen.end_of_life_warning()
+    if end_of_life:
+        phases.note(f"warning: {end_of_life}")
     if not host.mounts_vfat:
         phases.note(ESP_FALLBACK_NOTE)
     with locks.lock_out(out_dir):
         outdir.check(out_dir, request.force, request.cache_dir)  # as it is now that it is ours
         with phases.phase("check repositories"):
-            check_reachable(request.repositories, credentials)
+            try:
+                check_reachable(request.repositories, credentials)
+            except RepositoryError as gone:
+                if end_of_life:  # mirrors drop a release some time after its end
+                    raise RepositoryError(gone.message, end_of_life) from None
+                raise
         return _stage_and_publish(request, out_dir, lambda staging: _build_in(
             BuildContext(request, out_dir, staging, host, credentials, phases, durations)))
 
@@ -287,10 +297,10 @@ def _run_kiwi(context: BuildContext) -> incremental.Decision:
     cache until KIWI is done with the package manager.  KIWI's phases are steps of these.
     Returns the incremental decision, whose invocation is the KIWI run that built the image."""
     request, staging = context.request, context.staging
-    with _package_cache(context) as cache:
+    with _package_cache(context) as hand_on:
         def kiwi_step(name: str) -> None:
             if name == kiwi.CACHE_DONE_PHASE:
-                cache.release()  # KIWI is done with the package manager: the next build may go
+                hand_on()  # KIWI is done with the package manager: the next build may go
             context.phases.step(None if name == kiwi.DONE_PHASE else name)
 
         with context.phase("prepared root"):
@@ -366,13 +376,31 @@ def _provenance(context: BuildContext, composition: Composition, decision: incre
 
 
 @contextmanager
-def _package_cache(context: BuildContext) -> Iterator[locks.Lock]:
-    """Hold the package cache; a wait for another build's package manager is a phase of its own."""
+def _package_cache(context: BuildContext) -> Iterator[Callable[[], None]]:
+    """Hold the package cache; a wait for another build's package manager is a phase of its own.
+
+    Yields the call that hands the cache on.  KIWI's zypper leaves the repository password in
+    the cache (kiwi.CREDENTIALS_DIRS): it is removed whenever this build lets go of the
+    cache — when KIWI is done with the package manager, or on failure or signal — and never
+    after, when the file may be the next build's.
+    """
+    cache_dir = context.request.cache_dir
     with ExitStack() as waiting:
-        lock = locks.lock_cache(context.request.cache_dir, lambda message: waiting.enter_context(
+        lock = locks.lock_cache(cache_dir, lambda message: waiting.enter_context(
             context.phase("wait for the package cache", message)))
+
+    def hand_on() -> None:
+        if lock.held:
+            kiwi.remove_repository_credentials(cache_dir)
+            lock.release()
+
     with lock:
-        yield lock
+        try:
+            kiwi.seal_repository_credentials(cache_dir)
+            yield hand_on
+        finally:
+            with signals.deferred():
+                hand_on()
 
 
 def _record(context: BuildContext, composition: Composition, decision: incremental.Decision,

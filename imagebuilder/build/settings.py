@@ -192,13 +192,16 @@ DIRECTORY = click.Path(file_okay=False, path_type=Path, resolve_path=True)
 
 SETTINGS = (
     Setting("TARGET", "target", "What to build: debian, leap or sles.", TargetName()),
-    Setting("--release", "release", "The distribution release: leap 15.5 (default) or 15.6; "
-            "sles 15-SP5 (default), 15-SP6 or 15-SP7; debian 12.", metavar="RELEASE"),
+    Setting("--release", "release", "The distribution release: leap 16.0 (default), 15.6 or "
+            "15.5; sles 16.0 (default), 15-SP7, 15-SP6 or 15-SP5; debian 12.  A release past "
+            "SUSE's general support builds with a warning.", metavar="RELEASE"),
+    Setting("--ltss", "ltss", "SLES 15-SP5/15-SP6: add the LTSS update repository (an RMT's "
+            "mirror of it, or the registered host's LTSS extension).", flag=True, recorded=True),
     Setting("--container", "container", "Build inside the target's own container image (podman "
             "or docker): how Leap and SLES are built on a non-SUSE host.", part=COMMAND, flag=True),
     Setting("--container-image", "container_image", "The container image for --container.",
-            part=COMMAND, metavar="IMAGE", shown_default="openSUSE Leap or SLE BCI of the "
-            "release; debian: localhost/tdx-image-debian:12 from containers/make-debian-12-image"),
+            part=COMMAND, metavar="IMAGE", shown_default="openSUSE Leap of the release's "
+            "generation (sles too: 15.6 or 16.0); debian: localhost/tdx-image-debian:12 from containers/make-debian-12-image"),
     Setting("--out", "out_dir", "Where the artifacts are published.",
             click.Path(file_okay=False, path_type=Path), metavar="DIR", shown_default="out/TARGET"),
     Setting("--mirror", "mirror", "Base URL of the distribution's repositories (Debian: the "

@@ -32,7 +32,8 @@ def plan(request: BuildRequest, values: dict, sources: dict[str, str]) -> dict:
         size = image.find("preferences/type/size")
         packages = [p.get("name") for section in image.iterfind("packages")
                     if section.get("type") == "image"
-                    and section.get("profiles") in (None, target.profile)
+                    and (section.get("profiles") is None
+                         or target.profile in section.get("profiles", "").split(","))
                     for p in section.iterfind("package")]
     version = image.findtext("preferences/version")
     repositories, credentials, refusal = [], None, None
@@ -66,6 +67,7 @@ def plan(request: BuildRequest, values: dict, sources: dict[str, str]) -> dict:
         "repositories": repositories,
         "credentials": credentials,
         "build_would_refuse": refusal,
+        "end_of_life": target.chosen.end_of_life_warning(),
     }
 
 
@@ -94,6 +96,8 @@ def show(request: BuildRequest, values: dict, sources: dict[str, str], as_json: 
     console.print("repositories: " + escape(", ".join(summary["repositories"]) or "-"))
     if summary["credentials"]:
         console.print(f"credentials: {summary['credentials']}")
+    if summary["end_of_life"]:
+        console.print(f"[yellow]warning[/]: {escape(summary['end_of_life'])}")
     if summary["build_would_refuse"]:
         console.print(f"[yellow]the build would refuse[/]: {escape(summary['build_would_refuse'])}")
 
