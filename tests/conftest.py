@@ -20,6 +20,8 @@ TDX_IMAGE = [sys.executable, "-m", "imagebuilder"]
 # Developers iterating on validate/boot tests may reuse a published build directory instead of
 # building again; CI never sets this, so there the image is always built for real.
 REUSE_BUILD = "TDX_IMAGE_TEST_BUILD"
+# Who supplies the integration tier's debian build (its SBOMs' author), from its config file.
+TEST_SUPPLIER = "tdx-image integration tests <tdx-image-tests@example.org>"
 
 
 
@@ -128,6 +130,28 @@ def schema_errors(record: str, document: dict) -> list[str]:
             for error in validator.iter_errors(document)]
 
 
+def sbom_conformance(directory: Path, record: dict) -> dict[str, dict[str, list[str]]]:
+    """What sbomcheck (ntia-conformance-checker) finds missing in a build's SBOMs, per standard:
+    the requirements not met (warnings and optional ones aside) and the components missing each
+    element.  Empty lists: conformant."""
+    from ntia_conformance_checker.bsi_checker import BSIChecker
+    from ntia_conformance_checker.fsct_checker import FSCT3Checker
+    from ntia_conformance_checker.ntia_checker import NTIAChecker
+
+    spdx2, spdx3 = str(directory / record["sbom"]["file"]), str(directory / record["sbom_spdx3"]["file"])
+    checkers = {"ntia (SPDX 2.3)": NTIAChecker(spdx2), "ntia": NTIAChecker(spdx3, sbom_spec="spdx3"),
+                "bsi": BSIChecker(spdx3), "fsct3-min": FSCT3Checker(spdx3, sbom_spec="spdx3")}
+    findings = {}
+    for name, checker in checkers.items():
+        assert checker.parsing_errors == [] and checker.validation_messages == [], name
+        unmet = [element for element, met in checker.table_elements
+                 if not met and "(Warning)" not in element and "(Optional)" not in element]
+        assert checker.compliant == (unmet == []), (name, unmet)
+        findings[name] = {"unmet": unmet, **{element: sorted(component for component, _ in missing)
+                                             for element, missing in checker.all_components_without_info}}
+    return findings
+
+
 def run_cli_on_terminal(*args, timeout: float = 900) -> tuple[int, str]:
     """Run the real command line with stdout and stderr on a terminal (a pty), as a user sees it;
     return its exit status and everything it wrote (escape sequences included)."""
@@ -203,7 +227,8 @@ def debian_build(tmp_path_factory) -> Path:
     (root / "ssh").mkdir()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tdx-image-test",
                     "-f", root / "ssh" / "id_ed25519"], check=True)
-    (root / "tdx-image.toml").write_text('ssh-key = "ssh/id_ed25519.pub"\nssh-user = "tester"\n')
+    (root / "tdx-image.toml").write_text('ssh-key = "ssh/id_ed25519.pub"\nssh-user = "tester"\n'
+                                         f'supplier = "{TEST_SUPPLIER}"\n')
     # stdout (the --json record) goes to a file: a pipe nobody reads until stderr ends could fill.
     with HostDpkgLock() as dpkg_lock, open(root / "build.stdout", "w") as stdout:
         build = subprocess.Popen([*TDX_IMAGE, "build", "debian", "--out", str(out), "--boot-test",

@@ -20,7 +20,7 @@ from ..host.facts import HostFacts
 from ..core.errors import HostError, TdxImageError
 from ..core.inputs import UserPath
 from ..distros.repos import check_reachable, load_credentials
-from ..core.results import FAIL, PASS, WARN, Result, render, wide_console
+from ..core.results import FAIL, INFO, PASS, WARN, Result, render, wide_console
 from ..distros.targets import TARGETS
 from .context import pass_host
 
@@ -49,7 +49,8 @@ def host_checks(section: str, build_dir: Path, host: HostFacts,
 def build_checks(build_dir: Path, host: HostFacts) -> list[Result]:
     with ThreadPoolExecutor(max_workers=len(TARGETS)) as pool:
         repositories = pool.map(repository_check, TARGETS)
-        return host_checks("build", build_dir, host) + list(repositories)
+        return host_checks("build", build_dir, host) + list(repositories) + [
+            release_check(name) for name in TARGETS]
 
 
 def tdx_checks(host: HostFacts, firmware: Path | None = None) -> list[Result]:
@@ -67,6 +68,17 @@ def repository_check(target_name: str) -> Result:
         # A target whose repositories are out of reach can still be built with --mirror.
         return Result(name, WARN, error.message, error.hint, WARN, "build")
     return Result(name, PASS, f"{len(repositories)} reachable", "", WARN, "build")
+
+
+def release_check(target_name: str) -> Result:
+    """Which of a target's releases are past general support (they still build, with a warning)."""
+    target = TARGETS[target_name]
+    ended = [f"{release.name} ({release.supported_until})" for release in target.releases
+             if release.end_of_life_warning()]
+    detail = f"default {target.releases[0].name}" + (
+        f"; past general support: {', '.join(ended)}" if ended else "")
+    hint = "they build with an end-of-life warning" if ended else ""
+    return Result(f"releases: {target_name}", INFO if ended else PASS, detail, hint, INFO, "build")
 
 
 def record(check: Result) -> dict:

@@ -107,9 +107,11 @@ def vfat(context: Context) -> Finding:
                    "instead", warning=True)
 
 
-def suse_15_host(context: Context) -> Finding:
-    problem = context.host.build_host_problem(context.target or TARGETS["leap"])
-    return Finding(problem is None, problem or "a SUSE 15 host: leap and sles build natively")
+def suse_host(context: Context) -> Finding:
+    target = context.target or TARGETS["leap"]
+    problem = context.host.build_host_problem(target)
+    return Finding(problem is None, problem or f"a SUSE {target.chosen.generation} host: its "
+                   "leap and sles releases build natively")
 
 
 def container_hint(context: Context) -> str:
@@ -194,7 +196,7 @@ REQUIREMENTS = (
     Requirement("vfat (EFI partition)", ("build",), vfat,
                 lambda context: context.host.install_hint(*ESP_FALLBACK_TOOLS)),
     # KIWI bootstraps a zypper image with the host's zypper and rpm: SUSE 15 has both.
-    Requirement("SUSE targets (leap, sles)", ("build:zypper",), suse_15_host, container_hint),
+    Requirement("SUSE targets (leap, sles)", ("build:zypper",), suse_host, container_hint),
     Requirement("free disk", ("build",), free_space, "free some space or choose another --out"),
     on_tools("QEMU", ("boot",), QEMU_TOOLS),
     on_tools("swtpm", ("boot:tpm",), ("swtpm",)),
