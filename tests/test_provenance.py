@@ -22,6 +22,15 @@ def test_a_repository_token_stays_out_and_its_metadata_digest_is_kept():
     assert "secret-token-abc" not in str(descriptor)
 
 
+def test_a_password_in_a_repository_url_stays_out():
+    """Issue 20: --mirror http://user:secret@... must not reach any document."""
+    repo = Repository("bookworm", "http://user:secret@127.0.0.1:9/debian", "apt-deb",
+                      distribution="bookworm")
+    descriptor = provenance.repository(repo, {})
+    assert descriptor["uri"] == "http://user:***@127.0.0.1:9/debian"
+    assert "secret" not in str(descriptor)
+
+
 def test_a_repository_whose_metadata_was_not_read_has_no_digest():
     repo = Repository("bookworm", "http://mirror.example/debian", "apt-deb", distribution="bookworm")
     descriptor = provenance.repository(repo, {})

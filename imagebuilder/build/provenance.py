@@ -45,7 +45,7 @@ def repository(repo: Repository, metadata: dict[str, str]) -> dict:
     URL's query only) and the digest of its metadata file as the build read it, if it did."""
     probe = repo.probe_url()
     metadata_file = probe.split("?", 1)[0].removeprefix(repo.url.rstrip("/") + "/")
-    descriptor: dict = {"name": repo.alias, "uri": repo.url,
+    descriptor: dict = {"name": repo.alias, "uri": repo.shown_url,
                         "annotations": {"type": repo.type, "metadata": metadata_file}}
     if repo.distribution:
         descriptor["annotations"]["distribution"] = repo.distribution
