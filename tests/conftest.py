@@ -52,8 +52,10 @@ def synthetic_image(tmp_path_factory) -> Path:
 
 
 def firmware_volume(path: Path) -> Path:
-    """A stand-in UEFI flash image: 4 KiB with a firmware volume header's signature."""
-    path.write_bytes(bytes(40) + b"_FVH" + bytes(4096 - 44))
+    """A stand-in UEFI flash image: one empty 4 KiB firmware volume."""
+    from tests.test_uki_measure import volume  # it builds the volumes of its firmware tests
+
+    path.write_bytes(volume(b""))
     return path
 
 

@@ -31,6 +31,7 @@ from imagebuilder.commands import run
 from imagebuilder.core.errors import HostError, InputError
 from imagebuilder.vm.launch import Launch
 from tests.conftest import FakeHost, firmware_volume
+from tests.test_uki_measure import volume
 
 TDVF = Path("/fw/tdvf.fd")
 
@@ -121,7 +122,7 @@ def test_plain_libvirt_domain_lets_libvirt_pick_uefi_firmware():
 
 def firmware(tmp_path: Path, with_metadata: bool) -> Path:
     image = bytearray(64 * 1024)
-    image[40:44] = b"_FVH"
+    image[:4096] = volume(b"")
     if with_metadata:
         guid = uuid.UUID("e47a6535-984a-4798-865e-4685a7bf8ec2").bytes_le
         image[-200:-200 + len(guid)] = guid

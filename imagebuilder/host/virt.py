@@ -17,7 +17,7 @@ from pathlib import Path
 from ..core.errors import InputError
 from ..core.inputs import require_regular_file
 from . import runner
-from .firmware import FirmwareError, FirmwareImage
+from .firmware import FirmwareError, FirmwareImage, volumes
 
 QEMU = "qemu-system-x86_64"
 # Debian's ovmf package: the code is mapped read-only, the variable store template is used
@@ -26,7 +26,6 @@ OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 # Where distributions install OVMF without Secure Boot enforcement, as (code, variable store
 # template): Debian/Ubuntu (4 MiB, then the older 2 MiB build), Fedora/RHEL, SUSE.
-FV_SIGNATURE, FV_SIGNATURE_OFFSET = b"_FVH", 40
 FLASH_MAX_BYTES = 64 * 2**20  # OVMF's are 2 or 4 MiB, TDVF's 4 MiB
 OVMF_CANDIDATES = (
     (OVMF_CODE, OVMF_VARS),
@@ -80,14 +79,12 @@ def find_ovmf() -> Firmware | None:
 
 def require_firmware_volume(path: Path) -> None:
     """``--firmware`` must be UEFI firmware: a flash image (whole 4 KiB blocks, at most
-    FLASH_MAX_BYTES) opening with a firmware volume (``_FVH`` at offset 40 of its header, PI
-    spec vol. 3, EFI_FIRMWARE_VOLUME_HEADER), as OVMF and TDVF do.  Anything else (/etc/shadow)
-    would run QEMU to the timeout, or hand a host file to the guest's flash."""
+    FLASH_MAX_BYTES) holding a firmware volume whose header checks out (firmware.volumes), as
+    OVMF and TDVF do.  Anything else (/etc/shadow) would run QEMU to the timeout, or hand a host
+    file to the guest's flash."""
     require_regular_file(path, "--firmware")
     size = path.stat().st_size
-    with path.open("rb") as file:
-        header = file.read(FV_SIGNATURE_OFFSET + 4)
-    if size % 4096 or size > FLASH_MAX_BYTES or header[FV_SIGNATURE_OFFSET:] != FV_SIGNATURE:
+    if size % 4096 or size > FLASH_MAX_BYTES or not volumes(path.read_bytes()):
         raise InputError(f"--firmware {path} is not UEFI firmware (no firmware volume header)",
                          "give OVMF's or TDVF's .fd file")
 
