@@ -47,27 +47,32 @@ class Release:
     title: str
     version: str  # KIWI's <version> (x.y.z)
     container_image: str  # the distribution's own base image, for --container
+    codename: str | None = None  # Debian's suite name
+    profile: str | None = None  # the KIWI profile of this release, where the target's differs
 
 
 def _debian_repositories(release: Release, mirror: str | None) -> list[Repository]:
     main: str | None
     security: str | None
+    codename = release.codename or release.name
     if mirror:
         main, security = mirror.rstrip("/"), mirror.rstrip("/") + "-security"
     else:
+        # A mirror serves every suite: the host's bookworm sources also carry trixie.
         host = host_debian_mirrors()
-        main, security = host.get("bookworm"), host.get("bookworm-security")
+        main = host.get(codename) or host.get("bookworm")
+        security = host.get(f"{codename}-security") or host.get("bookworm-security")
         if not main or not security:
             raise RepositoryError(
-                "the build host's apt configuration has no bookworm and bookworm-security sources",
+                "the build host's apt configuration has no Debian main and security sources",
                 "give the Debian mirror with --mirror URL (its -security twin is used too)")
 
     def suite(url: str, name: str) -> Repository:
         return Repository(alias=name, url=url, type="apt-deb", distribution=name,
                           components="main", signing_keys=(DEBIAN_KEYRING,))
 
-    return [suite(main, "bookworm"), suite(main, "bookworm-updates"),
-            suite(security, "bookworm-security")]
+    return [suite(main, codename), suite(main, f"{codename}-updates"),
+            suite(security, f"{codename}-security")]
 
 
 def _leap_repositories(release: Release, mirror: str | None) -> list[Repository]:
@@ -123,7 +128,7 @@ def _sles_repositories(release: Release, mirror: str | None) -> list[Repository]
 class Target:
     name: str
     description: str  # directory below kiwi_descriptions/
-    profile: str | None
+    base_profile: str | None  # the KIWI profile, unless the release names its own
     repository_source: Callable[[Release, str | None], list[Repository]]
     package_manager: str  # KIWI's, as in the description: "apt" or "zypper"
     releases: tuple[Release, ...]  # the first is the default
@@ -134,6 +139,10 @@ class Target:
     @property
     def chosen(self) -> Release:
         return self.release or self.releases[0]
+
+    @property
+    def profile(self) -> str | None:
+        return self.chosen.profile or self.base_profile
 
     @property
     def title(self) -> str:
@@ -183,7 +192,9 @@ TARGETS = {
     for target in (
         Target("debian", "debian", None, _debian_repositories, "apt", (
             Release("12", "Debian 12 (bookworm), kernel 6.12 from bookworm-security", "12.0.0",
-                    DEBIAN_BUILDER_IMAGE),
+                    DEBIAN_BUILDER_IMAGE, codename="bookworm", profile="bookworm"),
+            Release("13", "Debian 13 (trixie), kernel 6.12, a UKI started by systemd-stub",
+                    "13.0.0", DEBIAN_BUILDER_IMAGE, codename="trixie", profile="trixie"),
         )),
         Target("leap", "suse", "Leap", _leap_repositories, "zypper", tuple(
             Release(name, f"openSUSE Leap {name}", f"{name}.0", LEAP_IMAGE.format(name))
