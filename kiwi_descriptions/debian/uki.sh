@@ -19,6 +19,7 @@
 # data device of a dm-verity hash tree written to that partition, and the root hash goes onto the
 # UKI's command line: measured with it, and the only place the root is named.  The guest writes to
 # a tmpfs laid over the read-only root (systemd.volatile=overlay): nothing persists across boots.
+# Without it the root is an ordinary writable ext4 partition the host can change between boots.
 set -euo pipefail
 
 root_device=$2
@@ -52,7 +53,9 @@ if [ -n "$verity_hash" ]; then
     root_arguments="root=/dev/mapper/root ro roothash=$root_hash"
     root_arguments+=" systemd.verity_root_data=PARTUUID=$(partuuid "$root_device")"
     root_arguments+=" systemd.verity_root_hash=PARTUUID=$(partuuid "$verity_hash")"
-    root_arguments+=" systemd.volatile=overlay"
+    # A block that fails its hash stops the TD (kernel panic) rather than returning an I/O error
+    # the guest might work around, e.g. a configuration file that silently falls back to defaults.
+    root_arguments+=" systemd.verity_root_options=panic-on-corruption systemd.volatile=overlay"
 else
     root_arguments="root=PARTUUID=$(partuuid "$root_device") rw"
 fi
