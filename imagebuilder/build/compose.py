@@ -37,9 +37,10 @@ class Customisation:
     image_format: str | None = None  # qcow2, raw or vmdk; None: the description's
     ssh_key: Path | None = None
     ssh_user: str = "root"
-    # A dm-verity root: a partition for the hash tree, which the description's editbootinstall
-    # hook (debian's uki.sh) fills and whose root hash it puts on the UKI's command line.
-    verity_root: bool = False
+    # "verity": a partition for a dm-verity hash tree, which the description's editbootinstall
+    # hook (debian's uki.sh) fills and whose root hash it puts on the UKI's command line;
+    # "writable" or None: the description's plain root (distros.targets says which a release has).
+    root: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def _customise_config_xml(config_xml: Path, custom: Customisation) -> None:
             if name not in present:
                 ET.SubElement(shared, "package", name=name)
     for image_type in image.iterfind("preferences/type"):
-        if custom.verity_root:
+        if custom.root == VERITY:
             _add_verity_partition(image_type, custom.size_mib)
         if custom.size_mib:
             size = image_type.find("size")
@@ -125,6 +126,9 @@ def _customise_config_xml(config_xml: Path, custom: Customisation) -> None:
     # The declaration and comments before <image> are outside ElementTree's tree: keep them.
     config_xml.write_text(original[:original.index("<image")] + ET.tostring(image, encoding="unicode")
                           + "\n")
+
+
+VERITY, WRITABLE = "verity", "writable"
 
 
 def verity_hash_mib(data_mib: int) -> int:

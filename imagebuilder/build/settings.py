@@ -19,10 +19,10 @@ import click
 from click.core import ParameterSource
 
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S, DEFAULT_CACHE_DIR
-from .compose import Customisation
+from .compose import VERITY, WRITABLE, Customisation
 from ..core.inputs import Seconds
 from ..distros.repos import check_url, parse_repo_option
-from ..distros.targets import TARGETS
+from ..distros.targets import TARGETS, Target
 
 CONFIG_NAME = "tdx-image.toml"
 IMAGE_FORMATS = ("qcow2", "raw", "vmdk")
@@ -181,7 +181,7 @@ DIRECTORY = click.Path(file_okay=False, path_type=Path, resolve_path=True)
 SETTINGS = (
     Setting("TARGET", "target", "What to build: debian, leap or sles.", TargetName()),
     Setting("--release", "release", "The distribution release: leap 15.5 (default) or 15.6; "
-            "sles 15-SP5 (default), 15-SP6 or 15-SP7; debian 12.", metavar="RELEASE"),
+            "sles 15-SP5 (default), 15-SP6 or 15-SP7; debian 12 (default) or 13.", metavar="RELEASE"),
     Setting("--container", "container", "Build inside the target's own container image (podman "
             "or docker): how Leap and SLES are built on a non-SUSE host.", part=COMMAND, flag=True),
     Setting("--container-image", "container_image", "The container image for --container.",
@@ -232,6 +232,10 @@ SETTINGS = (
     Setting("--ssh-user", "ssh_user", "The user --ssh-key is for, created in the image without a "
             "password.", UserName(), part=CUSTOM, metavar="NAME", shown_default="root",
             recorded=True),
+    Setting("--root", "root", "The root file system: verity (read-only, dm-verity; its root hash on the "
+            "measured UKI command line; writes go to a tmpfs, nothing persists) or writable (an ext4 "
+            "root the host can modify between boots).", click.Choice((VERITY, WRITABLE)), part=CUSTOM,
+            metavar="verity|writable", shown_default="verity on debian 13, else writable", recorded=True),
     Setting("--progress", "progress_format", "How the build reports its phases on stderr: auto (a "
             "status line on a terminal, a line per phase otherwise) or json (one JSON object per "
             "event and line).", click.Choice(("auto", "json")), part=COMMAND, metavar="auto|json",
@@ -249,12 +253,14 @@ def options(command):
     return command
 
 
-def customisation(values: dict) -> Customisation:
-    """The customisation settings among ``values`` (the options' values by field)."""
+def customisation(values: dict, target: Target) -> Customisation:
+    """The customisation settings among ``values`` (the options' values by field), with the
+    target's default root."""
     chosen = {s.field: values[s.field] for s in SETTINGS
               if s.part == CUSTOM and values[s.field] not in (None, ())}
     if "ssh_user" in chosen and "ssh_key" not in chosen:
         raise click.BadParameter("--ssh-user needs --ssh-key", param_hint="--ssh-user")
+    chosen["root"] = target.root_mode(chosen.get("root"))
     return Customisation(**chosen)
 
 

@@ -33,6 +33,9 @@ class Release:
     container_image: str  # the distribution's own base image, for --container
     codename: str | None = None  # Debian's suite name
     profile: str | None = None  # the KIWI profile of this release, where the target's differs
+    # The root file systems its boot chain can build ("verity" needs a measured root hash on the
+    # command line: the UKI chain), the default first.
+    root_modes: tuple[str, ...] = ("writable",)
 
 
 def _debian_repositories(release: Release, mirror: str | None) -> list[Repository]:
@@ -153,6 +156,20 @@ class Target:
         raise InputError(f"unknown release {name!r} for {self.name}",
                          f"known: {', '.join(release.name for release in self.releases)}")
 
+    def root_mode(self, requested: str | None) -> str:
+        """``--root`` for the chosen release: the one requested if its boot chain can build it,
+        else its default."""
+        modes = self.chosen.root_modes
+        if requested is None:
+            return modes[0]
+        if requested not in modes:
+            with_verity = [f"{target.name} {release.name}" for target in TARGETS.values()
+                           for release in target.releases if requested in release.root_modes]
+            raise InputError(f"--root {requested} is not available for {self.name} {self.chosen.name}: "
+                             f"its boot chain has {', '.join(modes)}",
+                             f"--root {requested} is built for: {', '.join(with_verity)}")
+        return requested
+
     def apply_release(self, description: Path) -> None:
         """Write the chosen release's image name and version into a composed description."""
         config = description / "config.xml"
@@ -178,7 +195,8 @@ TARGETS = {
             Release("12", "Debian 12 (bookworm), kernel 6.12 from bookworm-security", "12.0.0",
                     DEBIAN_BUILDER_IMAGE, codename="bookworm", profile="bookworm"),
             Release("13", "Debian 13 (trixie), kernel 6.12, a UKI started by systemd-stub",
-                    "13.0.0", DEBIAN_BUILDER_IMAGE, codename="trixie", profile="trixie"),
+                    "13.0.0", DEBIAN_BUILDER_IMAGE, codename="trixie", profile="trixie",
+                    root_modes=("verity", "writable")),
         )),
         Target("leap", "suse", "Leap", _leap_repositories, "zypper", tuple(
             Release(name, f"openSUSE Leap {name}", f"{name}.0", LEAP_IMAGE.format(name))

@@ -23,6 +23,7 @@
 set -euo pipefail
 
 root_device=$2
+kernel_cmdline=${kiwi_cmdline:?KIWI passes <type kernelcmdline=...> as kiwi_cmdline}
 root_tree=$PWD
 disk_device=/dev/$(lsblk -no PKNAME "$root_device")
 
@@ -70,7 +71,7 @@ initrd=$(cd "$root_tree/boot" && ls -- initr*"$version"*)
 uki=/var/tmp/tdx-image-uki.efi
 trap 'rm -f "$root_tree$uki"' EXIT
 chroot "$root_tree" ukify build --linux "/boot/vmlinuz-$version" --initrd "/boot/$initrd" \
-    --cmdline "$kiwi_cmdline $root_arguments" --os-release @/etc/os-release --uname "$version" \
+    --cmdline "$kernel_cmdline $root_arguments" --os-release @/etc/os-release --uname "$version" \
     --output "$uki"
 
 # The EFI partition's mount: the kernel's, or on a host without vfat tdx-image's esp-shim, which
@@ -91,4 +92,4 @@ else  # not mounted: write the FAT directly
     done
     mcopy -o -i "$esp" "$root_tree$uki" ::/EFI/BOOT/BOOTX64.EFI
 fi
-echo "uki.sh: \\EFI\\BOOT\\BOOTX64.EFI with command line: $kiwi_cmdline $root_arguments"
+echo "uki.sh: \\EFI\\BOOT\\BOOTX64.EFI with command line: $kernel_cmdline $root_arguments"
