@@ -1,4 +1,4 @@
-"""Shared fixtures.  The integration tier builds the real debian image once per run."""
+"""Shared fixtures.  The integration tier builds each real debian image (12: grub; 13: UKI + dm-verity) once per run."""
 
 import http.server
 import json
@@ -17,6 +17,7 @@ TDX_IMAGE = [sys.executable, "-m", "imagebuilder"]
 # Developers iterating on validate/boot tests may reuse a published build directory instead of
 # building again; CI never sets this, so there the image is always built for real.
 REUSE_BUILD = "TDX_IMAGE_TEST_BUILD"
+REUSE_BUILD_13 = "TDX_IMAGE_TEST_BUILD_13"
 
 
 
@@ -125,7 +126,8 @@ def run_cli_on_terminal(*args, timeout: float = 900) -> tuple[int, str]:
 
 @pytest.fixture(scope="session")
 def debian_build(tmp_path_factory) -> Path:
-    """The published output directory of one real `tdx-image build debian --boot-test`."""
+    """The published output directory of one real `tdx-image build debian --release 12
+    --boot-test`: the grub chain, which most integration tests read."""
     if os.environ.get(REUSE_BUILD):
         return Path(os.environ[REUSE_BUILD])
     root = tmp_path_factory.mktemp("build")
@@ -137,11 +139,29 @@ def debian_build(tmp_path_factory) -> Path:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tdx-image-test",
                     "-f", root / "ssh" / "id_ed25519"], check=True)
     (root / "tdx-image.toml").write_text('ssh-key = "ssh/id_ed25519.pub"\nssh-user = "tester"\n')
-    result = run_cli("build", "debian", "--out", out, "--boot-test", "--json",
+    result = run_cli("build", "debian", "--release", "12", "--out", out, "--boot-test", "--json",
                      "--config", root / "tdx-image.toml", "--package", "jq")
     (out.parent / "build.stderr").write_text(result.stderr)
     assert result.returncode == 0, f"the debian build failed:\n{result.stderr[-4000:]}"
     return out
+
+
+@pytest.fixture(scope="session")
+def debian13_build(tmp_path_factory) -> Path:
+    """The published output of one real `tdx-image build debian` with its defaults: Debian 13,
+    a UKI and a dm-verity root (the grub chain of debian 12 is debian_build's)."""
+    if os.environ.get(REUSE_BUILD_13):
+        return Path(os.environ[REUSE_BUILD_13])
+    out = tmp_path_factory.mktemp("build13") / "debian"
+    result = run_cli("build", "debian", "--out", out, "--json")
+    (out.parent / "build.stderr").write_text(result.stderr)
+    assert result.returncode == 0, f"the debian 13 build failed:\n{result.stderr[-4000:]}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def debian13_image(debian13_build) -> Path:
+    return debian13_build / json.loads((debian13_build / "build.json").read_text())["image"]
 
 
 @pytest.fixture(scope="session")

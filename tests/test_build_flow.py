@@ -105,7 +105,8 @@ def standin(tmp_path, monkeypatch, synthetic_image) -> Path:
 def run_build(out: Path, *options: str):
     work = out.parent.parent
     mirror = f"file://{work / 'mirror' / 'debian'}"
-    return CliRunner().invoke(main, ["build", "debian", "--out", str(out), "--mirror", mirror,
+    # debian 12: the stand-in mirror has bookworm's suites, the stand-in KIWI no verity hook
+    return CliRunner().invoke(main, ["build", "debian", "--release", "12", "--out", str(out), "--mirror", mirror,
                                      *options], obj=FakeHost(kiwi_command=str(work / "bin" / "kiwi-ng")))
 
 

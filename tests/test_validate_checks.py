@@ -413,7 +413,8 @@ SEALED_BREAKAGES = [
              {"root.verity": "fail", "overlay.files": "fail"}),
     Breakage("hash tree changed", lambda raw: _write_at(raw, 41 * MiB + 4096 + 7, b"\xff"), {"root.verity": "fail"}),
     Breakage("another root hash on the command line",
-             lambda raw: edit_cmdline(raw, lambda text: re.sub(r"roothash=\w", "roothash=f", text)),
+             lambda raw: edit_cmdline(raw, lambda text: re.sub(r"roothash=(\w)", lambda digit: "roothash=" + (
+                 "1" if digit.group(1) == "0" else "0"), text)),
              {"root.verity": "fail"}),
     Breakage("verity root mounted writable",
              lambda raw: edit_cmdline(raw, lambda text: text.replace(" ro ", " rw ")),

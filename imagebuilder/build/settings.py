@@ -181,7 +181,7 @@ DIRECTORY = click.Path(file_okay=False, path_type=Path, resolve_path=True)
 SETTINGS = (
     Setting("TARGET", "target", "What to build: debian, leap or sles.", TargetName()),
     Setting("--release", "release", "The distribution release: leap 15.5 (default) or 15.6; "
-            "sles 15-SP5 (default), 15-SP6 or 15-SP7; debian 12 (default) or 13.", metavar="RELEASE"),
+            "sles 15-SP5 (default), 15-SP6 or 15-SP7; debian 13 (default) or 12.", metavar="RELEASE"),
     Setting("--container", "container", "Build inside the target's own container image (podman "
             "or docker): how Leap and SLES are built on a non-SUSE host.", part=COMMAND, flag=True),
     Setting("--container-image", "container_image", "The container image for --container.",

@@ -192,11 +192,11 @@ TARGETS = {
     target.name: target
     for target in (
         Target("debian", "debian", None, _debian_repositories, "apt", (
-            Release("12", "Debian 12 (bookworm), kernel 6.12 from bookworm-security", "12.0.0",
-                    DEBIAN_BUILDER_IMAGE, codename="bookworm", profile="bookworm"),
             Release("13", "Debian 13 (trixie), kernel 6.12, a UKI started by systemd-stub",
                     "13.0.0", DEBIAN_BUILDER_IMAGE, codename="trixie", profile="trixie",
                     root_modes=("verity", "writable")),
+            Release("12", "Debian 12 (bookworm), kernel 6.12 from bookworm-security", "12.0.0",
+                    DEBIAN_BUILDER_IMAGE, codename="bookworm", profile="bookworm"),
         )),
         Target("leap", "suse", "Leap", _leap_repositories, "zypper", tuple(
             Release(name, f"openSUSE Leap {name}", f"{name}.0", LEAP_IMAGE.format(name))
