@@ -79,6 +79,10 @@ class Ext4:
             raise FilesystemError("implausible ext2/3/4 superblock")
         self.uuid = str(uuid.UUID(bytes=sb[0x68:0x78]))
         self.label = sb[0x78:0x88].rstrip(b"\0").decode(errors="replace")
+        high = incompat & 0x80  # 64bit: the counts' upper halves
+        blocks = struct.unpack_from("<I", sb, 0x04)[0] | (struct.unpack_from("<I", sb, 0x150)[0] << 32 if high else 0)
+        free = struct.unpack_from("<I", sb, 0x0C)[0] | (struct.unpack_from("<I", sb, 0x158)[0] << 32 if high else 0)
+        self.used_blocks = blocks - free  # as of the last unmount
 
     def _block(self, number: int, count: int = 1) -> bytes:
         return self.part.read(number * self.block_size, count * self.block_size)
