@@ -10,14 +10,15 @@
 #
 # The chain: the firmware starts \EFI\BOOT\BOOTX64.EFI, a unified kernel image (systemd-stub +
 # kernel + initrd + command line + os-release, made by the image's own ukify).  No shim, no boot
-# loader: in a TD nothing else is measured into RTMR2 (systemd-stub 257 measures the UKI's sections
-# and command line through the CC protocol, no vTPM needed), and nothing on the ESP chooses what
-# runs.  Secure Boot stays possible: ukify signs the same UKI (--secureboot-private-key/-certificate)
-# for a db key, or shim can start it as its second stage.
+# loader: the UKI is the one binary after the firmware, systemd-stub 257 measures its sections (the
+# command line among them) through the CC protocol into RTMR2 with no vTPM, and nothing on the ESP
+# chooses what runs.  Secure Boot stays possible: ukify signs the same UKI
+# (--secureboot-private-key/-certificate) for a db key, or shim can start it as its second stage.
 #
-# With a spare partition (GPT label p.spare; tdx-image build --root verity adds it) the root partition becomes the
-# data device of a dm-verity hash tree written to that partition, and the root hash goes onto the
-# UKI's command line: measured with it, and the only place the root is named.  The guest writes to
+# With a spare partition (GPT label p.spare; tdx-image build --root verity adds it) the root
+# partition becomes the data device of a dm-verity hash tree written to that partition, and the
+# root hash goes onto the UKI's command line: measured with it, and the only place the root is
+# named.  The guest writes to
 # a tmpfs laid over the read-only root (systemd.volatile=overlay): nothing persists across boots.
 # Without it the root is an ordinary writable ext4 partition the host can change between boots.
 set -euo pipefail
