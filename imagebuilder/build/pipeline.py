@@ -200,8 +200,6 @@ def build(request: BuildRequest, on_event: Listener, host: HostFacts) -> dict:
     # other inputs, then the host's root, tools and space.
     requirements.require(f"build:{request.target.package_manager}",
                          context=requirements.Context(host, target=request.target))
-    if request.custom.root == VERITY:
-        requirements.require("build:verity", context=requirements.Context(host, target=request.target))
     out_dir = outdir.check(request.out_dir, request.force, request.cache_dir)
     if request.custom.ssh_key:
         read_ssh_keys(request.custom.ssh_key)
@@ -228,6 +226,8 @@ def preflight(request: BuildRequest, out_dir: Path, host: HostFacts) -> None:
     require_writable_dir(request.cache_dir, f"--cache-dir {request.cache_dir}")
     requirements.require("build", context=requirements.Context(host, build_dir=out_dir.parent,
                                                                target=request.target))
+    if request.custom.root == VERITY:
+        requirements.require("build:verity", context=requirements.Context(host, target=request.target))
 
 
 def _stage_and_publish(request: BuildRequest, out_dir: Path,

@@ -105,14 +105,14 @@ def test_concurrent_builds_refuse_or_wait_and_a_double_ctrl_c_leaves_nothing(tmp
     defects 4 and 5).  The next real build (the session's) shows the host is left fit to build."""
     a_out, c_out = tmp_path / "a" / "debian", tmp_path / "c" / "debian"
     # --no-incremental: a cached prepared root would skip the bootstrap and install waited for.
-    a = Run(["build", "debian", "--out", a_out, "--no-incremental"])
+    a = Run(["build", "debian", "--release", "12", "--out", a_out, "--no-incremental"])
     a.wait_for("… bootstrap")
 
-    b = run_cli("build", "debian", "--out", a_out, "--no-incremental", timeout=60)  # at once
+    b = run_cli("build", "debian", "--release", "12", "--out", a_out, "--no-incremental", timeout=60)  # at once
     assert b.returncode == 3
     assert f"another build (pid {a.process.pid}) is writing to {a_out}" in error_line(b)
 
-    c = Run(["build", "debian", "--out", c_out, "--no-incremental"])
+    c = Run(["build", "debian", "--release", "12", "--out", c_out, "--no-incremental"])
     c.wait_for("… wait for the package cache")
     assert f"(build pid {a.process.pid} is using it)" in c.seen[-1]
 
@@ -159,7 +159,7 @@ echo '{{"disk_format_image": {{"filename": "'"$target/{debian_image.name}"'"}},
 def test_the_standin_build_publishes_and_replaces_an_earlier_output(standin, tmp_path):
     out = tmp_path / "out" / "debian"
     for attempt in (1, 2):
-        result = subprocess.run([*standin["command"], "build", "debian", "--out", str(out),
+        result = subprocess.run([*standin["command"], "build", "debian", "--release", "12", "--out", str(out),
                                  "--no-incremental"],
                                 cwd=PROJECT, env=standin["env"], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
@@ -185,7 +185,7 @@ def test_a_signal_after_kiwi(standin, tmp_path, marker, delay, signals, group, b
     """Issue 7, defect 3: after KIWI, SIGTERM left the staging directory, validate's raw disk
     and a running qemu-img behind."""
     out = tmp_path / "out" / "debian"
-    run = Run(["build", "debian", "--out", out, "--no-incremental",
+    run = Run(["build", "debian", "--release", "12", "--out", out, "--no-incremental",
                *(["--boot-test"] if boot_test else [])],
               env=standin["env"], command=standin["command"])
     run.wait_for(marker)
