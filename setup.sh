@@ -10,7 +10,8 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 3
 fi
 
-# What KIWI calls for a Debian disk image (binutils: strings), the ESP fallback (mtools), the
+# What KIWI calls for a Debian disk image (binutils: strings), a verity root's hash tree
+# (cryptsetup-bin: veritysetup, run by debian's uki.sh), the ESP fallback (mtools), the
 # validator (qemu-utils, lz4) and its tests (e2fsprogs, mtools, cpio, compressors), the boot test (qemu, OVMF;
 # swtpm for the measured boot of `boot --tpm`) and --container (podman with runc; mmdebstrap
 # makes the local Debian 12 container image).
@@ -19,7 +20,7 @@ fi
 host_packages=(
     python3 python3-venv debian-archive-keyring ca-certificates
     apt dpkg binutils gdisk dosfstools e2fsprogs rsync qemu-utils util-linux mount
-    mtools zstd xz-utils gzip lz4 bzip2 cpio fdisk
+    mtools zstd xz-utils gzip lz4 bzip2 cpio fdisk cryptsetup-bin
     qemu-system-x86 ovmf swtpm openssh-client
     podman runc mmdebstrap python3-pefile
 )

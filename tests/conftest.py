@@ -1,4 +1,4 @@
-"""Shared fixtures.  The integration tier builds the real debian image once per run."""
+"""Shared fixtures.  The integration tier builds each real debian image (12: grub; 13: UKI + dm-verity) once per run."""
 
 import http.server
 import json
@@ -22,6 +22,7 @@ TDX_IMAGE = [sys.executable, "-m", "imagebuilder"]
 REUSE_BUILD = "TDX_IMAGE_TEST_BUILD"
 # Who supplies the integration tier's debian build (its SBOMs' author), from its config file.
 TEST_SUPPLIER = "tdx-image integration tests <tdx-image-tests@example.org>"
+REUSE_BUILD_13 = "TDX_IMAGE_TEST_BUILD_13"
 
 
 
@@ -217,8 +218,9 @@ HOLDS_THE_CACHE = "… prepared root"
 
 @pytest.fixture(scope="session")
 def debian_build(tmp_path_factory) -> Path:
-    """The published output directory of one real `tdx-image build debian --boot-test`, whose
-    package phases run while another process holds the host's dpkg lock (HostDpkgLock)."""
+    """The published output directory of one real `tdx-image build debian --release 12
+    --boot-test`: the grub chain, which most integration tests read.  Its package phases run
+    while another process holds the host's dpkg lock (HostDpkgLock)."""
     if os.environ.get(REUSE_BUILD):
         return Path(os.environ[REUSE_BUILD])
     root = tmp_path_factory.mktemp("build")
@@ -233,9 +235,9 @@ def debian_build(tmp_path_factory) -> Path:
                                          f'supplier = "{TEST_SUPPLIER}"\n')
     # stdout (the --json record) goes to a file: a pipe nobody reads until stderr ends could fill.
     with HostDpkgLock() as dpkg_lock, open(root / "build.stdout", "w") as stdout:
-        build = subprocess.Popen([*TDX_IMAGE, "build", "debian", "--out", str(out), "--boot-test",
-                                  "--json", "--config", str(root / "tdx-image.toml"), "--package",
-                                  "jq"], stdout=stdout, stderr=subprocess.PIPE, text=True)
+        build = subprocess.Popen([*TDX_IMAGE, "build", "debian", "--release", "12", "--out", str(out),
+                                  "--boot-test", "--json", "--config", str(root / "tdx-image.toml"),
+                                  "--package", "jq"], stdout=stdout, stderr=subprocess.PIPE, text=True)
         stderr = []
         for line in build.stderr:  # the phases, one a line (not a terminal)
             stderr.append(line)
@@ -247,6 +249,24 @@ def debian_build(tmp_path_factory) -> Path:
     (out.parent / "build.stderr").write_text("".join(stderr))
     assert returncode == 0, f"the debian build failed:\n{''.join(stderr)[-4000:]}"
     return out
+
+
+@pytest.fixture(scope="session")
+def debian13_build(tmp_path_factory) -> Path:
+    """The published output of one real `tdx-image build debian` with its defaults: Debian 13,
+    a UKI and a dm-verity root (the grub chain of debian 12 is debian_build's)."""
+    if os.environ.get(REUSE_BUILD_13):
+        return Path(os.environ[REUSE_BUILD_13])
+    out = tmp_path_factory.mktemp("build13") / "debian"
+    result = run_cli("build", "debian", "--out", out, "--json")
+    (out.parent / "build.stderr").write_text(result.stderr)
+    assert result.returncode == 0, f"the debian 13 build failed:\n{result.stderr[-4000:]}"
+    return out
+
+
+@pytest.fixture(scope="session")
+def debian13_image(debian13_build) -> Path:
+    return debian13_build / json.loads((debian13_build / "build.json").read_text())["image"]
 
 
 @pytest.fixture(scope="session")

@@ -120,7 +120,7 @@ def test_the_composed_description_names_the_release(tmp_path):
 @pytest.mark.parametrize("target, release, known", [
     ("leap", "15.4", "16.0, 15.6, 15.5"),
     ("sles", "15-SP4", "16.0, 15-SP7, 15-SP6, 15-SP5"),
-    ("debian", "13", "12"),
+    ("debian", "14", "13, 12"),
 ])
 def test_unknown_release_is_one_line_naming_the_known_ones(target, release, known):
     result = run_cli("build", target, "--release", release, "--dry-run")

@@ -28,7 +28,9 @@ from tests.conftest import run_cli
 REFERENCE = Path(os.environ.get("TDX_IMAGE_REFERENCE_PACKAGES", "/var/cache/tdx-image/reference-packages"))
 EFI_DIR = "usr/lib/systemd/boot/efi"
 # ukify joins the words of a --cmdline string with single spaces (ukify.py finalize_options)
-CMDLINE = "root=PARTUUID=0 roothash=ab12 ro console=ttyS0"
+# The root partition uki_disk makes, by the PARTUUID the command line names it.
+ROOT_PARTUUID = "6b1f6c7e-0000-4000-8000-000000000002"
+CMDLINE = f"root=PARTUUID={ROOT_PARTUUID} roothash=ab12 ro console=ttyS0"
 OS_RELEASE = b'ID=debian\nVERSION_ID="13"\n'
 INITRD = bytes(range(256)) * 397 + b"odd"  # not a multiple of 4: the stub pads it
 
@@ -285,7 +287,8 @@ def uki_disk(work: Path, uki: Path, *extra_dirs: str, tss2: bool = True) -> Path
     subprocess.run(["mcopy", "-i", esp, uki, "::/EFI/BOOT/BOOTX64.EFI"], check=True, env=env)
     with open(disk, "wb") as file:
         file.truncate(48 * 1024 * 1024)
-    subprocess.run(["sgdisk", "-n1:2048:+33M", "-t1:ef00", "-n2:0:+8M", "-t2:8304", disk],
+    subprocess.run(["sgdisk", "-n1:2048:+33M", "-t1:ef00", "-n2:0:+8M", "-t2:8304",
+                    f"-u2:{ROOT_PARTUUID}", disk],
                    check=True, capture_output=True)
     with open(disk, "r+b") as file:
         file.seek(2048 * 512)

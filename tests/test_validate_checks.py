@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
+import struct
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from imagebuilder.image.uki import read_uki
 from imagebuilder.validate import CHECKS, validate_image
 
 from tests.conftest import schema_errors
@@ -135,7 +138,8 @@ def _corrupt_root_superblock(raw: Path) -> None:
         disk.write(bytes(1024))
 
 
-ROOT_DEPENDENT = [check.id for check in CHECKS if check.id.split(".")[0] in ("boot", "kernel", "overlay", "secure")]
+# In the grub chain the kernel command line (and so the root's verity arguments) is read from the root.
+ROOT_DEPENDENT = [check.id for check in CHECKS if check.id.split(".")[0] in ("boot", "kernel", "overlay", "secure", "root")]
 
 BREAKAGES = [
     Breakage("primary GPT entries damaged", _corrupt_primary_gpt_entries, {"disk.gpt": "fail"}),
@@ -225,7 +229,8 @@ def assert_breakage_seen(pristine_raw: Path, breakage: Breakage, workdir: Path, 
 
 
 def test_every_check_has_a_breakage():
-    assert {check.id for check in CHECKS} <= {check_id for b in BREAKAGES for check_id in b.expected}
+    breakages = BREAKAGES + SEALED_BREAKAGES
+    assert {check.id for check in CHECKS} <= {check_id for b in breakages for check_id in b.expected}
 
 
 # ---- a small synthetic image, built without root -------------------------------------------
@@ -343,3 +348,132 @@ def test_reports_match_the_shipped_schema_which_refuses_what_the_code_does_not_w
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=[breakage.name for breakage in BREAKAGES])
 def test_breakage_is_seen_by_its_check(synthetic_image, breakage, tmp_path):
     assert_breakage_seen(synthetic_image, breakage, tmp_path)
+
+
+# ---- the sealed chain: a UKI on the ESP and a dm-verity root ----------------------------------
+
+ROOT_PARTUUID = "5b0c9d52-4f3e-4a8e-9c1d-2b7a6e0f1a01"
+HASH_PARTUUID = "5b0c9d52-4f3e-4a8e-9c1d-2b7a6e0f1a02"
+ESP_LOADER = "::/EFI/BOOT/BOOTX64.EFI"
+
+
+def make_pe(sections: dict[str, bytes]) -> bytes:
+    """A PE/COFF file holding ``sections`` (no code: the validator reads, nothing runs it)."""
+    headers = 0x40 + 4 + 20 + 40 * len(sections)
+    table, data, offset = b"", b"", -(-headers // 512) * 512
+    for name, content in sections.items():
+        table += struct.pack("<8sIIII12xI", name.encode(), len(content), offset, len(content), offset, 0x40000040)
+        data += content.ljust(-(-len(content) // 512) * 512, b"\0")
+        offset += -(-len(content) // 512) * 512
+    dos = b"MZ".ljust(0x3C, b"\0") + struct.pack("<I", 0x40)
+    coff = struct.pack("<HHIIIHH", 0x8664, len(sections), 0, 0, 0, 0, 0x22)
+    return (dos + b"PE\0\0" + coff + table).ljust(-(-headers // 512) * 512, b"\0") + data
+
+
+def uki_sections(raw: Path) -> dict[str, bytes]:
+    return dict(read_uki(sh("mtype", "-i", esp_image(raw), ESP_LOADER)).sections)
+
+
+def write_uki(raw: Path, sections: dict[str, bytes]) -> None:
+    (raw.parent / "uki.efi").write_bytes(make_pe(sections))
+    sh("mcopy", "-o", "-i", esp_image(raw), raw.parent / "uki.efi", ESP_LOADER)
+
+
+def edit_cmdline(raw: Path, edit: Callable[[str], str]) -> None:
+    sections = uki_sections(raw)
+    before = sections[".cmdline"].decode()
+    assert edit(before) != before, "the edit did not change the command line"
+    write_uki(raw, {**sections, ".cmdline": edit(before).encode()})
+
+
+def flip_file_byte(raw: Path, path: str) -> None:
+    """One byte of a file's data, changed in place on the root partition (under the hash tree)."""
+    block = int(sh("debugfs", "-R", f"bmap {path} 0", root_device(raw)).split()[0])
+    root = next(part for part in partitions(raw) if part["name"] == "p.lxroot")
+    with raw.open("r+b") as disk:
+        disk.seek(root["start"] * 512 + block * 4096 + 100)
+        byte = disk.read(1)
+        disk.seek(-1, 1)
+        disk.write(bytes([byte[0] ^ 0xFF]))
+
+
+def build_sealed_image(workdir: Path) -> Path:
+    """The synthetic root sealed as debian 13's uki.sh seals it: 1: ESP with a UKI whose command
+    line carries the root hash, 2: ext4 root (verity data), 3: the hash tree (veritysetup)."""
+    if shutil.which("veritysetup") is None:
+        pytest.skip("veritysetup (cryptsetup-bin) is not installed: setup.sh installs it")
+    tree = workdir / "tree"
+    _root_tree(tree, workdir)
+    (tree / "boot/grub/grub.cfg").unlink()
+    (tree / "etc/fstab").write_text("# the UKI's command line names the root\n")
+    esp, root, hashes, disk = (workdir / name for name in ("esp.img", "root.img", "hash.img", "sealed.raw"))
+    sh("mkfs.ext4", "-q", "-F", "-b", "4096", "-U", ROOT_UUID, "-d", tree, root, "32M")
+    hashes.write_bytes(bytes(MiB))
+    root_hash = sh("veritysetup", "format", root, hashes).decode().split("Root hash:")[1].split()[0]
+    cmdline = (f"console=ttyS0,115200 root=/dev/mapper/root ro roothash={root_hash} "
+               f"systemd.verity_root_data=PARTUUID={ROOT_PARTUUID} systemd.verity_root_hash=PARTUUID={HASH_PARTUUID} "
+               "systemd.verity_root_options=panic-on-corruption systemd.volatile=overlay")
+    sh("mkfs.fat", "-C", esp, str(8 * 1024))
+    sh("mmd", "-i", esp, "::/EFI", "::/EFI/BOOT")
+    (workdir / "uki.efi").write_bytes(make_pe({
+        ".osrel": b'PRETTY_NAME="Test Linux"\n', ".cmdline": cmdline.encode(), ".uname": KERNEL.encode(),
+        ".linux": b"kernel", ".initrd": (tree / f"boot/initrd.img-{KERNEL}").read_bytes()}))
+    sh("mcopy", "-i", esp, workdir / "uki.efi", ESP_LOADER)
+    with disk.open("wb") as out:
+        out.truncate(48 * MiB)
+        for offset, image in ((1 * MiB, esp), (9 * MiB, root), (41 * MiB, hashes)):
+            out.seek(offset)
+            out.write(image.read_bytes())
+    sh("sfdisk", "-q", disk, stdin=(
+        "label: gpt\nfirst-lba: 34\n"
+        "start=2048, size=16384, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=p.UEFI\n"
+        f"start=18432, size=65536, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=p.lxroot, uuid={ROOT_PARTUUID}\n"
+        f"start=83968, size=2048, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=p.spare, uuid={HASH_PARTUUID}\n"
+    ).encode())
+    return disk
+
+
+@pytest.fixture(scope="module")
+def sealed_image(tmp_path_factory) -> Path:
+    return build_sealed_image(tmp_path_factory.mktemp("sealed"))
+
+
+SEALED_BREAKAGES = [
+    Breakage("one byte of a file on the verity root changed",
+             lambda raw: flip_file_byte(raw, "/usr/lib/tdx-image/tdx-selfcheck"),
+             {"root.verity": "fail", "overlay.files": "fail"}),
+    Breakage("hash tree changed", lambda raw: _write_at(raw, 41 * MiB + 4096 + 7, b"\xff"), {"root.verity": "fail"}),
+    Breakage("another root hash on the command line",
+             lambda raw: edit_cmdline(raw, lambda text: re.sub(r"roothash=(\w)", lambda digit: "roothash=" + (
+                 "1" if digit.group(1) == "0" else "0"), text)),
+             {"root.verity": "fail"}),
+    Breakage("verity root mounted writable",
+             lambda raw: edit_cmdline(raw, lambda text: text.replace(" ro ", " rw ")),
+             {"root.verity-read-only": "fail"}),
+    Breakage("fstab mounts the verity root's partition",
+             lambda raw: ext4_write(raw, "/etc/fstab", f"PARTUUID={ROOT_PARTUUID} /mnt ext4 defaults 0 2\n".encode()),
+             {"root.verity-read-only": "fail", "root.verity": "fail"}),
+    Breakage("UKI without an initrd",
+             lambda raw: write_uki(raw, {name: data for name, data in uki_sections(raw).items() if name != ".initrd"}),
+             {"boot.default-entry": "fail", "kernel.virtio": "skip"}),
+]
+
+
+def _write_at(raw: Path, offset: int, data: bytes) -> None:
+    with raw.open("r+b") as disk:
+        disk.seek(offset)
+        disk.write(data)
+
+
+def test_intact_sealed_image_passes_every_check_with_the_uki_and_verity_evidence(sealed_image):
+    report = validate_image(sealed_image)
+    assert statuses(report) == {}, json.dumps(report.to_dict(), indent=1)
+    evidence = {check.id: check.detail for check in report.checks}
+    assert "UKI of Test Linux, kernel 6.12.0-test-amd64" in evidence["boot.default-entry"]
+    assert "= roothash= of the measured command line" in evidence["root.verity"]
+    assert "root=/dev/mapper/root ro under a tmpfs overlay" in evidence["root.verity-read-only"]
+
+
+@pytest.mark.parametrize("breakage", SEALED_BREAKAGES, ids=[breakage.name for breakage in SEALED_BREAKAGES])
+def test_sealed_breakage_is_seen_by_its_check(sealed_image, breakage, tmp_path):
+    assert_breakage_seen(sealed_image, breakage, tmp_path)

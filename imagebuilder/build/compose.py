@@ -38,6 +38,10 @@ class Customisation:
     image_format: str | None = None  # qcow2, raw or vmdk; None: the description's
     ssh_key: Path | None = None
     ssh_user: str = "root"
+    # "verity": a partition for a dm-verity hash tree, which the description's editbootinstall
+    # hook (debian's uki.sh) fills and whose root hash it puts on the UKI's command line;
+    # "writable" or None: the description's plain root (distros.targets says which a release has).
+    root: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ def _customise_config_xml(config_xml: Path, custom: Customisation) -> None:
             if name not in present:
                 ET.SubElement(shared, "package", name=name)
     for image_type in image.iterfind("preferences/type"):
+        if custom.root == VERITY:
+            _add_verity_partition(image_type, custom.size_mib)
         if custom.size_mib:
             size = image_type.find("size")
             if size is None:
@@ -121,6 +127,28 @@ def _customise_config_xml(config_xml: Path, custom: Customisation) -> None:
     # The declaration and comments before <image> are outside ElementTree's tree: keep them.
     config_xml.write_text(original[:original.index("<image")] + ET.tostring(image, encoding="unicode")
                           + "\n")
+
+
+VERITY, WRITABLE = "verity", "writable"
+
+
+def verity_hash_mib(data_mib: int) -> int:
+    """Room for a SHA-256 hash tree of 4 KiB blocks over ``data_mib``: 32 bytes per block is 1/128
+    of the data, the upper levels 1/128 of that, plus veritysetup's superblock; rounded up."""
+    return data_mib // 127 + 2
+
+
+def _add_verity_partition(image_type: ET.Element, size_mib: int | None) -> None:
+    """KIWI's spare partition (GPT label p.spare), last on the disk and without a file system: a
+    <partitions> entry would need a mount point (KIWI 11.1 mounts every custom partition)."""
+    if size_mib is None:
+        size = image_type.find("size")
+        if size is None or not (size.text or "").strip().isdigit():
+            raise InputError("the description's <type> has no <size> to size a verity hash tree by",
+                             "give --size")
+        size_mib = int((size.text or "").strip()) * (1024 if size.get("unit", "M") == "G" else 1)
+    image_type.set("spare_part", str(verity_hash_mib(size_mib)))
+    image_type.set("spare_part_is_last", "true")
 
 
 def _overlay_manifest(overlay_root: Path) -> dict[str, dict]:

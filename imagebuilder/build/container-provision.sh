@@ -11,7 +11,7 @@ if command -v apt-get >/dev/null 2>&1; then
     # setup.sh's build and validation tools, without the boot test's QEMU and OVMF.
     apt-get install -y -q --no-install-recommends python3 python3-venv debian-archive-keyring \
         ca-certificates apt dpkg binutils gdisk dosfstools e2fsprogs rsync qemu-utils util-linux mount \
-        mtools zstd xz-utils gzip lz4 bzip2 cpio fdisk
+        mtools zstd xz-utils gzip lz4 bzip2 cpio fdisk cryptsetup-bin
     apt-get clean
     python=python3
 elif command -v zypper >/dev/null 2>&1; then
@@ -24,7 +24,7 @@ elif command -v zypper >/dev/null 2>&1; then
     fi
     zypper --non-interactive install --no-recommends "python$version" "python$version-pip" \
         qemu-tools binutils gptfdisk dosfstools e2fsprogs rsync util-linux mtools zstd xz gzip \
-        lz4 bzip2 cpio
+        lz4 bzip2 cpio cryptsetup
     zypper clean --all
     python=python3.${version#3}
 else

@@ -53,6 +53,9 @@ PACKAGE_PREFERENCES = ("packagemanager", "rpm-excludedocs", "rpm-check-signature
                        "rpm-locale-filtering", "locale")
 # Description files the reduced description keeps: what runs before or while packages install.
 PREPARE_FILES = ("post_bootstrap.sh",)
+# Scripts a <type> names that run only when the disk is made; KIWI's prepare still checks that
+# they exist, so the reduced description carries them (the key does not: they change no package).
+DISK_SCRIPT_ATTRIBUTES = ("editbootconfig", "editbootinstall")
 # Package sections KIWI applies after config.sh: left to the full build.
 LATE_PACKAGE_TYPES = ("delete", "uninstall")
 # Sections the key does not cover, so the prepared root must not hold their effect: users are
@@ -136,7 +139,9 @@ def _reduced_description(description: Path, destination: Path) -> None:
     for element in late:
         image.remove(element)
     xml.write(destination / "config.xml", encoding="utf-8", xml_declaration=True)
-    for name in _prepare_files(image):
+    disk_scripts = [image_type.get(attribute) for image_type in image.iter("type")
+                    for attribute in DISK_SCRIPT_ATTRIBUTES]
+    for name in [*_prepare_files(image), *filter(None, disk_scripts)]:
         if (description / name).is_file():
             shutil.copy2(description / name, destination / name)
 

@@ -29,7 +29,7 @@ from ..host import buildhost, locks, requirements, runner, signals
 from ..host.facts import HostFacts
 from ..vm.boot import boot_image
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
-from .compose import Composition, Customisation, compose, read_ssh_keys
+from .compose import VERITY, WRITABLE, Composition, Customisation, compose, read_ssh_keys
 from ..core.errors import CheckFailed, CredentialsError, InputError, Interrupted, RepositoryError, TdxImageError
 from ..core.inputs import require_regular_file, require_writable_dir
 from ..measure import predict
@@ -42,6 +42,9 @@ from ..distros.targets import Target
 from ..core.paths import SHARED_OVERLAY
 from ..validate import validate_image
 
+WRITABLE_ROOT_NOTE = ("--root writable: the host can modify this image's root file system between "
+                      "boots, and no measurement shows it (--root verity seals it where the release "
+                      "can: debian 13)")
 ESP_FALLBACK_NOTE = ("this kernel cannot mount vfat; the EFI partition is written with mtools "
                      "instead (ESP fallback)")
 
@@ -214,6 +217,8 @@ def build(request: BuildRequest, on_event: Listener, host: HostFacts) -> dict:
         phases.note(f"warning: {end_of_life}")
     if not host.mounts_vfat:
         phases.note(ESP_FALLBACK_NOTE)
+    if request.custom.root == WRITABLE:
+        phases.note(WRITABLE_ROOT_NOTE)
     with locks.lock_out(out_dir):
         outdir.check(out_dir, request.force, request.cache_dir)  # as it is now that it is ours
         for stale in recover.remove_stale_staging(out_dir):
@@ -236,6 +241,8 @@ def preflight(request: BuildRequest, out_dir: Path, host: HostFacts) -> None:
     require_writable_dir(request.cache_dir, f"--cache-dir {request.cache_dir}")
     requirements.require("build", context=requirements.Context(host, build_dir=out_dir.parent,
                                                                target=request.target))
+    if request.custom.root == VERITY:
+        requirements.require("build:verity", context=requirements.Context(host, target=request.target))
 
 
 def _stage_and_publish(request: BuildRequest, out_dir: Path,

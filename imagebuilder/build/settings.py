@@ -19,11 +19,11 @@ import click
 from click.core import ParameterSource
 
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S, DEFAULT_CACHE_DIR
-from .compose import Customisation
+from .compose import VERITY, WRITABLE, Customisation
 from .sbom import parse_supplier
 from ..core.inputs import Seconds, UserPath, read_text
 from ..distros.repos import check_url, parse_repo_option
-from ..distros.targets import TARGETS
+from ..distros.targets import TARGETS, Target
 
 CONFIG_NAME = "tdx-image.toml"
 CONFIG_MAX_BYTES = 2**20
@@ -223,8 +223,8 @@ DIRECTORY = UserPath(file_okay=False, path_type=Path, resolve_path=True)
 SETTINGS = (
     Setting("TARGET", "target", "What to build: debian, leap or sles.", TargetName()),
     Setting("--release", "release", "The distribution release: leap 16.0 (default), 15.6 or "
-            "15.5; sles 16.0 (default), 15-SP7, 15-SP6 or 15-SP5; debian 12.  A release past "
-            "SUSE's general support builds with a warning.", metavar="RELEASE"),
+            "15.5; sles 16.0 (default), 15-SP7, 15-SP6 or 15-SP5; debian 13 (default) or 12.  A "
+            "release past SUSE's general support builds with a warning.", metavar="RELEASE"),
     Setting("--ltss", "ltss", "SLES 15-SP5/15-SP6: add the LTSS update repository (an RMT's "
             "mirror of it, or the registered host's LTSS extension).", flag=True, recorded=True),
     Setting("--container", "container", "Build inside the target's own container image (podman "
@@ -285,6 +285,10 @@ SETTINGS = (
     Setting("--ssh-user", "ssh_user", "The user --ssh-key is for, created in the image without a "
             "password.", UserName(), part=CUSTOM, metavar="NAME", shown_default="root",
             recorded=True),
+    Setting("--root", "root", "The root file system: verity (read-only, dm-verity; its root hash on the "
+            "measured UKI command line; writes go to a tmpfs, nothing persists) or writable (an ext4 "
+            "root the host can modify between boots).", click.Choice((VERITY, WRITABLE)), part=CUSTOM,
+            metavar="verity|writable", shown_default="verity on debian 13, else writable", recorded=True),
     Setting("--progress", "progress_format", "How the build reports its phases on stderr: auto (a "
             "status line on a terminal, a line per phase otherwise) or json (one JSON object per "
             "event and line).", click.Choice(("auto", "json")), part=COMMAND, metavar="auto|json",
@@ -302,12 +306,14 @@ def options(command):
     return command
 
 
-def customisation(values: dict) -> Customisation:
-    """The customisation settings among ``values`` (the options' values by field)."""
+def customisation(values: dict, target: Target) -> Customisation:
+    """The customisation settings among ``values`` (the options' values by field), with the
+    target's default root."""
     chosen = {s.field: values[s.field] for s in SETTINGS
               if s.part == CUSTOM and values[s.field] not in (None, ())}
     if "ssh_user" in chosen and "ssh_key" not in chosen:
         raise click.BadParameter("--ssh-user needs --ssh-key", param_hint="--ssh-user")
+    chosen["root"] = target.root_mode(chosen.get("root"))
     return Customisation(**chosen)
 
 

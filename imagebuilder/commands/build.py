@@ -102,4 +102,4 @@ def build_request(values: dict) -> BuildRequest:
     return BuildRequest(**{**given, "target": target,
                            "out_dir": values["out_dir"] or Path("out") / target.name,
                            "incremental": not values["no_incremental"],
-                           "custom": settings.customisation(values)})
+                           "custom": settings.customisation(values, target)})

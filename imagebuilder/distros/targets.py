@@ -46,6 +46,10 @@ class Release:
     supported_until: date | None = None
     successor: str = ""  # the release to name in that warning
     ltss: bool = False  # SLES: SUSE sells LTSS update repositories for it (--ltss)
+    codename: str | None = None  # Debian's suite name
+    # The root file systems its boot chain can build ("verity" needs a measured root hash on the
+    # command line: the UKI chain), the default first.
+    root_modes: tuple[str, ...] = ("writable",)
 
     def end_of_life_warning(self, today: date | None = None) -> str | None:
         """One line saying this release gets no more fixes, or None while it does."""
@@ -61,22 +65,25 @@ class Release:
 def _debian_repositories(release: Release, mirror: str | None, ltss: bool = False) -> list[Repository]:
     main: str | None
     security: str | None
+    codename = release.codename or release.name
     if mirror:
         main, security = mirror.rstrip("/"), mirror.rstrip("/") + "-security"
     else:
+        # A mirror serves every suite: the host's bookworm sources also carry trixie.
         host = host_debian_mirrors()
-        main, security = host.get("bookworm"), host.get("bookworm-security")
+        main = host.get(codename) or host.get("bookworm")
+        security = host.get(f"{codename}-security") or host.get("bookworm-security")
         if not main or not security:
             raise RepositoryError(
-                "the build host's apt configuration has no bookworm and bookworm-security sources",
+                "the build host's apt configuration has no Debian main and security sources",
                 "give the Debian mirror with --mirror URL (its -security twin is used too)")
 
     def suite(url: str, name: str) -> Repository:
         return Repository(alias=name, url=url, type="apt-deb", distribution=name,
                           components="main", signing_keys=(DEBIAN_KEYRING,))
 
-    return [suite(main, "bookworm"), suite(main, "bookworm-updates"),
-            suite(security, "bookworm-security")]
+    return [suite(main, codename), suite(main, f"{codename}-updates"),
+            suite(security, f"{codename}-security")]
 
 
 def _leap_repositories(release: Release, mirror: str | None, ltss: bool = False) -> list[Repository]:
@@ -200,6 +207,20 @@ class Target:
         raise InputError(f"unknown release {name!r} for {self.name}",
                          f"known: {', '.join(release.name for release in self.releases)}")
 
+    def root_mode(self, requested: str | None) -> str:
+        """``--root`` for the chosen release: the one requested if its boot chain can build it,
+        else its default."""
+        modes = self.chosen.root_modes
+        if requested is None:
+            return modes[0]
+        if requested not in modes:
+            with_verity = [f"{target.name} {release.name}" for target in TARGETS.values()
+                           for release in target.releases if requested in release.root_modes]
+            raise InputError(f"--root {requested} is not available for {self.name} {self.chosen.name}: "
+                             f"its boot chain has {', '.join(modes)}",
+                             f"--root {requested} is built for: {', '.join(with_verity)}")
+        return requested
+
     def apply_release(self, description: Path) -> None:
         """Write the chosen release's image name and version into a composed description."""
         config = description / "config.xml"
@@ -251,8 +272,11 @@ TARGETS = {
     target.name: target
     for target in (
         Target("debian", "debian", _debian_repositories, "apt", (
+            Release("13", "Debian 13 (trixie), kernel 6.12, a UKI started by systemd-stub",
+                    "13.0.0", DEBIAN_BUILDER_IMAGE, codename="trixie", profile="trixie",
+                    root_modes=("verity", "writable")),
             Release("12", "Debian 12 (bookworm), kernel 6.12 from bookworm-security", "12.0.0",
-                    DEBIAN_BUILDER_IMAGE),
+                    DEBIAN_BUILDER_IMAGE, codename="bookworm", profile="bookworm"),
         )),
         Target("leap", "suse", _leap_repositories, "zypper", LEAP_RELEASES),
         Target("sles", "suse", _sles_repositories, "zypper", SLES_RELEASES,

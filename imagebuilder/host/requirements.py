@@ -192,6 +192,8 @@ REQUIREMENTS = (
     Requirement("kiwi", ("build",), kiwi, buildhost.KIWI_INSTALL),
     on_tools("host tools", ("build",), DISK_TOOLS),
     on_tools("apt tools (debian)", ("build:apt",), APT_TOOLS),
+    # The description's disk hook formats the hash tree on the host (debian's uki.sh).
+    on_tools("veritysetup (--root verity)", ("build:verity",), ("veritysetup",)),
     Requirement("loop devices", ("build",), loop_devices, "modprobe loop"),
     Requirement("vfat (EFI partition)", ("build",), vfat,
                 lambda context: context.host.install_hint(*ESP_FALLBACK_TOOLS)),

@@ -68,6 +68,7 @@ TOOLS: dict[str, Tool] = {
     "sgdisk": Tool("gdisk", "gptfdisk"),
     "swtpm": Tool("swtpm", "swtpm"),
     "umount": Tool("mount", "util-linux"),
+    "veritysetup": Tool("cryptsetup-bin", "cryptsetup"),
     "zypper": Tool("zypper", "zypper"),
 }
 

@@ -358,6 +358,7 @@ class Partition:
     name: str
     first_lba: int
     last_lba: int
+    unique_guid: uuid.UUID | None = None  # PARTUUID= on a kernel command line
 
     @property
     def offset(self) -> int:
@@ -441,5 +442,6 @@ def _read_header(disk: Disk, lba: int, where: str, last_lba: int) -> GptHeader:
             continue
         first, last = struct.unpack_from("<QQ", entry, 32)
         name = entry[56:128].decode("utf-16-le", errors="replace").rstrip("\0")
-        header.partitions.append(Partition(number, type_guid, name, first, last))
+        header.partitions.append(Partition(number, type_guid, name, first, last,
+                                           uuid.UUID(bytes_le=entry[16:32])))
     return header

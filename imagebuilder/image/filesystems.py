@@ -78,6 +78,11 @@ class Ext4:
         if self.block_size > 65536 or not self.inodes_per_group or self.inode_size < 128 or self.desc_size < 32:
             raise FilesystemError("implausible ext2/3/4 superblock")
         self.uuid = str(uuid.UUID(bytes=sb[0x68:0x78]))
+        self.label = sb[0x78:0x88].rstrip(b"\0").decode(errors="replace")
+        high = incompat & 0x80  # 64bit: the counts' upper halves
+        blocks = struct.unpack_from("<I", sb, 0x04)[0] | (struct.unpack_from("<I", sb, 0x150)[0] << 32 if high else 0)
+        free = struct.unpack_from("<I", sb, 0x0C)[0] | (struct.unpack_from("<I", sb, 0x158)[0] << 32 if high else 0)
+        self.used_blocks = blocks - free  # as of the last unmount
 
     def _block(self, number: int, count: int = 1) -> bytes:
         return self.part.read(number * self.block_size, count * self.block_size)
@@ -195,6 +200,21 @@ class Ext4:
         if found is None or not stat.S_ISREG(self._mode_size(found[1])[0]):
             return None
         return self._content(found[1])
+
+    def data_offset(self, path: str, position: int = 0) -> int | None:
+        """Where byte ``position`` of a regular file lies, from the file system's start (None for
+        no such file, or a hole there).  How a test changes one byte of a file's data in place."""
+        found = self._resolve(path, follow_last=True)
+        if found is None or not stat.S_ISREG(self._mode_size(found[1])[0]):
+            return None
+        inode = found[1]
+        extents = struct.unpack_from("<I", inode, 0x20)[0] & EXTENTS_FLAG
+        runs = self._extents(inode[0x28:0x64]) if extents else self._block_map(inode[0x28:0x64])
+        block, within = divmod(position, self.block_size)
+        for logical, physical, count in runs:
+            if physical and logical <= block < logical + count:
+                return (physical + block - logical) * self.block_size + within
+        return None
 
     def listdir(self, path: str) -> dict[str, Entry] | None:
         """The entries of a directory by name (without . and ..), or None if it does not exist."""

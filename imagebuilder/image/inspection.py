@@ -15,9 +15,11 @@ from .bootconfig import GrubConfig, MenuEntry, parse_grub_config, parse_grubenv,
 from .initrd import InitrdError, initrd_members
 from .disk import ESP_TYPE, LINUX_ROOT_TYPES, Disk, Gpt, Partition, read_gpt
 from .filesystems import Ext4, Fat, FilesystemError
+from .uki import Uki, UkiError, read_uki
 
 MANIFEST_IN_IMAGE = "/usr/lib/tdx-image/overlay-manifest.json"
 MANIFEST_MAX_BYTES = 16 * 2**20  # a manifest lists a few hundred overlay files
+ESP_LOADER = "/EFI/BOOT/BOOTX64.EFI"
 ESP_GRUB_CONFIG = "/EFI/BOOT/grub.cfg"
 ROOT_GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
 
@@ -67,12 +69,51 @@ class Inspection:
         return parse_grub_config(text.decode(errors="replace")) if text is not None else None
 
     @cached_property
+    def uki(self) -> Uki | None:
+        """The ESP's default loader when it is a unified kernel image (it has a .linux section):
+        then it, not grub, names the kernel, initrd, command line and root.  None otherwise."""
+        try:
+            data = self.esp.read(ESP_LOADER)
+        except Unavailable:
+            return None
+        try:
+            uki = read_uki(data) if data is not None else None
+        except UkiError:
+            return None
+        return uki if uki is not None and ".linux" in uki.sections else None
+
+    @cached_property
+    def kernel_cmdline(self) -> str:
+        """The command line the kernel gets: the UKI's .cmdline, else grub's default entry's."""
+        return self.uki.cmdline if self.uki is not None else self.boot_entry.cmdline
+
+    @cached_property
+    def kernel_arguments(self) -> dict[str, str]:
+        """``name=value`` words of the command line (the kernel and systemd take the last one)."""
+        return dict(word.split("=", 1) for word in self.kernel_cmdline.split() if "=" in word)
+
+    def partition_named(self, device: str) -> Partition | None:
+        """The partition a ``PARTUUID=`` device of the command line names (None for others)."""
+        wanted = device.removeprefix("PARTUUID=").lower() if device.startswith("PARTUUID=") else None
+        return next((part for part in self.partitions
+                     if wanted and str(part.unique_guid) == wanted), None)
+
+    @cached_property
     def root_partition(self) -> tuple[Partition, Ext4]:
-        """The ext4 file system the ESP's grub.cfg searches for by UUID (else the only candidate)."""
+        """The ext4 file system the UKI's command line names by PARTUUID (root=, or a verity
+        root's data device), or the ESP's grub.cfg searches for by UUID; else the only
+        candidate (as systemd-gpt-auto-generator finds a root by its partition type)."""
+        wanted_partition = None
+        if self.uki is not None:
+            arguments = self.kernel_arguments
+            device = arguments.get("systemd.verity_root_data", arguments.get("root", ""))
+            wanted_partition = self.partition_named(device)
+            if wanted_partition is None and device.startswith("PARTUUID="):
+                raise Unavailable(f"the UKI's command line names no partition of this disk as its root ({device})")
         wanted = self.esp_grub_config.search_uuid if self.esp_grub_config else ""
         candidates, problems = [], []
         for part in self.partitions:
-            if part.type_guid not in LINUX_ROOT_TYPES:
+            if part.type_guid not in LINUX_ROOT_TYPES or wanted_partition not in (None, part):
                 continue
             try:
                 candidates.append((part, Ext4(self.disk, part.offset)))
@@ -110,6 +151,10 @@ class Inspection:
 
     @cached_property
     def kernel_version(self) -> str:
+        if self.uki is not None:
+            if not self.uki.uname:
+                raise Unavailable("the UKI has no .uname section: its kernel's version is unknown")
+            return self.uki.uname
         name = Path(self.boot_entry.kernel).name
         for prefix in ("vmlinuz-", "vmlinux-", "bzImage-"):
             if name.startswith(prefix):
@@ -152,14 +197,10 @@ class Inspection:
 
     @cached_property
     def initrd_modules(self) -> set[str]:
-        """Module names (``virtio_blk``) the default entry's initrd carries for its kernel."""
-        if not self.boot_entry.initrds:
-            raise Unavailable("the default boot entry loads no initrd")
+        """Module names (``virtio_blk``) the initrd carries for its kernel: the UKI's .initrd, or
+        the default grub entry's initrd files."""
         modules = set()
-        for path in self.boot_entry.initrds:
-            data = self.root.read(path)
-            if data is None:
-                raise Unavailable(f"initrd {path} is missing")
+        for path, data in self._initrds():
             try:
                 members = initrd_members(data)
             except InitrdError as error:
@@ -168,6 +209,21 @@ class Inspection:
             modules |= {member.rsplit("/", 1)[-1].split(".ko")[0] for member in members
                         if marker in member and ".ko" in member}
         return modules
+
+    def _initrds(self) -> list[tuple[str, bytes]]:
+        if self.uki is not None:
+            if ".initrd" not in self.uki.sections:
+                raise Unavailable("the UKI has no .initrd section")
+            return [(f"{ESP_LOADER} .initrd", self.uki.sections[".initrd"])]
+        if not self.boot_entry.initrds:
+            raise Unavailable("the default boot entry loads no initrd")
+        found = []
+        for path in self.boot_entry.initrds:
+            data = self.root.read(path)
+            if data is None:
+                raise Unavailable(f"initrd {path} is missing")
+            found.append((path, data))
+        return found
 
     @cached_property
     def manifest(self) -> dict[str, dict[str, str]] | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..core.results import FAIL, INFO, WARN, Finding
 from ..image.disk import BIOS_BOOT_TYPE, ESP_TYPE, LINUX_ROOT_TYPES
 from ..image.inspection import MANIFEST_IN_IMAGE, Inspection, Unavailable
+from .sealing import uki_sections, verity_root, verity_root_read_only
 
 @dataclass(frozen=True)
 class Check:
@@ -62,6 +63,8 @@ def root_filesystem(image: Inspection) -> Finding:
 
 
 def default_boot_entry(image: Inspection) -> Finding:
+    if image.uki is not None:
+        return uki_sections(image)
     root = image.root
     try:
         entry = image.boot_entry
@@ -78,7 +81,7 @@ SERIAL_CONSOLES = ("ttyS", "hvc")
 
 
 def serial_console(image: Inspection) -> Finding:
-    cmdline = image.boot_entry.cmdline
+    cmdline = image.kernel_cmdline
     consoles = [word.removeprefix("console=") for word in cmdline.split() if word.startswith("console=")]
     evidence = f"kernel command line (measured into RTMR2): {cmdline or '(empty)'}"
     return Finding(any(console.startswith(SERIAL_CONSOLES) for console in consoles), evidence)
@@ -267,8 +270,13 @@ CHECKS = (
     Check("disk.esp", FAIL, "TDVF starts EFI/BOOT/BOOTX64.EFI on the EFI system partition: a TD has no NVRAM boot entries", esp_with_removable_loader),
     Check("disk.no-bios-boot", FAIL, "a TD boots only through UEFI; a BIOS boot partition means a legacy boot path was built", no_bios_boot_partition),
     Check("disk.root", FAIL, "the boot loader must find the ext4 root file system it searches for", root_filesystem),
-    Check("boot.default-entry", FAIL, "the default grub entry must start a kernel and initrd that exist", default_boot_entry),
+    Check("boot.default-entry", FAIL, "the default grub entry, or the UKI the firmware starts, must carry or name a kernel, "
+          "initrd and command line that exist", default_boot_entry),
     Check("boot.serial-console", FAIL, "a TD has no display (-vga none): the serial console is the only boot log", serial_console),
+    Check("root.verity", FAIL, "a dm-verity root must verify against its hash tree, whose root hash is the one on the "
+          "measured command line: otherwise the TD stops at the first changed block it reads", verity_root),
+    Check("root.verity-read-only", FAIL, "nothing may mount a verity root's partition writable: a write would change "
+          "the data under the hash tree", verity_root_read_only),
     Check("kernel.tdx-guest", FAIL, "without CONFIG_INTEL_TDX_GUEST=y the kernel cannot run as a trust domain", tdx_guest_kernel),
     Check("kernel.attestation", WARN, "CONFIG_TDX_GUEST_DRIVER and CONFIG_TSM_REPORTS let the TD produce attestation quotes", attestation_drivers),
     Check("kernel.attestation-modules", FAIL, "an attestation driver the kernel builds as a module must be installed: SUSE splits modules over kernel-default, -extra and -optional", attestation_modules_installed),

@@ -55,6 +55,9 @@ CONSOLE_DIAGNOSES = (
     (r"UEFI Interactive Shell", "the firmware found nothing to boot and started its shell", True),
     (r"No bootable option or device was found", "the firmware found no bootable device", True),
     (r"grub rescue>", "GRUB stopped at its rescue prompt (configuration or modules not found)", True),
+    # drivers/md/dm-verity-target.c: a block of a verity device does not match its hash tree
+    (r"device-mapper: verity: \S+ data block \d+ is corrupted", "a block of the dm-verity root failed its "
+     "hash check: the root partition was changed after the image was sealed", True),
     (r"Kernel panic", "the kernel panicked", True),
     (r"emergency mode", "the system entered emergency mode", True),
     (r"login:", "the guest reached a login prompt without a self-check line "

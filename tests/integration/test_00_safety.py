@@ -108,16 +108,17 @@ def test_concurrent_builds_refuse_or_wait_and_a_double_ctrl_c_leaves_nothing(tmp
     # A bootstraps while another process holds the host's dpkg lock (issue 20: KIWI's apt-get
     # failed then, exit 4); it gets to install packages all the same.
     with HostDpkgLock() as dpkg_lock:
-        a = Run(["build", "debian", "--out", a_out, "--no-incremental"])
+        a = Run(["build", "debian", "--release", "12", "--out", a_out, "--no-incremental"])
         a.wait_for(HOLDS_THE_CACHE)
         dpkg_lock.hold()  # before KIWI has started, let alone its apt-get
         a.wait_for("… bootstrap")
 
-        b = run_cli("build", "debian", "--out", a_out, "--no-incremental", timeout=60)  # at once
+        b = run_cli("build", "debian", "--release", "12", "--out", a_out, "--no-incremental",
+                    timeout=60)  # at once
         assert b.returncode == 3
         assert f"another build (pid {a.process.pid}) is writing to {a_out}" in error_line(b)
 
-        c = Run(["build", "debian", "--out", c_out, "--no-incremental"])
+        c = Run(["build", "debian", "--release", "12", "--out", c_out, "--no-incremental"])
         c.wait_for("… wait for the package cache")
         assert f"(build pid {a.process.pid} is using it)" in c.seen[-1]
 
@@ -164,7 +165,7 @@ echo '{{"disk_format_image": {{"filename": "'"$target/{debian_image.name}"'"}},
 def test_the_standin_build_publishes_and_replaces_an_earlier_output(standin, tmp_path):
     out = tmp_path / "out" / "debian"
     for attempt in (1, 2):
-        result = subprocess.run([*standin["command"], "build", "debian", "--out", str(out),
+        result = subprocess.run([*standin["command"], "build", "debian", "--release", "12", "--out", str(out),
                                  "--no-incremental"],
                                 cwd=PROJECT, env=standin["env"], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
@@ -190,7 +191,7 @@ def test_a_signal_after_kiwi(standin, tmp_path, marker, delay, signals, group, b
     """Issue 7, defect 3: after KIWI, SIGTERM left the staging directory, validate's raw disk
     and a running qemu-img behind."""
     out = tmp_path / "out" / "debian"
-    run = Run(["build", "debian", "--out", out, "--no-incremental",
+    run = Run(["build", "debian", "--release", "12", "--out", out, "--no-incremental",
                *(["--boot-test"] if boot_test else [])],
               env=standin["env"], command=standin["command"])
     run.wait_for(marker)

@@ -35,7 +35,7 @@ def test_not_root(tmp_path):
 def test_unreachable_repository(tmp_path):
     out = tmp_path / "debian"
     result = run_cli("build", "debian", "--mirror", "http://127.0.0.1:9/debian", "--out", out)
-    assert_one_line_error(result, 4, "repository bookworm is unreachable")
+    assert_one_line_error(result, 4, "repository trixie is unreachable")
     assert "--mirror" in result.stderr
     assert not out.exists() and not list(tmp_path.iterdir())
 

@@ -34,7 +34,7 @@ def debian_container_image() -> str:
 
 def test_debian_builds_in_its_container_and_publishes_on_the_host(debian_container_image, tmp_path):
     out = tmp_path / "debian"
-    result = run_cli("build", "debian", "--container", "--out", out, "--json", "--progress", "json",
+    result = run_cli("build", "debian", "--release", "12", "--container", "--out", out, "--json", "--progress", "json",
                      env=ENV)
     assert result.returncode == 0, result.stderr[-4000:]
     record = json.loads(result.stdout)  # the build inside printed it; --json passed through
@@ -61,7 +61,7 @@ def test_the_image_maker_reuses_an_existing_image(debian_container_image):
 
 def test_a_failing_build_inside_keeps_its_exit_code(debian_container_image, tmp_path):
     # The build inside refuses an unreachable mirror with its own code (4), as natively.
-    result = run_cli("build", "debian", "--container", "--out", tmp_path / "d",
+    result = run_cli("build", "debian", "--release", "12", "--container", "--out", tmp_path / "d",
                      "--mirror", "http://127.0.0.1:9/debian", env=ENV)
     assert result.returncode == 4, result.stderr[-2000:]
     assert "error: repository bookworm is unreachable" in result.stderr

@@ -20,7 +20,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 
 def _build(project: Path, out: Path) -> dict:
-    result = run_cli("build", "debian", "--out", out, "--json", cwd=project)
+    result = run_cli("build", "debian", "--release", "12", "--out", out, "--json", cwd=project)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((out / "build.json").read_text())
 
