@@ -251,6 +251,26 @@ def debian_build(tmp_path_factory) -> Path:
     return out
 
 
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+
+
+def esp_files(image: Path, names: list[str], work: Path) -> dict[str, Path]:
+    """Files of an image's EFI system partition, copied out with mtools (independently of the
+    code under test) into ``work``: ``{name: path}`` for names below ``\\EFI\\BOOT``."""
+    raw = work / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", image, raw], check=True)
+    table = json.loads(subprocess.run(["sfdisk", "--json", raw], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    esp = next(p for p in table["partitions"] if p["type"] == ESP_TYPE)
+    copied = {}
+    for name in names:
+        copied[name] = work / name
+        subprocess.run(["mcopy", "-i", f"{raw}@@{esp['start'] * 512}", f"::/EFI/BOOT/{name}",
+                        copied[name]], check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    raw.unlink()
+    return copied
+
+
 @pytest.fixture(scope="session")
 def debian13_build(tmp_path_factory) -> Path:
     """The published output of one real `tdx-image build debian` with its defaults: Debian 13,

@@ -13,12 +13,10 @@ import pytest
 from imagebuilder.measure import components
 from imagebuilder.measure.efi import EFI_CERT_X509_GUID, GrubImage, PeImage, Shim
 
-from ..conftest import run_cli
+from ..conftest import ESP_TYPE, esp_files, run_cli
 
 pytestmark = pytest.mark.integration
 
-ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +29,8 @@ def measured(debian_image) -> dict:
 @pytest.fixture(scope="module")
 def efi_binaries(debian_image, tmp_path_factory) -> dict[str, bytes]:
     """shim and grub, copied out of the image's ESP with mtools (not with the code under test)."""
-    work = tmp_path_factory.mktemp("esp")
-    raw = work / "disk.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", debian_image, raw], check=True)
-    table = json.loads(subprocess.run(["sfdisk", "--json", raw], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]
-    esp = next(p for p in table["partitions"] if p["type"] == ESP_TYPE)
-    binaries = {}
-    for name in ("BOOTX64.EFI", "grubx64.efi"):
-        subprocess.run(["mcopy", "-i", f"{raw}@@{esp['start'] * 512}", f"::/EFI/BOOT/{name}",
-                        work / name], check=True, env=MTOOLS_ENV)
-        binaries[name] = (work / name).read_bytes()
-    raw.unlink()
-    return binaries
+    copied = esp_files(debian_image, ["BOOTX64.EFI", "grubx64.efi"], tmp_path_factory.mktemp("esp"))
+    return {name: path.read_bytes() for name, path in copied.items()}
 
 
 def reference_authenticode_sha384(data: bytes) -> bytes:

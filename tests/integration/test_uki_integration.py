@@ -1,43 +1,31 @@
 """The debian 13 image's UKI chain, measured: what `measure` predicts from the image is checked
 against independent readings of the UKI (mtools, objcopy) and against the guest's own TPM
-registers and event log in the reference VM (swtpm). Skips when the image boots no UKI."""
+registers and event log in the reference VM (swtpm)."""
 
 import hashlib
 import json
-import os
 import subprocess
 
 import pytest
 
-from ..conftest import run_cli
+from ..conftest import esp_files, run_cli
 
 pytestmark = pytest.mark.integration
 
-ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
 SECTIONS = [".linux", ".osrel", ".cmdline", ".initrd", ".uname", ".sbat"]
 
 
 @pytest.fixture(scope="module")
-def uki(debian_image, tmp_path_factory):
-    """\\EFI\\BOOT\\BOOTX64.EFI copied out with mtools; skip if it is not a systemd-stub UKI."""
-    work = tmp_path_factory.mktemp("uki")
-    raw = work / "disk.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", debian_image, raw], check=True)
-    table = json.loads(subprocess.run(["sfdisk", "--json", raw], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]
-    esp = next(p for p in table["partitions"] if p["type"] == ESP_TYPE)
-    subprocess.run(["mcopy", "-i", f"{raw}@@{esp['start'] * 512}", "::/EFI/BOOT/BOOTX64.EFI",
-                    work / "uki.efi"], check=True, env=MTOOLS_ENV)
-    raw.unlink()
-    if b"#### LoaderInfo: systemd-stub" not in (work / "uki.efi").read_bytes():
-        pytest.skip("this image boots no UKI (debian 12 / SUSE: shim and grub)")
-    return work / "uki.efi"
+def uki(debian13_image, tmp_path_factory):
+    """\\EFI\\BOOT\\BOOTX64.EFI of the debian 13 image: a systemd-stub UKI."""
+    copied = esp_files(debian13_image, ["BOOTX64.EFI"], tmp_path_factory.mktemp("uki"))
+    assert b"#### LoaderInfo: systemd-stub" in copied["BOOTX64.EFI"].read_bytes()
+    return copied["BOOTX64.EFI"]
 
 
 @pytest.fixture(scope="module")
-def measured(debian_image, uki) -> dict:
-    result = run_cli("measure", debian_image, "--json")
+def measured(debian13_image, uki) -> dict:
+    result = run_cli("measure", debian13_image, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -73,9 +61,9 @@ def test_the_kernel_and_its_initrd_reach_the_rtmrs(measured):
     assert measured["unpredicted"] == {}
 
 
-def test_boot_tpm_shows_the_predicted_pcrs_and_event_log(debian_image, measured, tmp_path):
+def test_boot_tpm_shows_the_predicted_pcrs_and_event_log(debian13_image, measured, tmp_path):
     log = tmp_path / "console.log"
-    result = run_cli("boot", debian_image, "--tpm", "--json", "--console-log", log, "--timeout", 900)
+    result = run_cli("boot", debian13_image, "--tpm", "--json", "--console-log", log, "--timeout", 900)
     assert result.returncode == 0, result.stderr + "\n" + "\n".join(
         log.read_text(errors="replace").splitlines()[-20:])
     report = json.loads(result.stdout)
