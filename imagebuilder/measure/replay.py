@@ -11,6 +11,8 @@ Two kinds of log, told apart by what they record:
 
 from __future__ import annotations
 
+import re
+import struct
 from dataclasses import dataclass
 from itertools import zip_longest
 
@@ -20,6 +22,7 @@ TPM, CCEL = "tpm", "ccel"
 RTMR_COUNT = 4
 CCEL_TABLE_SIGNATURE = b"CCEL"  # the ACPI table that points at the log, not the log
 EVENT_TEXT_BYTES = 80
+UTF16_TEXT = re.compile(rb"(?:[\x20-\x7e]\x00){3,}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,20 @@ class EventLog:
         (EV_NO_ACTION records only inform)."""
         return [(self.register(event), event) for event in self.events
                 if event.event_type != ev.EV_NO_ACTION]
+
+    @property
+    def secure_boot(self) -> bool | None:
+        """The SecureBoot variable the firmware measured (UEFI_VARIABLE_DATA: GUID, name length,
+        data length, UTF-16 name, data); None when the log has no such event."""
+        for _, event in self.measured:
+            if event.event_type != ev.EV_EFI_VARIABLE_DRIVER_CONFIG or len(event.data) < 32:
+                continue
+            name_length, data_length = struct.unpack_from("<QQ", event.data, 16)
+            name = event.data[32 : 32 + 2 * name_length].decode("utf-16-le", errors="replace")
+            if name == "SecureBoot":
+                value = event.data[32 + 2 * name_length : 32 + 2 * name_length + data_length]
+                return value == b"\x01"
+        return None
 
     def replayed(self) -> dict[str, str]:
         """Register name ("rtmr0", "pcr4") -> lowercase hex after replaying the log's SHA-384
@@ -68,10 +85,18 @@ def read_event_log(data: bytes) -> EventLog:
 
 
 def event_text(event: ev.LoggedEvent) -> str:
-    """What a person recognises an event by: its type and the start of its data as text."""
-    text = event.data[:EVENT_TEXT_BYTES].decode(errors="replace").rstrip("\0")
-    printable = "".join(char if char.isprintable() else "." for char in text)
-    return f"{ev.event_type_name(event.event_type)} {printable!r}"
+    """What a person recognises an event by: its type and its data as text where it is text
+    (an action, a grub command), else the longest UTF-16 string in it (a device path's file
+    name, a variable's name), else its size."""
+    data = event.data[:EVENT_TEXT_BYTES * 4]
+    text = data.rstrip(b"\0")
+    if text and all(32 <= byte < 127 or byte in b"\t\n" for byte in text):
+        shown = text[:EVENT_TEXT_BYTES].decode()
+    else:
+        strings = UTF16_TEXT.findall(data)
+        shown = (max(strings, key=len).decode("utf-16-le") if strings
+                 else f"{len(event.data)} bytes")
+    return f"{ev.event_type_name(event.event_type)} {shown!r}"
 
 
 @dataclass(frozen=True)
