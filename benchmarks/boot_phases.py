@@ -21,7 +21,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from imagebuilder.boot import boot_image, console_text  # noqa: E402
+from imagebuilder.vm.boot import boot_image, console_text  # noqa: E402
 
 # (phase, the console text that ends it)
 MARKERS = (

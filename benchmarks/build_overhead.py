@@ -38,12 +38,13 @@ sys.path.insert(0, str(PROJECT))
 sys.path.insert(0, str(PROJECT / "benchmarks"))
 
 import boot_phases  # noqa: E402
-from imagebuilder import cleanup, kiwi  # noqa: E402
-from imagebuilder.build import DEFAULT_CACHE_DIR, BuildRequest, compose_description  # noqa: E402
-from imagebuilder.targets import get_target  # noqa: E402
+from imagebuilder.build import cleanup, kiwi  # noqa: E402
+from imagebuilder.build.pipeline import BuildRequest, compose_description  # noqa: E402
+from imagebuilder.core.defaults import DEFAULT_CACHE_DIR  # noqa: E402
+from imagebuilder.distros.targets import get_target  # noqa: E402
 from imagebuilder.validate import validate_image  # noqa: E402
-from imagebuilder.validate.disk import open_disk  # noqa: E402
-from imagebuilder.validate.inspection import Inspection  # noqa: E402
+from imagebuilder.image.disk import open_disk  # noqa: E402
+from imagebuilder.image.inspection import Inspection  # noqa: E402
 
 
 ROUNDS = 2

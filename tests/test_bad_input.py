@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from imagebuilder import cli
-from imagebuilder.targets import DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT
+from imagebuilder.core.paths import DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT
 from tests.conftest import error_line, users_directory
 
 ROOT = os.geteuid() == 0

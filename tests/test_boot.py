@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from imagebuilder import boot, distro, launch
-from imagebuilder.errors import CheckFailed, HostError, InputError, Interrupted
+from imagebuilder.host import virt
+from imagebuilder.commands import boot as boot_verb
+from imagebuilder.vm import boot, launch
+from imagebuilder.host import os_release
+from imagebuilder.core.errors import CheckFailed, HostError, InputError, Interrupted
 from tests.conftest import schema_errors
 
 # The line as the real debian image printed it, with systemd's colour codes around it.
@@ -85,12 +88,12 @@ def qemu(tmp_path, monkeypatch) -> FakeQemu:
     firmware = (tmp_path / "OVMF_CODE.fd", tmp_path / "OVMF_VARS.fd")
     for path in firmware:
         path.touch()
-    monkeypatch.setattr(launch, "OVMF_CANDIDATES", (firmware,))
+    monkeypatch.setattr(virt, "OVMF_CANDIDATES", (firmware,))
     kvm = tmp_path / "kvm"
     kvm.touch()
-    monkeypatch.setattr(launch, "KVM_DEVICE", str(kvm))
+    monkeypatch.setattr(virt, "KVM_DEVICE", str(kvm))
     monkeypatch.setattr(boot, "POLL_SECONDS", 0.05)
-    monkeypatch.setattr(launch, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(virt, "POLL_SECONDS", 0.05)
     return FakeQemu(tmp_path, monkeypatch)
 
 
@@ -141,38 +144,38 @@ def test_a_stuck_console_is_diagnosed(console, expected, final):
 
 
 def test_auto_falls_back_to_software_emulation_when_kvm_fails(monkeypatch):
-    monkeypatch.setattr(launch, "kvm_failure", lambda: "QEMU stops with 'KVM internal error'")
+    monkeypatch.setattr(virt, "kvm_failure", lambda: "QEMU stops with 'KVM internal error'")
     assert launch.choose_accel("auto", tdx=False) == ("tcg", "KVM unusable: QEMU stops with 'KVM internal error'")
 
 
 def test_auto_uses_kvm_when_it_works(monkeypatch):
-    monkeypatch.setattr(launch, "kvm_failure", lambda: None)
+    monkeypatch.setattr(virt, "kvm_failure", lambda: None)
     assert launch.choose_accel("auto", tdx=False) == ("kvm", "")
 
 
 def test_a_td_always_uses_kvm_and_refuses_software_emulation(monkeypatch):
-    monkeypatch.setattr(launch, "kvm_failure", lambda: pytest.fail("a TD must not probe for a fallback"))
+    monkeypatch.setattr(virt, "kvm_failure", lambda: pytest.fail("a TD must not probe for a fallback"))
     assert launch.choose_accel("auto", tdx=True) == ("kvm", "")
     with pytest.raises(InputError):
         launch.choose_accel("tcg", tdx=True)
 
 
 def test_explicit_kvm_without_the_device_is_a_host_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(launch, "KVM_DEVICE", str(tmp_path / "absent"))
+    monkeypatch.setattr(virt, "KVM_DEVICE", str(tmp_path / "absent"))
     with pytest.raises(HostError):
         launch.choose_accel("kvm", tdx=False)
-    assert launch.kvm_failure() == f"{tmp_path / 'absent'} is absent"
+    assert virt.kvm_failure() == f"{tmp_path / 'absent'} is absent"
 
 
 def test_kvm_probe_sees_the_internal_error_and_stops_qemu(qemu):
     qemu.behave(stderr="KVM internal error. Suberror: 1\nextra data[0]: 0x1\nemulation failure\n")
-    assert launch.kvm_failure() == "QEMU stops with 'KVM internal error. Suberror: 1' (emulation failure)"
+    assert virt.kvm_failure() == "QEMU stops with 'KVM internal error. Suberror: 1' (emulation failure)"
     qemu.assert_gone()
 
 
 def test_kvm_probe_accepts_firmware_that_reaches_its_boot_manager(qemu):
     qemu.behave(console='BdsDxe: loading Boot0001 "EFI Internal Shell"\r\n')
-    assert launch.kvm_failure() is None
+    assert virt.kvm_failure() is None
     qemu.assert_gone()
 
 
@@ -250,7 +253,7 @@ def running(pid: int) -> bool:
 def test_qemu_dies_with_a_killed_boot(qemu, image, tmp_path):
     qemu.behave()
     runner = subprocess.Popen([sys.executable, "-c",
-                               "import sys; from pathlib import Path; from imagebuilder import boot; "
+                               "import sys; from pathlib import Path; from imagebuilder.vm import boot; "
                                "boot.boot_image(Path(sys.argv[1]), accel='tcg', console_log=Path(sys.argv[2]))",
                                str(image), str(tmp_path / "console.log")])
     try:
@@ -278,8 +281,8 @@ def test_the_image_is_never_written(qemu, image, tmp_path):
 
 
 def test_tdx_on_a_host_that_cannot_stops_before_qemu(qemu, image, tmp_path, monkeypatch):
-    monkeypatch.setattr(launch, "qemu_has_tdx_guest", lambda: False)
-    monkeypatch.setattr(launch, "cpu_vendor", lambda: "AuthenticAMD")
+    monkeypatch.setattr(virt, "qemu_has_tdx_guest", lambda: False)
+    monkeypatch.setattr(virt, "cpu_vendor", lambda: "AuthenticAMD")
 
     with pytest.raises(HostError) as raised:
         boot.boot_image(image, tdx=True, console_log=tmp_path / "console.log")
@@ -344,7 +347,7 @@ def test_progress_reports_elapsed_time_and_the_last_console_line(qemu, image, tm
 
 def test_boot_ends_with_a_pass_line_that_says_what_booted(qemu, image, tmp_path):
     qemu.behave(console=REAL_LINE)
-    result = CliRunner().invoke(boot.boot_command, [str(image), "--accel", "tcg",
+    result = CliRunner().invoke(boot_verb.boot_command, [str(image), "--accel", "tcg",
                                                     "--console-log", str(tmp_path / "c.log")])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
@@ -354,7 +357,7 @@ def test_boot_ends_with_a_pass_line_that_says_what_booted(qemu, image, tmp_path)
 
 def test_boot_fails_with_a_fail_line_and_the_reason(qemu, image, tmp_path):
     qemu.behave(console=DISK_NOT_BOOTABLE)
-    result = CliRunner().invoke(boot.boot_command, [str(image), "--accel", "tcg",
+    result = CliRunner().invoke(boot_verb.boot_command, [str(image), "--accel", "tcg",
                                                     "--console-log", str(tmp_path / "c.log")])
     assert result.exit_code == 1
     assert result.stderr.startswith(f"FAIL: boot test of {image}")
@@ -370,8 +373,8 @@ def test_boot_takes_the_firmware_given_and_names_the_package_when_there_is_none(
     arguments = (tmp_path / "pid.args").read_text().splitlines()
     assert f"if=pflash,format=raw,snapshot=on,file={unified}" in arguments
 
-    monkeypatch.setattr(launch, "OVMF_CANDIDATES", ((tmp_path / "no/CODE.fd", tmp_path / "no/VARS.fd"),))
-    monkeypatch.setattr(distro, "host_family", lambda: "fedora")
+    monkeypatch.setattr(virt, "OVMF_CANDIDATES", ((tmp_path / "no/CODE.fd", tmp_path / "no/VARS.fd"),))
+    monkeypatch.setattr(os_release, "host_family", lambda: "fedora")
     with pytest.raises(HostError) as raised:
         boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log")
     assert raised.value.hint == "dnf install edk2-ovmf, or pass --firmware FILE"

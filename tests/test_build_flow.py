@@ -5,7 +5,7 @@ Real here: the command line, settings, outdir checks, locks (in a temporary lock
 repository check (local file:// repositories), composition, the incremental prepared root,
 kiwi.execute with its log and redaction, publishing, the SBOM, validation of the synthetic image
 (tests/test_validate_checks.py makes it; every check runs), measurement, build.json, the
-exchange into --out, OUT.failed, and the phase events.  Passed through a seam: build.preflight
+exchange into --out, OUT.failed, and the phase events.  Passed through a seam: pipeline.preflight
 (root, host tools, free space), which a non-root test machine cannot pass.
 """
 
@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from imagebuilder import build, locks
+from imagebuilder.build import pipeline
+from imagebuilder.host import locks
 from imagebuilder.cli import main
-from imagebuilder.kiwi import DONE_PHASE, PHASES
+from imagebuilder.build.kiwi import DONE_PHASE, PHASES
 from tests.conftest import schema_errors
 from tests.test_validate_checks import BREAKAGES
 
@@ -87,7 +88,7 @@ def standin(tmp_path, monkeypatch, synthetic_image) -> Path:
     kiwi_ng.parent.mkdir()
     kiwi_ng.write_text(KIWI_NG)
     kiwi_ng.chmod(0o755)
-    monkeypatch.setattr(build, "preflight", lambda request, out_dir: build.Host(str(kiwi_ng), "11.1.6", False))
+    monkeypatch.setattr(pipeline, "preflight", lambda request, out_dir: pipeline.Host(str(kiwi_ng), "11.1.6", False))
     monkeypatch.setattr(locks, "LOCK_DIR", tmp_path / "locks")
     for suite, base in (("bookworm", "debian"), ("bookworm-updates", "debian"),
                        ("bookworm-security", "debian-security")):

@@ -7,10 +7,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from imagebuilder.compose import MANIFEST_PATH, Customisation, compose, image_format
-from imagebuilder.errors import InputError
-from imagebuilder.kiwicheck import check_description
-from imagebuilder.targets import SHARED_OVERLAY, TARGETS
+from imagebuilder.build.compose import MANIFEST_PATH, Customisation, compose, image_format
+from imagebuilder.core.errors import InputError
+from imagebuilder.build.kiwicheck import check_description
+from imagebuilder.distros.targets import TARGETS
+from imagebuilder.core.paths import SHARED_OVERLAY
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample user@host\n"
 MIRROR = "http://mirror.invalid"  # never contacted: KIWI's checks are offline

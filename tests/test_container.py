@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import container, runner, signals
-from imagebuilder.build import BuildRequest
-from imagebuilder.compose import Customisation
-from imagebuilder.errors import Interrupted
-from imagebuilder.repos import parse_repo_option
-from imagebuilder.targets import DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT, get_target
+from imagebuilder.build import container
+from imagebuilder.host import runner, signals
+from imagebuilder.build.pipeline import BuildRequest
+from imagebuilder.build.compose import Customisation
+from imagebuilder.core.errors import Interrupted
+from imagebuilder.distros.repos import parse_repo_option
+from imagebuilder.distros.targets import get_target
+from imagebuilder.core.paths import DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT
 from tests.conftest import run_cli
 
 

@@ -6,9 +6,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from imagebuilder import cli, distro, doctor, hostcheck, launch, runner
-from imagebuilder.errors import RepositoryError
-from imagebuilder.results import FAIL, PASS, WARN, Result
+from imagebuilder import cli
+from imagebuilder.host import buildhost, os_release, runner, virt
+from imagebuilder.commands import doctor
+from imagebuilder.core.errors import RepositoryError
+from imagebuilder.core.results import FAIL, PASS, WARN, Result
 
 
 def doctor_check(name: str) -> Result:
@@ -17,7 +19,7 @@ def doctor_check(name: str) -> Result:
 
 
 def test_no_vfat_with_mtools_is_the_fallback(monkeypatch):
-    monkeypatch.setattr(hostcheck, "kernel_mounts_vfat", lambda: False)
+    monkeypatch.setattr(buildhost, "kernel_mounts_vfat", lambda: False)
     monkeypatch.setattr(runner, "missing", lambda tools: [])
     check = doctor_check("vfat (EFI partition)")
     assert (check.status, check.detail) == (
@@ -25,20 +27,20 @@ def test_no_vfat_with_mtools_is_the_fallback(monkeypatch):
 
 
 def test_no_vfat_and_no_mtools_fails(monkeypatch):
-    monkeypatch.setattr(hostcheck, "kernel_mounts_vfat", lambda: False)
+    monkeypatch.setattr(buildhost, "kernel_mounts_vfat", lambda: False)
     monkeypatch.setattr(runner, "missing", lambda tools: [tool for tool in tools if tool == "mcopy"])
     check = doctor_check("vfat (EFI partition)")
     assert check.status == FAIL and "mcopy" in check.detail
 
 
 def test_a_kernel_with_vfat_needs_no_fallback(monkeypatch):
-    monkeypatch.setattr(hostcheck, "kernel_mounts_vfat", lambda: True)
+    monkeypatch.setattr(buildhost, "kernel_mounts_vfat", lambda: True)
     assert doctor_check("vfat (EFI partition)").status == PASS
 
 
 def test_missing_tools_name_their_packages(monkeypatch):
     monkeypatch.setattr(runner, "missing", lambda tools: [tool for tool in tools if tool == "sgdisk"])
-    monkeypatch.setattr(distro, "host_family", lambda: "debian")
+    monkeypatch.setattr(os_release, "host_family", lambda: "debian")
     check = doctor_check("host tools")
     assert (check.status, check.detail, check.hint) == (FAIL, "sgdisk is not installed", "apt-get install gdisk")
 
@@ -59,13 +61,13 @@ def test_reachable_repositories_are_counted(monkeypatch):
 
 
 def fake_tdx_host(monkeypatch, *, vendor, tdx, kvm_problem, qemu_tdx, tdvf, kvm_device):
-    monkeypatch.setattr(launch, "cpu_vendor", lambda: vendor)
-    monkeypatch.setattr(launch, "kvm_tdx_enabled", lambda: tdx)
-    monkeypatch.setattr(launch, "kvm_failure", lambda: kvm_problem)
-    monkeypatch.setattr(launch, "qemu_version", lambda: "7.2.22")
-    monkeypatch.setattr(launch, "qemu_has_tdx_guest", lambda: qemu_tdx)
-    monkeypatch.setattr(launch, "find_tdvf", lambda: tdvf)
-    monkeypatch.setattr(launch, "KVM_DEVICE", str(kvm_device))
+    monkeypatch.setattr(virt, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(virt, "kvm_tdx_enabled", lambda: tdx)
+    monkeypatch.setattr(virt, "kvm_failure", lambda: kvm_problem)
+    monkeypatch.setattr(virt, "qemu_version", lambda: "7.2.22")
+    monkeypatch.setattr(virt, "qemu_has_tdx_guest", lambda: qemu_tdx)
+    monkeypatch.setattr(virt, "find_tdvf", lambda: tdvf)
+    monkeypatch.setattr(virt, "KVM_DEVICE", str(kvm_device))
 
 
 def test_a_host_like_the_ci_machines_is_reported_as_it_is(monkeypatch):
@@ -118,7 +120,7 @@ def test_only_build_ignores_the_tdx_host(canned_checks):
 
 
 def test_suse_targets_on_another_host_point_at_the_container(monkeypatch):
-    monkeypatch.setattr(hostcheck, "build_host_problem", lambda target: "not a SUSE 15 host")
+    monkeypatch.setattr(buildhost, "build_host_problem", lambda target: "not a SUSE 15 host")
     check = doctor_check("SUSE targets (leap, sles)")
     assert (check.status, check.detail, check.hint) == (
         WARN, "not a SUSE 15 host",
@@ -126,5 +128,5 @@ def test_suse_targets_on_another_host_point_at_the_container(monkeypatch):
 
 
 def test_suse_targets_on_a_suse_15_host_build_natively(monkeypatch):
-    monkeypatch.setattr(hostcheck, "build_host_problem", lambda target: None)
+    monkeypatch.setattr(buildhost, "build_host_problem", lambda target: None)
     assert doctor_check("SUSE targets (leap, sles)").status == PASS

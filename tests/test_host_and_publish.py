@@ -6,8 +6,9 @@ from collections import namedtuple
 
 import pytest
 
-from imagebuilder import distro, hostcheck, publish, requirements
-from imagebuilder.errors import BuildError, HostError
+from imagebuilder.host import buildhost, os_release, requirements
+from imagebuilder.build import publish
+from imagebuilder.core.errors import BuildError, HostError
 
 Usage = namedtuple("Usage", "total used free")
 
@@ -17,14 +18,14 @@ def test_vfat_support_is_read_from_the_kernel(tmp_path, monkeypatch):
     with_vfat.write_text("nodev\tproc\n\text4\n\tvfat\n")
     without = tmp_path / "without"
     without.write_text("nodev\tproc\n\text4\n\tfuseblk\n")
-    assert hostcheck.kernel_mounts_vfat(str(with_vfat))
-    monkeypatch.setattr(hostcheck.platform, "release", lambda: "no-such-kernel")
-    assert not hostcheck.kernel_mounts_vfat(str(without))
+    assert buildhost.kernel_mounts_vfat(str(with_vfat))
+    monkeypatch.setattr(buildhost.platform, "release", lambda: "no-such-kernel")
+    assert not buildhost.kernel_mounts_vfat(str(without))
 
 
 def test_free_space_is_checked_on_the_nearest_existing_parent(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(hostcheck.shutil, "disk_usage",
+    monkeypatch.setattr(buildhost.shutil, "disk_usage",
                         lambda path: seen.append(path) or Usage(10, 9, 2 * 1024**3))
     with pytest.raises(HostError, match=r"only 2.0 GiB free .* needs 8 GiB"):
         requirements.require("free disk", context=requirements.Context(build_dir=tmp_path / "not" / "yet"))
@@ -32,9 +33,9 @@ def test_free_space_is_checked_on_the_nearest_existing_parent(tmp_path, monkeypa
 
 
 def test_missing_tools_name_their_packages(monkeypatch):
-    monkeypatch.setattr(hostcheck.shutil, "which", lambda tool: None if tool == "mcopy" else "/x")
-    monkeypatch.setattr(hostcheck, "kernel_mounts_vfat", lambda: False)
-    monkeypatch.setattr(distro, "host_family", lambda: "debian")
+    monkeypatch.setattr(buildhost.shutil, "which", lambda tool: None if tool == "mcopy" else "/x")
+    monkeypatch.setattr(buildhost, "kernel_mounts_vfat", lambda: False)
+    monkeypatch.setattr(os_release, "host_family", lambda: "debian")
     with pytest.raises(HostError, match="mcopy") as raised:
         requirements.require("vfat (EFI partition)")
     assert raised.value.hint == "apt-get install mtools"
@@ -115,15 +116,15 @@ def test_replace_directory_swaps_in_the_new_set_whole(tmp_path):
 
 
 def test_missing_kiwi_says_how_to_install_it(monkeypatch, tmp_path):
-    monkeypatch.setattr(hostcheck.sys, "executable", str(tmp_path / "python"))
-    monkeypatch.setattr(hostcheck.shutil, "which", lambda tool: None)
+    monkeypatch.setattr(buildhost.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setattr(buildhost.shutil, "which", lambda tool: None)
     with pytest.raises(HostError, match="kiwi-ng is not installed") as raised:
         requirements.require("kiwi")
     assert "setup.sh" in raised.value.hint
 
 
 def test_wrong_kiwi_series_is_refused(monkeypatch):
-    monkeypatch.setattr(hostcheck, "kiwi_command", lambda: "/usr/bin/kiwi-ng")
-    monkeypatch.setattr(hostcheck, "kiwi_version", lambda: "9.24.48")
+    monkeypatch.setattr(buildhost, "kiwi_command", lambda: "/usr/bin/kiwi-ng")
+    monkeypatch.setattr(buildhost, "kiwi_version", lambda: "9.24.48")
     with pytest.raises(HostError, match="kiwi 9.24.48 found"):
         requirements.require("kiwi")

@@ -1,5 +1,6 @@
-"""The package's modules import one another without a cycle, counting the imports inside
-functions too (an import moved into a function hides a cycle from Python, not from a reader)."""
+"""The package's modules import one another without a cycle and only downwards through the
+layers ARCHITECTURE.md draws, counting the imports inside functions too (an import moved into a
+function hides a cycle from Python, not from a reader)."""
 
 import ast
 from pathlib import Path
@@ -78,14 +79,70 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+# The layers, lowest first: a package imports from its own layer or lower ones only.  Packages
+# on one layer do not import each other.
+LAYERS = (
+    ("core", "schemas"),
+    ("distros",),
+    ("host",),
+    ("image",),
+    ("measure",),
+    ("validate",),
+    ("vm",),
+    ("build",),
+    ("commands",),
+    ("cli",),
+    ("__main__",),
+)
+LAYER = {name: level for level, names in enumerate(LAYERS) for name in names}
+
+
+def room(module: str) -> str:
+    """``imagebuilder.image.disk`` -> ``image``; the package itself is ``imagebuilder``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def upward_arrows(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
+                  if room(target) != "imagebuilder" and room(module) != room(target)
+                  and LAYER[room(target)] >= LAYER[room(module)])
+
+
 def test_the_graph_sees_imports_inside_functions_and_relative_ones():
     graph = import_graph()
-    assert "imagebuilder.container" in graph["imagebuilder.cli"]  # imported inside a function
-    assert "imagebuilder.validate.checks" in graph["imagebuilder.measure.check"]  # from ..validate.checks
-    assert "imagebuilder.validate" in graph["imagebuilder.measure.predict"]  # runs its __init__
+    assert "imagebuilder.build.container" in graph["imagebuilder.commands.build"]  # inside a function
+    assert "imagebuilder.image.disk" in graph["imagebuilder.measure.predict"]  # from ..image.disk
+    assert "imagebuilder.validate" in graph["imagebuilder.commands.validate"]  # runs its __init__
     assert "imagebuilder.validate" not in graph["imagebuilder.validate.checks"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert upward_arrows({"imagebuilder.image.disk": {"imagebuilder.build.kiwi"},
+                          "imagebuilder.build.kiwi": {"imagebuilder.image.disk"}}) == \
+        ["imagebuilder.image.disk -> imagebuilder.build.kiwi"]
 
 
 def test_no_import_cycle():
     assert cycles(import_graph()) == []
+
+
+def test_every_room_has_a_layer_and_says_its_one_job():
+    rooms = {room(name) for name in import_graph()} - {"imagebuilder"}
+    assert rooms == set(LAYER)
+    for package in (PACKAGE / name for name in rooms if (PACKAGE / name).is_dir()):
+        docstring = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
+        assert docstring, f"{package.name}/__init__.py says nothing of its job"
+
+
+def test_imports_point_only_down_the_layers():
+    assert upward_arrows(import_graph()) == []
+
+
+def test_only_the_cli_imports_the_verbs_and_only_verbs_use_click():
+    graph = import_graph()
+    importers = {module for module, targets in graph.items()
+                 if any(room(target) == "commands" for target in targets) and room(module) != "commands"}
+    assert importers == {"imagebuilder.cli"}
+    # click is the verbs' layer; settings as data (build/settings.py) declares the build options.
+    clicking = {module for module, path in ((module_name(path), path) for path in PACKAGE.rglob("*.py"))
+                if "import click" in path.read_text()}
+    assert {room(module) for module in clicking} <= {"commands", "cli", "build", "core"}

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import incremental, kiwi
-from imagebuilder.compose import compose
-from imagebuilder.errors import HostError
-from imagebuilder.repos import Repository
-from imagebuilder.targets import SHARED_OVERLAY, get_target
+from imagebuilder.build import incremental, kiwi
+from imagebuilder.build.compose import compose
+from imagebuilder.core.errors import HostError
+from imagebuilder.distros.repos import Repository
+from imagebuilder.distros.targets import get_target
+from imagebuilder.core.paths import SHARED_OVERLAY
 
 DEBIAN = get_target("debian").description_dir
 

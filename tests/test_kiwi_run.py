@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import kiwi
-from imagebuilder.errors import BuildError, CredentialsError, Interrupted, RepositoryError
-from imagebuilder.repos import Repository
+from imagebuilder.build import kiwi
+from imagebuilder.core.errors import BuildError, CredentialsError, Interrupted, RepositoryError
+from imagebuilder.distros.repos import Repository
 
 REPO = Repository("oss", "https://download.opensuse.org/distribution/leap/15.5/repo/oss/", "rpm-md")
 

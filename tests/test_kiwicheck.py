@@ -4,12 +4,13 @@ import shutil
 
 import pytest
 
-from imagebuilder.build import BuildRequest, compose_description
-from imagebuilder.compose import compose
-from imagebuilder.errors import InputError
-from imagebuilder.kiwicheck import check_description
-from imagebuilder.repos import Repository
-from imagebuilder.targets import SHARED_OVERLAY, TARGETS, get_target
+from imagebuilder.build.pipeline import BuildRequest, compose_description
+from imagebuilder.build.compose import compose
+from imagebuilder.core.errors import InputError
+from imagebuilder.build.kiwicheck import check_description
+from imagebuilder.distros.repos import Repository
+from imagebuilder.distros.targets import TARGETS, get_target
+from imagebuilder.core.paths import SHARED_OVERLAY
 
 MIRROR = "http://mirror.invalid"  # never contacted: the checks are offline
 

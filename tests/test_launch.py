@@ -26,9 +26,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from imagebuilder import distro, launch, launch_command, requirements
-from imagebuilder.errors import HostError, InputError
-from imagebuilder.launch import Launch
+from imagebuilder.host import os_release, requirements
+from imagebuilder.host import virt
+from imagebuilder.vm import launch
+from imagebuilder.commands import run
+from imagebuilder.core.errors import HostError, InputError
+from imagebuilder.vm.launch import Launch
 
 TDVF = Path("/fw/tdvf.fd")
 
@@ -58,7 +61,7 @@ def test_td_command_has_what_qemu_documents():
 
 
 def test_plain_uefi_command_maps_firmware_and_keeps_the_variable_store_clean():
-    firmware = launch.Firmware(Path("/fw/CODE.fd"), Path("/fw/VARS.fd"))
+    firmware = virt.Firmware(Path("/fw/CODE.fd"), Path("/fw/VARS.fd"))
     args = Launch(disk=Path("/img/vm.qcow2"), accel="tcg", serial="file:/logs/console",
                   firmware=firmware).qemu_args()
 
@@ -128,21 +131,21 @@ def firmware(tmp_path: Path, with_metadata: bool) -> Path:
 
 
 def test_tdvf_is_recognised_by_its_tdx_metadata(tmp_path):
-    assert launch.is_tdvf(firmware(tmp_path, with_metadata=True))
-    assert not launch.is_tdvf(firmware(tmp_path, with_metadata=False))
-    assert not launch.is_tdvf(tmp_path / "missing.fd")
+    assert virt.is_tdvf(firmware(tmp_path, with_metadata=True))
+    assert not virt.is_tdvf(firmware(tmp_path, with_metadata=False))
+    assert not virt.is_tdvf(tmp_path / "missing.fd")
 
 
 def fake_host(monkeypatch, tmp_path, *, vendor="GenuineIntel", tdx="Y", qemu_tdx=True, tdvf=True):
     kvm = tmp_path / "kvm"
     kvm.touch()
-    monkeypatch.setattr(launch, "KVM_DEVICE", str(kvm))
-    monkeypatch.setattr(launch, "cpu_vendor", lambda: vendor)
-    monkeypatch.setattr(launch, "kvm_tdx_enabled", lambda: tdx)
-    monkeypatch.setattr(launch, "qemu_has_tdx_guest", lambda: qemu_tdx)
-    monkeypatch.setattr(launch, "qemu_version", lambda: "7.2.22")
+    monkeypatch.setattr(virt, "KVM_DEVICE", str(kvm))
+    monkeypatch.setattr(virt, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(virt, "kvm_tdx_enabled", lambda: tdx)
+    monkeypatch.setattr(virt, "qemu_has_tdx_guest", lambda: qemu_tdx)
+    monkeypatch.setattr(virt, "qemu_version", lambda: "7.2.22")
     found = firmware(tmp_path, with_metadata=True) if tdvf else None
-    monkeypatch.setattr(launch, "find_tdvf", lambda: found)
+    monkeypatch.setattr(virt, "find_tdvf", lambda: found)
     return found
 
 
@@ -162,7 +165,7 @@ def test_a_host_without_tdx_is_told_everything_it_lacks(monkeypatch, tmp_path):
     assert "kvm_intel is not loaded" in message
     assert "QEMU 7.2.22 has no tdx-guest object" in message
     assert "no TDVF firmware" in message
-    assert launch.firmware_install_hint() + ", a release with TDX support" in message
+    assert virt.firmware_install_hint() + ", a release with TDX support" in message
 
 
 def test_tdx_disabled_in_kvm_and_a_non_tdvf_firmware_are_named(monkeypatch, tmp_path):
@@ -177,9 +180,9 @@ def test_host_facts_are_read_from_proc_and_sys(tmp_path):
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu vme\n")
     parameter = tmp_path / "tdx"
     parameter.write_text("Y\n")
-    assert launch.cpu_vendor(cpuinfo) == "GenuineIntel"
-    assert launch.kvm_tdx_enabled(parameter) == "Y"
-    assert launch.kvm_tdx_enabled(tmp_path / "absent") == ""
+    assert virt.cpu_vendor(cpuinfo) == "GenuineIntel"
+    assert virt.kvm_tdx_enabled(parameter) == "Y"
+    assert virt.kvm_tdx_enabled(tmp_path / "absent") == ""
 
 
 needs_qemu_img = pytest.mark.skipif(not shutil.which("qemu-img"), reason="qemu-utils not installed")
@@ -194,15 +197,15 @@ def small_image(tmp_path) -> Path:
 
 @needs_qemu_img
 def test_disk_format_is_read_from_the_image(small_image, tmp_path):
-    assert launch_command.disk_format(small_image) == "qcow2"
+    assert run.disk_format(small_image) == "qcow2"
     with pytest.raises(InputError):
-        launch_command.disk_format(tmp_path / "missing.qcow2")
+        run.disk_format(tmp_path / "missing.qcow2")
 
 
 @needs_qemu_img
 def test_run_prints_the_command_and_writes_the_libvirt_domain(small_image, tmp_path):
     xml = tmp_path / "domain.xml"
-    result = CliRunner().invoke(launch_command.run_command,
+    result = CliRunner().invoke(run.run_command,
                                 [str(small_image), "--accel", "tcg", "--memory", "1024",
                                  "--libvirt-xml", str(xml)])
 
@@ -222,7 +225,7 @@ def test_run_tdx_exec_stops_before_qemu_on_a_host_without_tdx(small_image, tmp_p
     fake_host(monkeypatch, tmp_path, qemu_tdx=False)
     monkeypatch.setattr(launch.os, "execvp", lambda *args: pytest.fail("QEMU was started"))
 
-    result = CliRunner().invoke(launch_command.run_command, [str(small_image), "--tdx", "--exec"])
+    result = CliRunner().invoke(run.run_command, [str(small_image), "--tdx", "--exec"])
 
     assert isinstance(result.exception, HostError)
     assert "no tdx-guest object" in str(result.exception)
@@ -264,30 +267,30 @@ def test_a_td_without_qgs_has_no_socket_and_a_bad_address_is_refused():
 def test_a_unified_firmware_image_is_one_throwaway_pflash(tmp_path):
     unified = tmp_path / "OVMF.fd"
     unified.write_bytes(b"\0" * 64)
-    firmware = launch.firmware_for(unified)
-    assert firmware == launch.Firmware(unified, None)
+    firmware = virt.firmware_for(unified)
+    assert firmware == virt.Firmware(unified, None)
     args = Launch(disk=Path("/img/vm.qcow2"), accel="tcg", firmware=firmware).qemu_args()
     assert [d for d in option_values(args, "-drive") if "pflash" in d] == [
         f"if=pflash,format=raw,snapshot=on,file={unified}"]
     with pytest.raises(InputError, match="no such file"):
-        launch.firmware_for(tmp_path / "missing.fd")
+        virt.firmware_for(tmp_path / "missing.fd")
 
 
 def test_firmware_is_found_where_the_distributions_put_it(tmp_path, monkeypatch):
     pairs = [(tmp_path / f"{name}_CODE.fd", tmp_path / f"{name}_VARS.fd") for name in ("deb", "suse")]
-    monkeypatch.setattr(launch, "OVMF_CANDIDATES", tuple(pairs))
+    monkeypatch.setattr(virt, "OVMF_CANDIDATES", tuple(pairs))
     pairs[1][0].touch()
     pairs[1][1].touch()
-    assert launch.find_ovmf() == launch.Firmware(*pairs[1])  # the first complete pair
-    assert launch.firmware_for(pairs[1][0]) == launch.Firmware(*pairs[1])  # its own variables
+    assert virt.find_ovmf() == virt.Firmware(*pairs[1])  # the first complete pair
+    assert virt.firmware_for(pairs[1][0]) == virt.Firmware(*pairs[1])  # its own variables
     pairs[1][1].unlink()
-    monkeypatch.setattr(distro, "host_family", lambda: "suse")
+    monkeypatch.setattr(os_release, "host_family", lambda: "suse")
     with pytest.raises(HostError, match="no UEFI firmware") as raised:
         requirements.require_ovmf(None)
     assert raised.value.hint.startswith("zypper install qemu-ovmf-x86_64")
 
 
-@pytest.mark.parametrize("os_release, family", [
+@pytest.mark.parametrize("text, family", [
     ('ID=debian\nVERSION_ID="12"\n', "debian"),
     ('ID=ubuntu\nID_LIKE=debian\n', "debian"),
     ('ID=fedora\n', "fedora"),
@@ -296,16 +299,16 @@ def test_firmware_is_found_where_the_distributions_put_it(tmp_path, monkeypatch)
     ('ID="sles"\nID_LIKE="suse"\n', "suse"),
     ('ID=arch\n', None),
 ])
-def test_the_hosts_distribution_family_comes_from_os_release(tmp_path, os_release, family):
+def test_the_hosts_distribution_family_comes_from_os_release(tmp_path, text, family):
     path = tmp_path / "os-release"
-    path.write_text(os_release)
-    assert distro.host_family(path) == family
+    path.write_text(text)
+    assert os_release.host_family(path) == family
 
 
 def test_an_unknown_distribution_gets_every_install_hint(monkeypatch):
-    monkeypatch.setattr(distro, "host_family", lambda: None)
-    hint = launch.firmware_install_hint()
-    assert all(command in hint for command in launch.FIRMWARE_INSTALL.values())
+    monkeypatch.setattr(os_release, "host_family", lambda: None)
+    hint = virt.firmware_install_hint()
+    assert all(command in hint for command in virt.FIRMWARE_INSTALL.values())
 
 
 @needs_qemu_img
@@ -314,8 +317,8 @@ def test_run_persistent_writes_the_image_and_takes_the_launch_options(small_imag
     code, variables = tmp_path / "CODE.fd", tmp_path / "VARS.fd"
     code.touch()
     variables.touch()
-    monkeypatch.setattr(launch, "OVMF_CANDIDATES", ((code, variables),))
-    result = CliRunner().invoke(launch_command.run_command,
+    monkeypatch.setattr(virt, "OVMF_CANDIDATES", ((code, variables),))
+    result = CliRunner().invoke(run.run_command,
                                 [str(small_image), "--accel", "tcg", "--persistent", "--cpus", "3",
                                  "--memory", "1536", "--ssh-port", "2022", "--firmware", str(code)])
 
@@ -330,7 +333,7 @@ def test_run_persistent_writes_the_image_and_takes_the_launch_options(small_imag
 def test_a_tdvf_gone_after_the_check_is_a_host_error(monkeypatch, tmp_path):
     found = fake_host(monkeypatch, tmp_path)
     checks = iter([found, None])  # present for tdx_host_problems, gone when it is to be used
-    monkeypatch.setattr(launch, "find_tdvf", lambda: next(checks))
+    monkeypatch.setattr(virt, "find_tdvf", lambda: next(checks))
 
     with pytest.raises(HostError, match="this host cannot run a TD: no TDVF firmware"):
         requirements.require_tdx_host(None)

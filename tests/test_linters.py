@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.compose import compose
-from imagebuilder.targets import SHARED_OVERLAY, TARGETS
+from imagebuilder.build.compose import compose
+from imagebuilder.distros.targets import TARGETS
+from imagebuilder.core.paths import SHARED_OVERLAY
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -48,8 +49,8 @@ def test_mypy_is_clean():
 def test_every_shell_script_is_found():
     found = {str(path.relative_to(ROOT)) for path in shell_scripts()}
     assert found >= {
-        "setup.sh", "run-tests", ".ci/run", "imagebuilder/hostshim/esp-shim",
-        "imagebuilder/container-provision.sh", "containers/make-debian-12-image",
+        "setup.sh", "run-tests", ".ci/run", "imagebuilder/build/hostshim/esp-shim",
+        "imagebuilder/build/container-provision.sh", "containers/make-debian-12-image",
         "kiwi_descriptions/debian/config.sh", "kiwi_descriptions/debian/post_bootstrap.sh",
         "kiwi_descriptions/suse/config.sh", "overlays/tdx/config.sh",
         "overlays/tdx/root/usr/lib/tdx-image/tdx-selfcheck",  # POSIX sh, run in the guest

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import locks, signals
-from imagebuilder.errors import HostError
+from imagebuilder.host import locks, signals
+from imagebuilder.core.errors import HostError
 from tests.conftest import TDX_IMAGE, error_line
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def holder(lock_dir: Path, kind: str, path: Path) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from imagebuilder import locks
+        from imagebuilder.host import locks
         locks.LOCK_DIR = Path({str(lock_dir)!r})
         lock = locks.Lock({kind!r}, Path({str(path)!r}))
         assert lock.try_acquire()
@@ -94,7 +94,7 @@ def test_every_signal_raises_once_and_cleanup_runs_to_its_end(tmp_path, sig):
     process = run_python(f"""
         import time
         from pathlib import Path
-        from imagebuilder import signals
+        from imagebuilder.host import signals
         staging = Path({str(staging)!r})
         staging.mkdir()
         try:
@@ -123,7 +123,7 @@ def test_every_signal_raises_once_and_cleanup_runs_to_its_end(tmp_path, sig):
 def test_a_signal_inside_a_deferred_block_is_raised_when_it_ends(tmp_path):
     process = run_python("""
         import os, signal
-        from imagebuilder import signals
+        from imagebuilder.host import signals
         steps = []
         try:
             with signals.handled():

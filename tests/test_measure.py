@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import boot, runner
-from imagebuilder.errors import CheckFailed, HostError, InputError
-from imagebuilder.launch import Launch
+from imagebuilder.vm import boot
+from imagebuilder.host import runner
+from imagebuilder.core.errors import CheckFailed, HostError, InputError
+from imagebuilder.vm.launch import Launch
 from imagebuilder.measure import eventlog as ev
 from imagebuilder.measure.efi import EFI_CERT_X509_GUID, SHIM_LOCK_GUID, signature_list
 from imagebuilder.measure.grubscript import GrubSyntaxError, Grub, Unpredictable, loader_cmdline

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import outdir, publish
-from imagebuilder.errors import InputError
-from imagebuilder.targets import DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT
+from imagebuilder.build import outdir, publish
+from imagebuilder.core.errors import InputError
+from imagebuilder.core.paths import DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT
 from tests.conftest import error_line, run_cli, users_directory
 
 
@@ -142,10 +142,10 @@ def test_the_swap_creates_an_absent_destination_and_falls_back_without_renameat2
 
 
 def staged_build(tmp_path, monkeypatch, failure=None, during=lambda: None):
-    """build._stage_and_publish with the KIWI-to-validation part replaced by writing a log
+    """pipeline._stage_and_publish with the KIWI-to-validation part replaced by writing a log
     (and failing with ``failure`` when given), the way a real build leaves it."""
-    from imagebuilder import build
-    from imagebuilder.targets import TARGETS
+    from imagebuilder.build import pipeline
+    from imagebuilder.distros.targets import TARGETS
 
     def fake_build_in(staging):
         publish_dir = staging.publish
@@ -157,13 +157,13 @@ def staged_build(tmp_path, monkeypatch, failure=None, during=lambda: None):
         return {"durations_s": {}, "tdx_image_version": "0.1.0", "target": {}, "image": "img.qcow2",
                 "artifacts": {"img.qcow2": {}, "build.log": {}}}
 
-    request = build.BuildRequest(target=TARGETS["debian"], out_dir=tmp_path / "out",
+    request = pipeline.BuildRequest(target=TARGETS["debian"], out_dir=tmp_path / "out",
                                  cache_dir=tmp_path / "cache")
-    return build._stage_and_publish(request, tmp_path / "out", fake_build_in)
+    return pipeline._stage_and_publish(request, tmp_path / "out", fake_build_in)
 
 
 def test_a_failed_build_names_its_log_where_it_is_kept(tmp_path, monkeypatch):
-    from imagebuilder.errors import BuildError
+    from imagebuilder.core.errors import BuildError
 
     with pytest.raises(BuildError) as raised:
         staged_build(tmp_path, monkeypatch, failure=BuildError)
@@ -180,7 +180,7 @@ def test_a_failed_build_names_its_log_where_it_is_kept(tmp_path, monkeypatch):
 
 
 def test_a_foreign_out_failed_appearing_during_the_build_is_kept(tmp_path, monkeypatch):
-    from imagebuilder.errors import BuildError
+    from imagebuilder.core.errors import BuildError
 
     def someone_writes_there():
         users_directory(tmp_path / "out.failed")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from imagebuilder import publish
+from imagebuilder.build import publish
 from imagebuilder.schemas import RECORDS, SCHEMA_VERSION, schema
 
 
@@ -22,7 +22,7 @@ def test_each_schema_is_valid_and_pins_the_schema_version(record):
 
 
 def test_the_schemas_ship_in_the_package():
-    shipped = {path.name for path in Path(publish.__file__).with_name("schemas").iterdir()}
+    shipped = {path.name for path in (Path(publish.__file__).parents[1] / "schemas").iterdir()}
     assert {f"{record}.schema.json" for record in RECORDS} <= shipped
 
 

@@ -2,9 +2,8 @@
 
 import pytest
 
-from imagebuilder.errors import CredentialsError, InputError, RepositoryError
-from imagebuilder.repos import (Credentials, Repository, check_reachable, host_debian_mirrors,
-                                load_credentials, parse_repo_option)
+from imagebuilder.core.errors import CredentialsError, InputError, RepositoryError
+from imagebuilder.distros.repos import Credentials, Repository, check_reachable, host_debian_mirrors, load_credentials, parse_repo_option
 
 
 def test_host_mirrors_from_deb822_and_one_line_sources(tmp_path):

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from imagebuilder import distro, doctor, hostcheck, launch, requirements, runner
-from imagebuilder.errors import HostError
-from imagebuilder.results import FAIL, PASS, SKIP, WARN, Result, render
+from imagebuilder.host import buildhost, os_release, requirements, runner, virt
+from imagebuilder.commands import doctor
+from imagebuilder.core.errors import HostError
+from imagebuilder.core.results import FAIL, PASS, SKIP, WARN, Result, render
 
 
 def doctor_row(name: str) -> Result:
@@ -21,9 +22,9 @@ def doctor_row(name: str) -> Result:
 @pytest.mark.parametrize("name, fake", [
     ("root", lambda mp: mp.setattr(requirements.os, "geteuid", lambda: 1000)),
     ("host tools", lambda mp: mp.setattr(runner, "missing", lambda tools: [t for t in tools if t == "sgdisk"])),
-    ("kiwi", lambda mp: mp.setattr(hostcheck, "kiwi_version", lambda: "9.24.48")),
+    ("kiwi", lambda mp: mp.setattr(buildhost, "kiwi_version", lambda: "9.24.48")),
     ("loop devices", lambda mp: mp.setattr(requirements, "LOOP_CONTROL", "/nonexistent/loop-control")),
-    ("UEFI firmware", lambda mp: mp.setattr(launch, "OVMF_CANDIDATES", ())),
+    ("UEFI firmware", lambda mp: mp.setattr(virt, "OVMF_CANDIDATES", ())),
     ("swtpm", lambda mp: mp.setattr(runner, "missing", lambda tools: list(tools))),
 ])
 def test_a_verb_refuses_with_the_words_and_hint_doctor_shows(name, fake, monkeypatch):
@@ -37,8 +38,8 @@ def test_a_verb_refuses_with_the_words_and_hint_doctor_shows(name, fake, monkeyp
 
 def test_a_build_stops_at_the_first_requirement_missing_in_the_lists_order(monkeypatch, tmp_path):
     monkeypatch.setattr(requirements.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(hostcheck, "kiwi_command", lambda: "/usr/bin/kiwi-ng")
-    monkeypatch.setattr(hostcheck, "kiwi_version", lambda: "9.24.48")
+    monkeypatch.setattr(buildhost, "kiwi_command", lambda: "/usr/bin/kiwi-ng")
+    monkeypatch.setattr(buildhost, "kiwi_version", lambda: "9.24.48")
     monkeypatch.setattr(runner, "missing", lambda tools: list(tools))
     with pytest.raises(HostError, match="kiwi 9.24.48 found"):
         requirements.require("build", context=requirements.Context(build_dir=tmp_path))
@@ -64,7 +65,7 @@ def test_install_hints_name_the_packages_of_the_hosts_distribution(monkeypatch):
                          ("suse", "zypper install gptfdisk mtools qemu-tools"),
                          (None, "apt-get install gdisk mtools qemu-utils, "
                                 "or zypper install gptfdisk mtools qemu-tools")):
-        monkeypatch.setattr(distro, "host_family", lambda family=family: family)
+        monkeypatch.setattr(os_release, "host_family", lambda family=family: family)
         assert runner.install_hint(*tools) == hint
     every_tool = (requirements.DISK_TOOLS + requirements.APT_TOOLS + requirements.ESP_FALLBACK_TOOLS
                   + requirements.QEMU_TOOLS + ("swtpm",))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import distro, runner, signals
-from imagebuilder.errors import HostError
+from imagebuilder.host import os_release, runner, signals
+from imagebuilder.core.errors import HostError
 
 
 def test_run_captures_output_and_status_in_the_c_locale():
@@ -25,7 +25,7 @@ def test_run_feeds_input():
 
 
 def test_a_missing_tool_names_its_package_on_debian_and_suse(monkeypatch):
-    monkeypatch.setattr(distro, "host_family", lambda: None)  # neither: both are named
+    monkeypatch.setattr(os_release, "host_family", lambda: None)  # neither: both are named
     with pytest.raises(HostError, match="qemu-img-not-here is not installed") as raised:
         runner.run(["qemu-img-not-here"])
     assert raised.value.hint == "install qemu-img-not-here"
@@ -81,7 +81,7 @@ DIRECT_PROCESS_USE = re.compile(r"^\s*(?:import|from)\s+subprocess\b|\bsubproces
 
 
 def test_no_module_but_the_runner_starts_or_signals_a_program():
-    package = Path(runner.__file__).parent
+    package = Path(runner.__file__).parents[1]
     offenders = [f"{path.relative_to(package)}: {match.group().strip()}"
                  for path in sorted(package.rglob("*.py"))
                  if path.name != "runner.py"

@@ -8,9 +8,9 @@ from spdx_tools.spdx.model import RelationshipType
 from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from imagebuilder import sbom
-from imagebuilder.errors import BuildError
-from imagebuilder.targets import TARGETS
+from imagebuilder.build import sbom
+from imagebuilder.core.errors import BuildError
+from imagebuilder.distros.targets import TARGETS
 
 # Lines as KIWI 11.1 wrote them for the real debian image (dpkg-query: name|None|version|None|arch).
 DEBIAN_PACKAGES = """\

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from imagebuilder import boot, cli, settings
-from imagebuilder.build import BuildRequest, compose_description
+from imagebuilder.commands import boot, build
+from imagebuilder.core.defaults import DEFAULT_BOOT_TIMEOUT_S
+from imagebuilder.build import settings
+from imagebuilder.build.pipeline import BuildRequest, compose_description
 from imagebuilder.cli import main
 from imagebuilder.schemas import schema
-from imagebuilder.compose import Customisation
-from imagebuilder.targets import get_target
+from imagebuilder.build.compose import Customisation
+from imagebuilder.distros.targets import get_target
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample user@host\n"
 
@@ -148,16 +150,16 @@ def test_the_target_can_come_from_the_config_file_only(project):
 
 def test_the_readme_options_table_is_the_list_of_settings():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    start = readme.index("<!-- options table: generated from imagebuilder/settings.py -->\n")
+    start = readme.index("<!-- options table: generated from imagebuilder/build/settings.py -->\n")
     end = readme.index("<!-- end of the options table -->")
     assert readme[readme.index("\n", start) + 1:end] == settings.readme_table(), (
-        "README's options table differs from imagebuilder/settings.py; paste this:\n"
+        "README's options table differs from imagebuilder/build/settings.py; paste this:\n"
         + settings.readme_table())
 
 
 def test_one_list_makes_the_options_the_config_keys_and_the_recorded_inputs(project):
-    assert [p.name for p in cli.build.params] == [s.field for s in settings.SETTINGS]
-    summary_command = cli.main.commands["summary"]
+    assert [p.name for p in build.build_command.params] == [s.field for s in settings.SETTINGS]
+    summary_command = main.commands["summary"]
     assert {p.name for p in summary_command.params} == {s.field for s in settings.SETTINGS
                                                         if s.summary}
     # What the config file may not set is refused by its key, as an unknown setting.
@@ -175,7 +177,7 @@ def test_one_list_makes_the_options_the_config_keys_and_the_recorded_inputs(proj
 
 def test_the_boot_timeout_has_one_default_and_an_option(project):
     assert BuildRequest(target=get_target("debian"), out_dir=project).boot_timeout == \
-        boot.DEFAULT_TIMEOUT_S == next(p for p in boot.boot_command.params if p.name == "timeout").default
+        DEFAULT_BOOT_TIMEOUT_S == next(p for p in boot.boot_command.params if p.name == "timeout").default
     code, plan = summary("debian", "--boot-timeout", "900")
     assert code == 0 and plan["settings"]["boot-timeout"] == {"value": 900.0, "from": "command line"}
     result = CliRunner().invoke(main, ["summary", "debian", "--boot-timeout", "nan"])

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import hostcheck
-from imagebuilder.errors import CredentialsError, InputError, RepositoryError
-from imagebuilder.repos import Credentials, host_zypper_repositories
-from imagebuilder.targets import TARGETS, get_target
+from imagebuilder.host import buildhost
+from imagebuilder.core.errors import CredentialsError, InputError, RepositoryError
+from imagebuilder.distros.repos import Credentials, host_zypper_repositories
+from imagebuilder.distros.targets import TARGETS, get_target
 from tests.conftest import run_cli
 
 ZYPP_SAMPLE = Path(__file__).parent / "data" / "zypp"  # files as SUSEConnect writes them
@@ -42,7 +42,7 @@ def test_a_release_picks_its_repositories(target, release, repo):
 
 
 def test_the_composed_description_names_the_release(tmp_path):
-    from imagebuilder.build import BuildRequest, compose_description
+    from imagebuilder.build.pipeline import BuildRequest, compose_description
 
     request = BuildRequest(target=get_target("sles", "15-SP6"), out_dir=tmp_path / "out")
     compose_description(request, tmp_path / "d")
@@ -77,12 +77,12 @@ def write_os_release(tmp_path, text: str) -> str:
 def test_suse_targets_build_only_on_suse_15_hosts(tmp_path, os_release, ok):
     path = write_os_release(tmp_path, os_release)
     for name in ("leap", "sles"):
-        assert (hostcheck.build_host_problem(TARGETS[name], path) is None) == ok
-    assert hostcheck.build_host_problem(TARGETS["debian"], path) is None
+        assert (buildhost.build_host_problem(TARGETS[name], path) is None) == ok
+    assert buildhost.build_host_problem(TARGETS["debian"], path) is None
 
 
 def test_a_suse_build_on_this_debian_host_is_refused_at_once(tmp_path):
-    if hostcheck.build_host_problem(TARGETS["leap"]) is None:
+    if buildhost.build_host_problem(TARGETS["leap"]) is None:
         pytest.skip("this host is a SUSE 15 host")
     out = tmp_path / "leap"
     result = run_cli("build", "leap", "--release", "15.6", "--out", out)
@@ -182,8 +182,8 @@ def test_suse_description_carries_keys_registration_product_and_nic_naming():
 
 
 def test_tokens_and_passwords_of_the_hosts_repositories_are_secrets(monkeypatch, tmp_path):
-    from imagebuilder.build import BuildRequest
-    from imagebuilder.runner import Redactor
+    from imagebuilder.build.pipeline import BuildRequest
+    from imagebuilder.host.runner import Redactor
 
     monkeypatch.setenv("TDX_IMAGE_ZYPP_ROOT", str(ZYPP_SAMPLE))
     request = BuildRequest(target=get_target("sles"), out_dir=tmp_path / "sles")

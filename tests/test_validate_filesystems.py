@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.validate.disk import RawDisk
-from imagebuilder.validate.filesystems import Ext4, Fat, FilesystemError
+from imagebuilder.image.disk import RawDisk
+from imagebuilder.image.filesystems import Ext4, Fat, FilesystemError
 from tests.test_validate_checks import sh
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.errors import InputError
+from imagebuilder.core.errors import InputError
 from imagebuilder.validate import CHECKS, validate_image
-from imagebuilder.validate.bootchain import initrd_members, parse_grub_config
-from imagebuilder.validate.disk import open_disk
+from imagebuilder.image.bootconfig import parse_grub_config
+from imagebuilder.image.initrd import initrd_members
+from imagebuilder.image.disk import open_disk
 from tests.conftest import run_cli
 from tests.test_validate_checks import build_synthetic_image, sh
 

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from functools import cached_property
 
-from .. import signals
+from ..host import signals
 
 # UEFI 2.10 32.4.1 and shim's SHIM_LOCK_GUID (owner of the signatures shim puts in MokListRT).
 EFI_CERT_X509_GUID = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072").bytes_le

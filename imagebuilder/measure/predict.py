@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from itertools import zip_longest
 from pathlib import Path
 
-from ..errors import InputError
-from ..inputs import read_text
-from ..validate.disk import ESP_TYPE, LINUX_ROOT_TYPES, Disk, RawDisk, open_disk
-from ..validate.filesystems import Ext4, Fat, FilesystemError
-from ..validate.inspection import Inspection, Unavailable
+from ..core.errors import InputError
+from ..core.inputs import read_text
+from ..image.disk import ESP_TYPE, LINUX_ROOT_TYPES, Disk, RawDisk, open_disk
+from ..image.filesystems import Ext4, Fat, FilesystemError
+from ..image.inspection import Inspection, Unavailable
 from ..schemas import SCHEMA_VERSION
 from . import eventlog as ev
 from .efi import EfiError, GrubImage, PeImage, Shim, gpt_event_data

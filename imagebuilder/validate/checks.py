@@ -12,9 +12,9 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..results import FAIL, INFO, WARN, Finding
-from .disk import BIOS_BOOT_TYPE, ESP_TYPE, LINUX_ROOT_TYPES
-from .inspection import MANIFEST_IN_IMAGE, Inspection, Unavailable
+from ..core.results import FAIL, INFO, WARN, Finding
+from ..image.disk import BIOS_BOOT_TYPE, ESP_TYPE, LINUX_ROOT_TYPES
+from ..image.inspection import MANIFEST_IN_IMAGE, Inspection, Unavailable
 
 @dataclass(frozen=True)
 class Check:

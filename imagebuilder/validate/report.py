@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..results import SKIP, Result, render
+from ..core.results import SKIP, Result, render
 from ..schemas import SCHEMA_VERSION
 
 

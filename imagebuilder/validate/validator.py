@@ -7,11 +7,11 @@ from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 
-from ..inputs import require_regular_file
-from ..results import SKIP, Result, status_of
+from ..core.inputs import require_regular_file
+from ..core.results import SKIP, Result, status_of
 from .checks import CHECKS, Check
-from .disk import open_disk
-from .inspection import Inspection, Unavailable
+from ..image.disk import open_disk
+from ..image.inspection import Inspection, Unavailable
 from .report import Report
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import cleanup
-from imagebuilder.kiwi import PHASES
+from imagebuilder.build import cleanup
+from imagebuilder.build.kiwi import PHASES
 from tests.conftest import TDX_IMAGE, error_line, run_cli, schema_errors
 
 pytestmark = pytest.mark.integration

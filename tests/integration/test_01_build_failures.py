@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import cleanup
+from imagebuilder.build import cleanup
 from tests.conftest import TDX_IMAGE, error_line, run_cli
 
 pytestmark = pytest.mark.integration

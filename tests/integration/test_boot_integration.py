@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import launch, requirements
+from imagebuilder.host import virt
+from imagebuilder.host import requirements
 
 from ..conftest import run_cli
 
@@ -91,5 +92,5 @@ def test_doctor_reports_this_host_as_it_is():
     vendor = next(line.split(":")[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("vendor_id"))
     assert checks["CPU"]["detail"].startswith(vendor)
-    if launch.kvm_tdx_enabled() != "Y":
+    if virt.kvm_tdx_enabled() != "Y":
         assert checks["kvm_intel tdx"]["status"] == "fail" and not report["ok"]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import cleanup
+from imagebuilder.build import cleanup
 from imagebuilder.schemas import RECORDS
 from tests.conftest import schema_errors
 

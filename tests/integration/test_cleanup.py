@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder import cleanup
+from imagebuilder.build import cleanup
 
 pytestmark = pytest.mark.integration
 

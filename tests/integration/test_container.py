@@ -11,8 +11,9 @@ import subprocess
 
 import pytest
 
-from imagebuilder import cleanup
-from imagebuilder.targets import DEBIAN_BUILDER_IMAGE, PROJECT_ROOT
+from imagebuilder.build import cleanup
+from imagebuilder.distros.targets import DEBIAN_BUILDER_IMAGE
+from imagebuilder.core.paths import PROJECT_ROOT
 from tests.conftest import error_line, run_cli
 
 pytestmark = pytest.mark.integration

@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from imagebuilder import cleanup
-from imagebuilder.kiwi import HOSTSHIM, KiwiInvocation
+from imagebuilder.build import cleanup
+from imagebuilder.build.kiwi import HOSTSHIM, KiwiInvocation
 
 pytestmark = pytest.mark.integration
 

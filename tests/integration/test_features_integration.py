@@ -13,7 +13,7 @@ import pytest
 from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from imagebuilder import launch
+from imagebuilder.host import virt
 
 from ..conftest import TDX_IMAGE, run_cli, run_cli_on_terminal
 
@@ -64,7 +64,7 @@ def test_run_forwards_ssh_to_the_named_user_and_never_writes_the_image(debian_im
     with open(console, "wb") as sink:
         qemu = subprocess.Popen([*TDX_IMAGE, "run", debian_image, "--exec", "--accel", "tcg",
                                  "--ssh-port", str(port), "--memory", "1536", "--cpus", "1",
-                                 "--firmware", launch.OVMF_CODE],
+                                 "--firmware", virt.OVMF_CODE],
                                 stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT)
     ssh = ["ssh", "-i", debian_ssh_key, "-p", str(port), "-o", "BatchMode=yes",
            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -92,7 +92,7 @@ def test_run_forwards_ssh_to_the_named_user_and_never_writes_the_image(debian_im
 
 def test_boot_on_a_terminal_shows_progress_and_passes_as_a_normal_vm(debian_image, tmp_path):
     status, output = run_cli_on_terminal("boot", debian_image, "--accel", "tcg",
-                                         "--firmware", launch.OVMF_CODE,
+                                         "--firmware", virt.OVMF_CODE,
                                          "--timeout", BOOT_TIMEOUT, "--console-log", tmp_path / "c.log")
 
     assert status == 0, output[-3000:]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.build import DEFAULT_CACHE_DIR
-from imagebuilder.incremental import ROOTS_DIR
+from imagebuilder.core.defaults import DEFAULT_CACHE_DIR
+from imagebuilder.build.incremental import ROOTS_DIR
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.targets import PROJECT_ROOT
+from imagebuilder.core.paths import PROJECT_ROOT
 
 from ..test_validate_checks import build_synthetic_image
 

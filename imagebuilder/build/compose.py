@@ -1,0 +1,170 @@
+"""Compose the description KIWI builds: the target's description plus the shared TDX overlay.
+
+KIWI has no flag to add an overlay, so the driver writes a temporary description directory:
+the target's files, the overlay's ``root/`` tree merged into ``root/`` (KIWI's own overlay
+mechanism), and a ``config.sh`` that runs the target's setup and then the overlay's.  The
+overlay's files are recorded with their digests inside the image
+(``/usr/lib/tdx-image/overlay-manifest.json``) so a validator can prove they are there.
+The user's customisations (extra packages, disk size and format, an SSH key for a named user)
+are applied to the composed ``config.xml`` with KIWI's own elements; the repository's
+description is never changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import InputError
+from ..core.inputs import read_text
+
+MANIFEST_PATH = "usr/lib/tdx-image/overlay-manifest.json"
+SSH_KEY_MAX_BYTES = 256 * 1024  # an authorized_keys file of a few hundred keys
+SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519@", "sk-ecdsa-sha2-")
+
+
+@dataclass(frozen=True)
+class Customisation:
+    """What a user changes without editing the repository (see imagebuilder/build/settings.py)."""
+
+    packages: tuple[str, ...] = ()
+    size_mib: int | None = None  # None: the description's <size>
+    image_format: str | None = None  # qcow2, raw or vmdk; None: the description's
+    ssh_key: Path | None = None
+    ssh_user: str = "root"
+
+
+@dataclass(frozen=True)
+class Composition:
+    path: Path
+    overlay_files: dict[str, dict]  # image path -> {"sha256", "mode"}
+
+
+def compose(description: Path, overlay: Path, destination: Path,
+            custom: Customisation = Customisation()) -> Composition:
+    """Write the composed description to ``destination`` (which must not exist)."""
+    shutil.copytree(description, destination, symlinks=True)
+    overlay_root = overlay / "root"
+    files = _overlay_manifest(overlay_root)
+    shutil.copytree(overlay_root, destination / "root", symlinks=True, dirs_exist_ok=True)
+    manifest = destination / "root" / MANIFEST_PATH
+    manifest.write_text(json.dumps({"overlay": overlay.name, "files": files}, indent=2,
+                                   sort_keys=True) + "\n")
+    fragments: list[tuple[str, Path | str]] = [
+        (f"{description.name}/config.sh", description / "config.sh"),
+        (f"{overlay.name}/config.sh", overlay / "config.sh")]
+    if custom.ssh_key and custom.ssh_user != "root":
+        # sshd reads authorized_keys as the user; the overlay's files arrive owned by root, and
+        # KIWI hands a home to its user only when it creates the user.
+        fragments.append(("--ssh-user", f'chown -R "{custom.ssh_user}:" '
+                          f'"{home(custom.ssh_user)}/.ssh"'))
+    _compose_config_sh(destination / "config.sh", fragments)
+    if custom.ssh_key:
+        _authorize_ssh_key(custom.ssh_key, destination / "root" / home(custom.ssh_user).lstrip("/")
+                           / ".ssh")
+    if custom != Customisation(ssh_key=custom.ssh_key):  # anything for config.xml
+        _customise_config_xml(destination / "config.xml", custom)
+    return Composition(destination, files)
+
+
+def home(user: str) -> str:
+    return "/root" if user == "root" else f"/home/{user}"
+
+
+def image_format(config_xml: Path) -> str:
+    """The disk format a description builds: its <type format=...>, raw when it has none."""
+    image_type = ET.parse(config_xml).find("preferences/type")
+    if image_type is None:
+        raise InputError(f"{config_xml} has no <preferences><type>",
+                         "a KIWI description names the image type it builds")
+    return image_type.get("format", "raw")
+
+
+def _customise_config_xml(config_xml: Path, custom: Customisation) -> None:
+    """KIWI's own elements: <package> in the shared image packages, <size> and format= on every
+    <type>, and <users> for a named SSH user (no password: ``*`` is no valid hash)."""
+    original = config_xml.read_text()
+    tree = ET.parse(config_xml, ET.XMLParser(target=ET.TreeBuilder(insert_comments=True)))
+    image = tree.getroot()
+    if custom.packages:
+        shared = next((p for p in image.iterfind("packages") if p.get("type") == "image"
+                       and not p.get("profiles")), None)
+        if shared is None:
+            shared = ET.SubElement(image, "packages", type="image")
+        present = {p.get("name") for p in shared.iterfind("package")}
+        for name in custom.packages:
+            if name not in present:
+                ET.SubElement(shared, "package", name=name)
+    for image_type in image.iterfind("preferences/type"):
+        if custom.size_mib:
+            size = image_type.find("size")
+            if size is None:
+                size = ET.SubElement(image_type, "size")
+            size.attrib = {"unit": "M"}
+            size.text = str(custom.size_mib)
+        if custom.image_format == "raw":
+            image_type.attrib.pop("format", None)  # KIWI's plain disk is the raw image
+        elif custom.image_format:
+            image_type.set("format", custom.image_format)
+    if custom.ssh_key and custom.ssh_user != "root":
+        # KIWI creates the user after placing the overlay and hands its home (with .ssh) to it.
+        users = ET.SubElement(image, "users")
+        ET.SubElement(users, "user", name=custom.ssh_user, home=home(custom.ssh_user),
+                      password="*", shell="/bin/bash")
+    ET.indent(tree, space="    ")
+    # The declaration and comments before <image> are outside ElementTree's tree: keep them.
+    config_xml.write_text(original[:original.index("<image")] + ET.tostring(image, encoding="unicode")
+                          + "\n")
+
+
+def _overlay_manifest(overlay_root: Path) -> dict[str, dict]:
+    files = {}
+    for path in sorted(overlay_root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            files["/" + path.relative_to(overlay_root).as_posix()] = {
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "mode": oct(path.stat().st_mode & 0o7777),
+            }
+    return files
+
+
+def _compose_config_sh(destination: Path, fragments: list[tuple[str, Path | str]]) -> None:
+    """One config.sh running each fragment (a script file, skipped when absent, or script text)
+    in its own subshell, in order.
+
+    A subshell keeps one fragment's ``exit`` or shell options from skipping the next.
+    """
+    parts = ["#!/bin/bash", "# Composed by tdx-image: target setup, then the shared overlay.",
+             "set -euo pipefail"]
+    for name, fragment in fragments:
+        if isinstance(fragment, Path):
+            if not fragment.is_file():
+                continue
+            fragment = fragment.read_text()
+        parts += [f"# ---- {name}", "(", fragment.rstrip("\n"), ")"]
+    destination.write_text("\n".join(parts) + "\n")
+    destination.chmod(0o755)
+
+
+def read_ssh_keys(key_file: Path) -> list[str]:
+    """The OpenSSH public keys in ``key_file`` (a .pub or authorized_keys file)."""
+    text = read_text(key_file, "--ssh-key", SSH_KEY_MAX_BYTES)
+    keys = [line.strip() for line in text.splitlines() if line.strip()]
+    if not keys or not all(key.startswith(SSH_KEY_TYPES) for key in keys):
+        raise InputError(f"{key_file} is not an OpenSSH public key file",
+                         "pass the .pub file, never the private key")
+    return keys
+
+
+def _authorize_ssh_key(key_file: Path, ssh_dir: Path) -> None:
+    keys = read_ssh_keys(key_file)
+    ssh_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(ssh_dir, 0o700)
+    authorized = ssh_dir / "authorized_keys"
+    authorized.write_text("\n".join(keys) + "\n")
+    os.chmod(authorized, 0o600)

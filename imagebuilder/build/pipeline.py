@@ -1,0 +1,441 @@
+"""``tdx-image build``: the whole flow for one target, in order.
+
+target -> repositories and host checks -> composed description -> KIWI run -> artifacts ->
+validation (-> boot test) -> build record -> one rename into ``--out``.
+All work happens in a staging directory beside ``--out``; on failure or interrupt it is
+released (mounts, loop devices) and removed, and only the log and reports are kept, in
+``<out>.failed/``.  A ``BuildContext`` carries one build's request, staging layout and the state
+its steps hand on; each step runs as a phase (progress.py) whose events feed the display,
+``--progress=json`` and build.json's durations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+
+from .. import __version__
+from . import cleanup, incremental, kiwi, kiwicheck, outdir, publish, sbom, settings
+from ..host import buildhost, locks, requirements, runner, signals
+from ..vm.boot import boot_image
+from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
+from .compose import Composition, Customisation, compose, read_ssh_keys
+from ..core.errors import CheckFailed, CredentialsError, HostError, InputError, Interrupted, RepositoryError, TdxImageError
+from ..core.inputs import require_regular_file, require_writable_dir
+from ..measure import predict
+from .progress import Durations, Listener, Phases
+from ..distros.repos import Credentials, Repository, check_reachable, load_credentials
+from ..schemas import SCHEMA_VERSION
+from ..core.defaults import DEFAULT_CACHE_DIR
+from ..distros.targets import Target
+from ..core.paths import SHARED_OVERLAY
+from ..validate import validate_image
+
+ESP_FALLBACK_NOTE = ("this kernel cannot mount vfat; the EFI partition is written with mtools "
+                     "instead (ESP fallback)")
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What the user asked for (settings.SETTINGS names where each value comes from)."""
+
+    target: Target
+    out_dir: Path
+    mirror: str | None = None
+    extra_repositories: tuple[Repository, ...] = ()
+    credentials_file: Path | None = None
+    signing_keys: tuple[Path, ...] = ()
+    custom: Customisation = Customisation()
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    boot_test: bool = False
+    boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S
+    incremental: bool = True  # reuse a cached prepared root when its key matches (incremental.py)
+    force: bool = False  # replace an --out that holds something other than an earlier output
+
+    @cached_property
+    def repositories(self) -> list[Repository]:
+        # Target repositories first: KIWI pairs credentials with the leading --add-repo values.
+        return self.target.repositories(self.mirror) + list(self.extra_repositories)
+
+    def credentials(self) -> Credentials | None:
+        """The user's (--credentials, environment), or those the host's repositories name."""
+        given = load_credentials(str(self.credentials_file) if self.credentials_file else None)
+        carried = {repo.credentials for repo in self.repositories if repo.credentials}
+        if given and carried:
+            raise InputError("repository credentials were given, but the host's repositories "
+                             "name their own credentials files",
+                             "credentials go with --mirror (an SMT that wants a login)")
+        if len(carried) > 1:
+            # KIWI takes one credentials file per build for the leading --add-repo values.
+            raise CredentialsError("the host's repositories name different credentials files",
+                                   "give an RMT/SMT with --mirror instead")
+        return given or (carried.pop() if carried else None)
+
+    def secrets(self, credentials: Credentials | None) -> list[str]:
+        """What never reaches a log or a report: passwords and SCC's repository tokens."""
+        return (credentials.secrets() if credentials else []) + [
+            repo.token for repo in self.repositories if repo.token]
+
+
+@dataclass(frozen=True)
+class Staging:
+    """Where one build assembles its output: a directory beside ``--out`` (the same filesystem,
+    so one rename publishes it), named once here."""
+
+    root: Path
+
+    @property
+    def description(self) -> Path:  # the composed description KIWI builds
+        return self.root / "description"
+
+    @property
+    def kiwi_target(self) -> Path:  # KIWI's --target-dir
+        return self.root / "kiwi"
+
+    @property
+    def publish(self) -> Path:  # what --out becomes
+        return self.root / "publish"
+
+    @property
+    def credentials(self) -> Path:  # "user:password" for KIWI, mode 0600
+        return self.root / "credentials"
+
+    @property
+    def esp_fallback(self) -> Path:  # the vfat mount shim's PATH and state (kiwi.HOSTSHIM)
+        return self.root / "esp-fallback"
+
+    @property
+    def failed(self) -> Path:  # a failed build's logs and reports, before they become OUT.failed
+        return self.root / "failed"
+
+
+@dataclass(frozen=True)
+class Host:
+    """What the preflight found out about the host, once per build."""
+
+    kiwi: str  # the kiwi-ng command
+    kiwi_version: str
+    esp_fallback: bool  # the kernel cannot mount vfat: the ESP is written with mtools
+
+    @classmethod
+    def probe(cls) -> Host:
+        return cls(buildhost.kiwi_command(), buildhost.kiwi_version(),
+                   esp_fallback=not buildhost.kernel_mounts_vfat())
+
+
+@dataclass
+class BuildContext:
+    """One build: the request, its staging layout, the host facts and credentials resolved
+    once, and what the steps hand on (the composition, the KIWI run)."""
+
+    request: BuildRequest
+    out_dir: Path
+    staging: Staging
+    host: Host
+    credentials: Credentials | None
+    phases: Phases
+    durations: Durations
+    composition: Composition | None = None
+    invocation: kiwi.KiwiInvocation | None = None
+    reuse: incremental.Decision | None = None
+
+    def phase(self, name: str, message: str | None = None) -> AbstractContextManager[None]:
+        """Run a step of the build as a phase: timed, and reported as it starts and ends."""
+        return self.phases.phase(name, message)
+
+    @cached_property
+    def secrets(self) -> list[str]:
+        return self.request.secrets(self.credentials)
+
+    @cached_property
+    def redact(self) -> runner.Redactor:
+        return runner.Redactor(self.secrets)
+
+    @cached_property
+    def final(self) -> publish.Relocation:
+        """Records name files where they will be once published, not where they are built."""
+        return publish.Relocation({self.staging.publish: str(self.out_dir),
+                                   self.staging.root: "<staging>",
+                                   self.staging.description: str(self.out_dir / "description")})
+
+    def kiwi_invocation(self) -> kiwi.KiwiInvocation:
+        request = self.request
+        return kiwi.KiwiInvocation(
+            kiwi=self.host.kiwi,
+            description=self.staging.description,
+            target_dir=self.staging.kiwi_target,
+            cache_dir=request.cache_dir,
+            repositories=request.repositories,
+            profile=request.target.profile,
+            credentials_file=self.staging.credentials if self.credentials else None,
+            signing_keys=list(request.signing_keys),
+            esp_fallback_dir=self.staging.esp_fallback if self.host.esp_fallback else None,
+        )
+
+
+def compose_description(request: BuildRequest, destination: Path) -> Composition:
+    """The target's description for the chosen release, plus the shared overlay."""
+    composition = compose(request.target.description_dir, SHARED_OVERLAY, destination,
+                          request.custom)
+    request.target.apply_release(destination)
+    return composition
+
+
+def dry_run(request: BuildRequest) -> dict:
+    """What a build would do: let KIWI check the composed description (in a temporary directory,
+    removed again) and return the kiwi-ng command as the build would run it, beside --out."""
+    out_dir = outdir.check(request.out_dir, request.force, request.cache_dir)
+    note = None
+    try:
+        request.repositories
+    except RepositoryError as error:
+        # sles off a registered host: check the description against an RMT's layout.
+        if not request.target.check_mirror or request.mirror:
+            raise
+        note = f"{error.message}; checked with an RMT layout under {request.target.check_mirror}"
+        request = dataclasses.replace(request, mirror=request.target.check_mirror)
+    credentials = request.credentials()
+    with tempfile.TemporaryDirectory(prefix=f"tdx-image-dry-run-{request.target.name}-") as work:
+        compose_description(request, Path(work) / "description")
+        kiwicheck.check_description(Path(work) / "description", request.target.profile,
+                                    request.repositories)
+    context = BuildContext(
+        request, out_dir, Staging(out_dir.parent / f".{out_dir.name}.staging-XXXXXXXX"),
+        Host.probe(), credentials, Phases(), Durations())
+    invocation = context.kiwi_invocation()
+    state = ("absent: will be created" if not os.path.lexists(out_dir) else
+             "empty or an earlier output: will be replaced" if outdir.replaceable(out_dir) else
+             "not ours: will be replaced (--force)")
+    return {"target": request.target.name, "release": request.target.chosen.name,
+            "out": str(out_dir), "out_state": state, "staging": str(context.staging.root),
+            "description": str(invocation.description),
+            "command": [context.redact(word) for word in invocation.command()],
+            "esp_fallback": invocation.esp_fallback_dir is not None, "note": note}
+
+
+def build(request: BuildRequest, on_event: Listener) -> dict:
+    """Build, check and publish; return the build record (also written as build.json)."""
+    durations = Durations()
+    phases = Phases(on_event, durations)
+    # A host that cannot build this target at all says so first, then --out, then the user's
+    # other inputs, then the host's root, tools and space.
+    requirements.require(f"build:{request.target.package_manager}",
+                         context=requirements.Context(target=request.target))
+    out_dir = outdir.check(request.out_dir, request.force, request.cache_dir)
+    if request.custom.ssh_key:
+        read_ssh_keys(request.custom.ssh_key)
+    for key in request.signing_keys:
+        require_regular_file(key, "--signing-key")
+    credentials = request.credentials()
+    host = preflight(request, out_dir)
+    if host.esp_fallback:
+        phases.note(ESP_FALLBACK_NOTE)
+    with locks.lock_out(out_dir):
+        outdir.check(out_dir, request.force, request.cache_dir)  # as it is now that it is ours
+        with phases.phase("check repositories"):
+            check_reachable(request.repositories, credentials)
+        return _stage_and_publish(request, out_dir, lambda staging: _build_in(
+            BuildContext(request, out_dir, staging, host, credentials, phases, durations)))
+
+
+def preflight(request: BuildRequest, out_dir: Path) -> Host:
+    """What the host must offer before a KIWI run is worth starting (requirements.py)."""
+    requirements.require("root")
+    require_writable_dir(out_dir.parent, f"--out {out_dir}")
+    require_writable_dir(request.cache_dir, f"--cache-dir {request.cache_dir}")
+    requirements.require("build", context=requirements.Context(build_dir=out_dir.parent,
+                                                               target=request.target))
+    return Host.probe()
+
+
+def _stage_and_publish(request: BuildRequest, out_dir: Path,
+                       build_in: Callable[[Staging], dict]) -> dict:
+    """Everything happens in a staging directory beside --out; only a complete, validated set
+    is swapped in.  Whatever ends the build, the staging directory is released and removed and
+    the log and reports are kept in OUT.failed/."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Staging(Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent)))
+    try:
+        staging.publish.mkdir()
+        record = build_in(staging)
+        publish.write_json(staging.publish / "build.json", record)
+        with signals.deferred():
+            outdir.check(out_dir, request.force, request.cache_dir)  # nobody wrote there meanwhile
+            publish.replace_directory(staging.publish, out_dir)
+        return record
+    except BaseException as error:
+        with signals.deferred():
+            try:
+                failed = _keep_failure_evidence(staging, outdir.failed_dir(out_dir), error)
+            except OSError:  # never let this hide why the build failed
+                failed = None
+        if isinstance(error, (KeyboardInterrupt, Interrupted)):
+            where = f"its log is in {failed}/" if failed else "it had written no log yet"
+            raise Interrupted(f"build stopped by {signals.received_name()}; children stopped, "
+                              "staging removed, nothing published", where) from None
+        raise
+    finally:
+        with signals.deferred():
+            _remove_staging(staging.root)
+
+
+def _build_in(context: BuildContext) -> dict:
+    request, staging = context.request, context.staging
+    with context.phase("compose"):
+        # No separate kiwicheck here: `kiwi-ng system build` runs the same checks as it starts.
+        context.composition = compose_description(request, staging.description)
+        if context.credentials:
+            staging.credentials.touch(mode=0o600)
+            staging.credentials.write_text(
+                f"{context.credentials.username}:{context.credentials.password}\n")
+    _run_kiwi(context)
+    with context.phase("publish"):
+        artifacts = publish.collect(staging.kiwi_target, staging.publish)
+        image = artifacts["image"]
+        image_digest = publish.write_checksum(image)
+        sbom_file = sbom.write(artifacts["image_packages"], image, image_digest, request.target,
+                               staging.kiwi_target / publish.IMAGE_ROOT)
+        manifest = publish.overlay_manifest(context.composition.path, staging.publish)
+        publish.description(context.composition.path, staging.kiwi_target,
+                            staging.publish / "description", context.redact)
+    with context.phase("validate"):
+        report = validate_image(image, manifest=manifest)
+        publish.write_json(staging.publish / "validation.json", context.final(report.to_dict()))
+        report.write_junit(staging.publish / "validation.junit.xml")
+        if not report.ok:
+            failed = ", ".join(check.id for check in report.failed)
+            raise CheckFailed(f"the built image failed validation: {failed}",
+                              "see validation.json in the .failed directory")
+    # What a verifier expects this image to measure (RTMR1/2, PCRs); its digest is in build.json.
+    with context.phase("measure"):
+        publish.write_json(staging.publish / "measurements.json",
+                           context.final(predict(image).to_dict()))
+    boot = None
+    if request.boot_test:
+        with context.phase("boot test"):
+            boot = context.final(boot_image(image, console_log=staging.publish / "boot-console.log",
+                                            timeout=request.boot_timeout).to_dict())
+            publish.write_json(staging.publish / "boot.json", boot)
+    digests = publish.artifact_digests(staging.publish, {image.name: image_digest})
+    return _record(context, image, digests, sbom_file, boot)
+
+
+def _run_kiwi(context: BuildContext) -> None:
+    """The prepared root (cached or made, incremental.py), then KIWI's build, holding the package
+    cache until KIWI is done with the package manager.  KIWI's phases are steps of these."""
+    request, staging = context.request, context.staging
+    log = staging.publish / "build.log"
+    with _package_cache(context) as cache:
+        def kiwi_step(name: str) -> None:
+            if name == kiwi.CACHE_DONE_PHASE:
+                cache.release()  # KIWI is done with the package manager: the next build may go
+            context.phases.step(None if name == kiwi.DONE_PHASE else name)
+
+        with context.phase("prepared root"):
+            context.reuse = incremental.prepare(
+                context.kiwi_invocation(), staging.description, request.target.name, context.credentials,
+                context.host.kiwi_version, request.incremental, staging.root,
+                staging.publish / "prepare.log", kiwi_step, context.secrets)
+        context.invocation = context.reuse.invocation
+        with context.phase("kiwi"):
+            kiwi.execute(context.invocation, log, kiwi_step, context.secrets)
+
+
+@contextmanager
+def _package_cache(context: BuildContext) -> Iterator[locks.Lock]:
+    """Hold the package cache; a wait for another build's package manager is a phase of its own."""
+    with ExitStack() as waiting:
+        lock = locks.lock_cache(context.request.cache_dir, lambda message: waiting.enter_context(
+            context.phase("wait for the package cache", message)))
+    with lock:
+        yield lock
+
+
+def _record(context: BuildContext, image: Path, digests: dict[str, dict], sbom_file: Path,
+            boot: dict | None) -> dict:
+    """build.json: what was built from what, how long each phase took, what was published."""
+    request, target = context.request, context.request.target
+    assert context.composition and context.invocation and context.reuse  # set by the steps before
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tdx_image_version": __version__,
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "target": {"name": target.name, "title": target.title, "description": target.description,
+                   "profile": target.profile, "release": target.chosen.name},
+        "inputs": {
+            **settings.recorded(request),
+            "repositories": [{"alias": r.alias, "url": r.url, "type": r.type,
+                              "distribution": r.distribution, "gpgcheck": r.gpgcheck}
+                             for r in request.repositories],
+            "overlay": SHARED_OVERLAY.name,
+            "overlay_files": context.composition.overlay_files,
+            "credentials_used": context.credentials is not None,
+        },
+        "host": {"kernel": platform.release(), "python": sys.version.split()[0],
+                 "esp_fallback": context.host.esp_fallback},
+        "tools": {"kiwi": context.host.kiwi_version,
+                  "qemu-img": buildhost.tool_version(["qemu-img", "--version"])},
+        "kiwi_command": context.final([context.redact(word) for word in context.invocation.command()]),
+        "incremental": context.reuse.incremental,
+        "incremental_reason": context.reuse.reason,
+        "prepared_root_key": context.reuse.key,
+        "durations_s": context.durations.record(),
+        "artifacts": digests,
+        "image": image.name,
+        "sbom": {"file": sbom_file.name, "format": "SPDX-2.3 JSON",
+                 "sha256": digests[sbom_file.name]["sha256"]},
+        "validation": {"ok": True},
+        "boot_test": boot,
+    }
+
+
+def _keep_failure_evidence(staging: Staging, failed_dir: Path,
+                           error: BaseException) -> Path | None:
+    """Logs and reports of a failed build (never an image) go to ``OUT.failed/``, with
+    failure.json saying what went wrong.  OUT.failed is only replaced when an earlier run wrote
+    it; otherwise (someone put something there during the build) a fresh OUT.failed-XXXX is used."""
+    if not staging.publish.is_dir():
+        return None
+    evidence = [p for p in staging.publish.iterdir()
+                if p.suffix in (".log", ".json", ".xml") and p.name != "kiwi.result.json"]
+    if not evidence:
+        return None
+    if not outdir.replaceable(failed_dir):
+        failed_dir = Path(tempfile.mkdtemp(prefix=f"{failed_dir.name}-", dir=failed_dir.parent))
+    if isinstance(error, TdxImageError):
+        error.relocate(str(staging.publish), str(failed_dir))  # e.g. the log path in KIWI's error
+    staging.failed.mkdir()
+    for path in evidence:
+        path.rename(staging.failed / path.name)
+    if isinstance(error, TdxImageError):
+        message, exit_code = str(error), error.exit_code
+    elif isinstance(error, KeyboardInterrupt):
+        message, exit_code = f"stopped by {signals.received_name()}", Interrupted.exit_code
+    else:
+        message, exit_code = repr(error), 1
+    publish.write_json(staging.failed / outdir.FAILURE_RECORD, {
+        "tdx_image_version": __version__,
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "error": message, "exit_code": exit_code, "files": sorted(path.name for path in evidence)})
+    publish.replace_directory(staging.failed, failed_dir)
+    return failed_dir
+
+
+def _remove_staging(staging: Path) -> None:
+    cleanup.release(staging)
+    held, loops = cleanup.leftovers(staging)
+    if held or loops:
+        # Deleting through a live bind mount of /dev or /proc would destroy host state.
+        raise HostError(f"could not release {', '.join(held + loops)}; staging left at {staging}",
+                        "unmount them, detach the loop devices, then remove the directory")
+    shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,312 @@
+"""What users set: every option of ``build`` (and ``summary``) as data, one list feeding the click
+options, the ``tdx-image.toml`` config-file keys, build.json's inputs and README's options table.
+
+The config file uses click's own mechanism: it becomes the command's ``default_map``, so every
+configurable option (``package = ["jq"]``, ``ssh-key = "id.pub"``, ``mirror = "..."``) can be set
+there and the command line (and environment variables) still win.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S, DEFAULT_CACHE_DIR
+from .compose import Customisation
+from ..core.inputs import Seconds
+from ..distros.repos import check_url, parse_repo_option
+from ..distros.targets import TARGETS
+
+CONFIG_NAME = "tdx-image.toml"
+IMAGE_FORMATS = ("qcow2", "raw", "vmdk")
+MIN_SIZE_MIB = 1024
+# Where a setting's value goes: the BuildRequest field of its name, the Customisation field of
+# its name (applied to the composed description), or the verb itself (how this one run goes).
+REQUEST, CUSTOM, COMMAND = "request", "customisation", "command"
+
+
+class TargetName(click.ParamType):
+    """A target's name, completed in the shell (get_target says which exist)."""
+
+    name = "target"
+
+    def shell_complete(self, ctx, param, incomplete):
+        return [click.shell_completion.CompletionItem(name) for name in TARGETS
+                if name.startswith(incomplete)]
+
+
+class MirrorURL(click.ParamType):
+    name = "url"
+
+    def convert(self, value, param, ctx):
+        return check_url("--mirror", value)
+
+
+class RepositoryOption(click.ParamType):
+    """``URL`` (rpm-md) or ``URL,SUITE[,COMPONENTS]`` (apt), to a Repository."""
+
+    name = "repository"
+
+    def convert(self, value, param, ctx):
+        return value if not isinstance(value, str) else parse_repo_option(value)
+
+
+class PackageName(click.ParamType):
+    """A Debian or RPM package name (no versions, globs or options)."""
+
+    name = "package"
+    PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9+._-]*")
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str) or not self.PATTERN.fullmatch(value):
+            self.fail(f"{value!r} is not a package name (letters, digits, + . _ -)", param, ctx)
+        return value
+
+
+class DiskSize(click.ParamType):
+    """``8G``, ``6144M`` or a number of GiB, to MiB (KIWI's ``<size unit="M">``)."""
+
+    name = "size"
+    PATTERN = re.compile(r"(\d+)\s*([MG]?)i?B?", re.IGNORECASE)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        match = self.PATTERN.fullmatch(str(value).strip())
+        if not match:
+            self.fail(f"{value!r} is not a size (e.g. 8G or 6144M)", param, ctx)
+        mib = int(match.group(1)) * (1 if match.group(2).upper() == "M" else 1024)
+        if mib < MIN_SIZE_MIB:
+            self.fail(f"{value} is too small: a TDX guest disk needs at least {MIN_SIZE_MIB}M",
+                      param, ctx)
+        return mib
+
+
+class UserName(click.ParamType):
+    name = "user"
+    PATTERN = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str) or not self.PATTERN.fullmatch(value):
+            self.fail(f"{value!r} is not a user name (lower case, at most 32 characters)",
+                      param, ctx)
+        return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    option: str  # the command-line option ("--size"), or the argument's metavar ("TARGET")
+    field: str  # the click parameter, named after the field it fills (see REQUEST, CUSTOM)
+    help: str
+    type: click.ParamType | None = None
+    part: str = REQUEST
+    metavar: str | None = None
+    multiple: bool = False
+    flag: bool = False
+    default: Any = None
+    shown_default: str | None = None  # the default in words when it is not a value
+    envvar: str | None = None
+    configurable: bool = True  # a key of the config file (never: how to print, --force)
+    recorded: bool = False  # build.json's inputs carry it, under its field name
+    summary: bool = True  # `summary` takes it as `build` does
+    callback: Callable | None = None  # an eager option processed before the others (--config)
+
+    @property
+    def key(self) -> str:
+        """The config-file key: the option without "--" (the argument's parameter name)."""
+        return self.option[2:] if self.option.startswith("--") else self.field
+
+    @property
+    def default_text(self) -> str:
+        if self.shown_default:
+            return self.shown_default
+        return "" if self.default in (None, False) else f"{self.default:g}" if isinstance(
+            self.default, float) else str(self.default)
+
+    def parameter(self) -> Callable:
+        """The click decorator for this setting."""
+        if not self.option.startswith("--"):
+            return click.argument(self.field, metavar=self.option, type=self.type)
+        return click.option(
+            self.option, self.field, type=self.type, metavar=self.metavar, help=self.help,
+            multiple=self.multiple, is_flag=self.flag, envvar=self.envvar,
+            default=bool(self.default) if self.flag else self.default,
+            show_default=self.shown_default or self.default not in (None, False), callback=self.callback,
+            is_eager=self.callback is not None, expose_value=self.callback is None)
+
+
+def load_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """Make the config file the command's default_map (options given on the line still win)."""
+    path = value or (Path(CONFIG_NAME) if Path(CONFIG_NAME).is_file() else None)
+    if path is None:
+        return
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise click.BadParameter(f"cannot read {path}: {error}", ctx, param)
+    taken = {p.name for p in ctx.command.params}
+    by_key = {s.key: s for s in SETTINGS if s.configurable and s.field in taken}
+    defaults = {}
+    for key, raw in data.items():
+        setting = by_key.get(key)
+        if setting is None:
+            raise click.BadParameter(
+                f"{path}: unknown setting {key!r} (known: {', '.join(sorted(by_key))})", ctx, param)
+        if setting.multiple and isinstance(raw, str):
+            raw = [raw]
+        if isinstance(raw, dict) or isinstance(raw, list) != setting.multiple:
+            raise click.BadParameter(
+                f"{path}: {key} must be {'a list' if setting.multiple else 'one value'}", ctx, param)
+        if isinstance(setting.type, click.Path):  # relative to the file, not the current directory
+            raw = [_beside(path, v) for v in raw] if isinstance(raw, list) else _beside(path, raw)
+        defaults[setting.field] = raw
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta["tdx_image.config"] = path
+
+
+def _beside(config: Path, value) -> str:
+    return str(config.parent / Path(str(value)).expanduser())
+
+
+FILE = click.Path(dir_okay=False, path_type=Path)
+DIRECTORY = click.Path(file_okay=False, path_type=Path, resolve_path=True)
+
+SETTINGS = (
+    Setting("TARGET", "target", "What to build: debian, leap or sles.", TargetName()),
+    Setting("--release", "release", "The distribution release: leap 15.5 (default) or 15.6; "
+            "sles 15-SP5 (default), 15-SP6 or 15-SP7; debian 12.", metavar="RELEASE"),
+    Setting("--container", "container", "Build inside the target's own container image (podman "
+            "or docker): how Leap and SLES are built on a non-SUSE host.", part=COMMAND, flag=True),
+    Setting("--container-image", "container_image", "The container image for --container.",
+            part=COMMAND, metavar="IMAGE", shown_default="openSUSE Leap or SLE BCI of the "
+            "release; debian: localhost/tdx-image-debian:12 from containers/make-debian-12-image"),
+    Setting("--out", "out_dir", "Where the artifacts are published.",
+            click.Path(file_okay=False, path_type=Path), metavar="DIR", shown_default="out/TARGET"),
+    Setting("--mirror", "mirror", "Base URL of the distribution's repositories (Debian: the "
+            "archive, its -security twin is used too; Leap: a download.opensuse.org mirror; SLES: "
+            "an RMT/SMT or SCC base).", MirrorURL(), metavar="URL", recorded=True,
+            shown_default="Debian from the host's apt sources, Leap download.opensuse.org, SLES "
+            "the registered host's repositories"),
+    Setting("--repo", "extra_repositories", "Add a repository: URL alone is rpm-md; with SUITE it "
+            "is an apt repository (repeatable).", RepositoryOption(),
+            metavar="URL[,SUITE[,COMPONENTS]]", multiple=True),
+    Setting("--credentials", "credentials_file", "Repository credentials file (username=/password= "
+            "lines, as SUSEConnect's SCCcredentials, mode 0600); or set TDX_IMAGE_REPO_USER and "
+            "TDX_IMAGE_REPO_PASSWORD.", FILE, metavar="FILE"),
+    Setting("--signing-key", "signing_keys", "Trust this repository signing key (repeatable).",
+            click.Path(dir_okay=False, exists=True, path_type=Path, resolve_path=True),
+            metavar="FILE", multiple=True, recorded=True),
+    Setting("--cache-dir", "cache_dir", "Package cache shared by all builds (or set "
+            "TDX_IMAGE_CACHE_DIR).", DIRECTORY, metavar="DIR", default=DEFAULT_CACHE_DIR,
+            envvar="TDX_IMAGE_CACHE_DIR"),
+    Setting("--boot-test", "boot_test", "Boot the image in QEMU after validation.", flag=True),
+    Setting("--boot-timeout", "boot_timeout", "Seconds the boot test waits for the guest's "
+            "self-check (as `boot --timeout`).", Seconds(1), metavar="SECONDS",
+            default=DEFAULT_BOOT_TIMEOUT_S),
+    Setting("--no-incremental", "no_incremental", "Bootstrap and install packages afresh instead "
+            "of reusing the prepared root cached for the same packages, repositories and "
+            "repository metadata.", flag=True),
+    Setting("--dry-run", "dry_run", "Compose and check the description, print the kiwi-ng "
+            "command, build nothing.", part=COMMAND, flag=True, configurable=False, summary=False),
+    Setting("--force", "force", "Replace --out (and OUT.failed) even if they hold files tdx-image "
+            "did not write.  Never: the current directory, /, $HOME, the project's directories.",
+            flag=True, configurable=False),
+    Setting("--config", "config", "Settings file (TOML; keys are option names).", FILE,
+            part=COMMAND, metavar="FILE", shown_default=f"./{CONFIG_NAME} if present",
+            configurable=False, callback=load_config),
+    Setting("--package", "packages", "Add this package to the image (repeatable).", PackageName(),
+            part=CUSTOM, metavar="NAME", multiple=True, recorded=True),
+    Setting("--size", "size_mib", "Disk size, e.g. 8G or 6144M.", DiskSize(), part=CUSTOM,
+            metavar="SIZE", shown_default="the description's: 4G", recorded=True),
+    Setting("--format", "image_format", "Disk image format.", click.Choice(IMAGE_FORMATS),
+            part=CUSTOM, metavar="|".join(IMAGE_FORMATS), shown_default="qcow2", recorded=True),
+    Setting("--ssh-key", "ssh_key", "Authorize this OpenSSH public key (for --ssh-user).", FILE,
+            part=CUSTOM, metavar="FILE", recorded=True),
+    Setting("--ssh-user", "ssh_user", "The user --ssh-key is for, created in the image without a "
+            "password.", UserName(), part=CUSTOM, metavar="NAME", shown_default="root",
+            recorded=True),
+    Setting("--progress", "progress_format", "How the build reports its phases on stderr: auto (a "
+            "status line on a terminal, a line per phase otherwise) or json (one JSON object per "
+            "event and line).", click.Choice(("auto", "json")), part=COMMAND, metavar="auto|json",
+            default="auto", configurable=False, summary=False),
+    Setting("--json", "as_json", "Print the result as JSON on stdout.", part=COMMAND, flag=True,
+            configurable=False),
+)
+BY_FIELD = {setting.field: setting for setting in SETTINGS}
+
+
+def options(command):
+    """Give ``command`` every setting as its argument or option, in the list's order."""
+    for setting in reversed(SETTINGS):
+        command = setting.parameter()(command)
+    return command
+
+
+def customisation(values: dict) -> Customisation:
+    """The customisation settings among ``values`` (the options' values by field)."""
+    chosen = {s.field: values[s.field] for s in SETTINGS
+              if s.part == CUSTOM and values[s.field] not in (None, ())}
+    if "ssh_user" in chosen and "ssh_key" not in chosen:
+        raise click.BadParameter("--ssh-user needs --ssh-key", param_hint="--ssh-user")
+    return Customisation(**chosen)
+
+
+def plain(value):
+    """A setting's value as JSON has it: paths as text, sequences as lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [plain(item) for item in value]
+    return value
+
+
+def recorded(request) -> dict:
+    """build.json's inputs from ``request`` (a BuildRequest): each recorded setting's value."""
+    return {s.field: plain(getattr(request.custom if s.part == CUSTOM else request, s.field))
+            for s in SETTINGS if s.recorded}
+
+
+def arguments(custom: Customisation) -> list[str]:
+    """The command-line options that give ``custom`` again (paths absolute), e.g. for the build
+    that runs inside a container."""
+    default, words = Customisation(), []
+    for setting in (s for s in SETTINGS if s.part == CUSTOM):
+        value = getattr(custom, setting.field)
+        if value == getattr(default, setting.field):
+            continue
+        for one in value if setting.multiple else [value]:
+            if isinstance(one, Path):
+                one = one.resolve()
+            elif setting.field == "size_mib":
+                one = f"{one}M"
+            words += [setting.option, str(one)]
+    return words
+
+
+def sources(ctx: click.Context) -> dict[str, str]:
+    """Where each parameter's value came from: the command line, the environment, the config
+    file (named), or the default."""
+    config = ctx.meta.get("tdx_image.config")
+    names: dict[ParameterSource | None, str] = {
+        ParameterSource.COMMANDLINE: "command line", ParameterSource.ENVIRONMENT: "environment",
+        ParameterSource.DEFAULT_MAP: str(config), ParameterSource.DEFAULT: "default"}
+    return {p.name: names.get(ctx.get_parameter_source(p.name), "default")
+            for p in ctx.command.params if p.name}
+
+
+def readme_table() -> str:
+    """README's table of build options (tests/test_settings.py checks README has it)."""
+    rows = ["| option | config-file key | default | what it does |", "| --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        option = s.option if s.flag or not s.option.startswith("--") else f"{s.option} {s.metavar}"
+        cells = (f"`{option}`", f"`{s.key}`" if s.configurable else "(not in the file)",
+                 s.default_text, s.help)
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows) + "\n"

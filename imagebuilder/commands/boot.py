@@ -1,0 +1,91 @@
+"""The `boot` verb: boot a throwaway copy of an image and report the guest's self-check."""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
+from ..core.errors import CheckFailed
+from ..core.inputs import Seconds
+from ..vm.boot import BootResult, boot_image
+
+
+class BootProgress:
+    """On a terminal: a spinner with the seconds elapsed of the timeout and the console's last
+    line, while the guest boots."""
+
+    def __init__(self, console: Console, what: str, timeout: float):
+        self.what, self.timeout = what, timeout
+        self.status = console.status(what)
+
+    def __enter__(self):
+        self.status.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.status.stop()
+
+    def __call__(self, elapsed: float, last_line: str) -> None:
+        self.status.update(f"{escape(self.what)} [dim]{elapsed:.0f} s / {self.timeout:.0f} s[/]"
+                           + (f"\n  [dim]{escape(last_line[:120])}[/]" if last_line else ""))
+
+
+def verdict(result: BootResult, tdx: bool) -> str:
+    """The closing line: what booted, as what it is.  Without --tdx a plain VM is the expected
+    result, not a fault; with --tdx only a TD gets here (anything else raised)."""
+    seconds = f"{result.seconds_to_selfcheck:.1f} s"
+    if tdx:
+        return f"PASS: booted as a TD under {result.accel} in {seconds}"
+    as_what = "a TD" if result.selfcheck.get("td") else "a normal VM (not a TD, as launched)"
+    return f"PASS: booted as {as_what} under {result.accel} in {seconds}"
+
+
+@click.command("boot")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
+              show_default=True, help="auto: KVM where it works, else software emulation.")
+@click.option("--tdx", is_flag=True, help="Boot as a TD; pass only if the guest says it is one.")
+@click.option("--firmware", "--tdvf", "firmware", type=click.Path(path_type=Path),
+              help="UEFI firmware (TDVF with --tdx).  [default: the host's OVMF]")
+@click.option("--tpm", is_flag=True,
+              help="Reference VM with a software TPM (swtpm); pass only if the guest's PCRs equal "
+                   "`tdx-image measure`.")
+@click.option("--timeout", type=Seconds(1), default=DEFAULT_BOOT_TIMEOUT_S, show_default=True,
+              help="Seconds to wait for the self-check line.")
+@click.option("--console-log", type=click.Path(dir_okay=False, path_type=Path),
+              help="Serial console log [default: IMAGE.console.log in the current directory].")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def boot_command(image, accel, tdx, firmware, tpm, timeout, console_log, as_json):
+    """Boot a throwaway copy of IMAGE and report the guest's TDX self-check."""
+    console = Console(stderr=True)
+    display = BootProgress(console, f"booting {image.name}" + (" as a TD" if tdx else ""), timeout)
+    live = console.is_terminal and not as_json
+    try:
+        with display if live else nullcontext():
+            result = boot_image(image, accel=accel, tdx=tdx, tpm=tpm, timeout=timeout,
+                                firmware=firmware, progress=display if live else None,
+                                console_log=console_log or Path(f"{image.name}.console.log"))
+    except CheckFailed:
+        if not as_json:
+            console.print(f"[red]FAIL[/]: boot test of {escape(str(image))}", soft_wrap=True)
+        raise
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    check = result.selfcheck
+    accel_note = f" ({result.fallback_reason})" if result.fallback_reason else ""
+    click.echo(f"boot: {image} under {result.accel}{accel_note}")
+    click.echo(f"self-check after {result.seconds_to_selfcheck:.1f} s: kernel {check.get('kernel')}, "
+               f"TD: {'yes' if check.get('td') else 'no'}, "
+               f"attestation: {'yes' if check.get('attestation') else 'no'}")
+    click.echo(f"guest says: {check.get('reason')}")
+    for index, pair in (result.measurements or {}).items():
+        click.echo(f"{'PCR' if tpm else 'RTMR'} {index}: {pair['guest']} (as predicted)")
+    click.echo(f"console log: {result.console_log}")
+    click.echo(verdict(result, tdx))

@@ -1,0 +1,71 @@
+"""``tdx-image run IMAGE``: print, or run with ``--exec``, the QEMU command (and the libvirt
+domain) that launches an image, as launch.py composes them; a TD only on a host that meets the
+TD requirements (requirements.py)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import click
+
+from ..host import runner
+from ..core.inputs import require_writable_file, write_text
+from ..host import virt
+from ..vm.launch import DEFAULT_QGS, Launch, choose_accel
+from ..host.requirements import require_ovmf, require_tdx_host, tdx_host_problems
+# qcow2 or raw for a readable image; a truncated qcow2 or a text file is an InputError.
+from ..image.disk import image_format as disk_format
+
+
+@click.command("run")
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--tdx", is_flag=True, help="Launch as an Intel TDX trust domain.")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto",
+              show_default=True, help="auto: KVM where it works, else software emulation.")
+@click.option("--memory", "memory_mib", type=click.IntRange(256), default=2048,
+              show_default=True, help="Guest memory in MiB.")
+@click.option("--cpus", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--firmware", "--tdvf", "firmware", type=click.Path(path_type=Path),
+              help="UEFI firmware (TDVF with --tdx).  [default: the host's OVMF]")
+@click.option("--ssh-port", type=click.IntRange(1, 65535),
+              help="Forward this port on 127.0.0.1 to the guest's SSH port 22.")
+@click.option("--persistent", is_flag=True,
+              help="Write the guest's changes into IMAGE.  [default: a throwaway overlay; IMAGE "
+                   "is never written]")
+@click.option("--qgs", default=DEFAULT_QGS, show_default=True, metavar="vsock:CID:PORT|unix:PATH|none",
+              help="With --tdx: the Quote Generation Service attestation asks for quotes.")
+@click.option("--libvirt-xml", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the equivalent libvirt domain XML to this file.")
+@click.option("--exec", "execute", is_flag=True, help="Run QEMU instead of printing its command.")
+@click.option("--json", "as_json", is_flag=True, help="Print the QEMU command as JSON.")
+def run_command(image, tdx, accel, memory_mib, cpus, firmware, ssh_port, persistent, qgs,
+                libvirt_xml, execute, as_json):
+    """Print (or run with --exec) the QEMU command that launches IMAGE.
+
+    The serial console is on the terminal (Ctrl-A X quits QEMU); a guest reboot ends QEMU.
+    """
+    if libvirt_xml:
+        require_writable_file(libvirt_xml, "--libvirt-xml")
+    tdvf = None
+    if tdx and execute:
+        tdvf = require_tdx_host(firmware)
+    elif tdx:
+        # Printing is also for copying the command to a TDX host: say what this one lacks.
+        for problem in tdx_host_problems(firmware):
+            click.echo(f"note: this host cannot run it: {problem}", err=True)
+        tdvf = firmware or virt.find_tdvf() or virt.TDVF_CANDIDATES[0]
+    launch = Launch(disk=image.resolve(), disk_format=disk_format(image), memory_mib=memory_mib,
+                    cpus=cpus, accel=choose_accel(accel, tdx)[0], tdx=tdx, tdvf=tdvf,
+                    firmware=None if tdx else (require_ovmf(firmware) if execute or firmware
+                                               else virt.find_ovmf()),
+                    snapshot=not persistent, ssh_port=ssh_port,
+                    qgs=None if qgs == "none" else qgs)
+    if libvirt_xml:
+        write_text(libvirt_xml, launch.libvirt_xml(name=f"tdx-image-{image.stem}"), "--libvirt-xml")
+        click.echo(f"libvirt domain written to {libvirt_xml}", err=True)
+    args = launch.qemu_args()
+    if execute:
+        runner.replace_process(args)
+    click.echo(json.dumps({"ok": True, "command": args}, indent=2) if as_json else shlex.join(args))

@@ -1,0 +1,2 @@
+"""What can be built: the targets and their releases as data, and their repositories, mirrors
+and credentials."""

@@ -1,0 +1,166 @@
+"""Facts read from one disk image, each read once and only when a check asks for it.
+
+A fact that cannot be established raises ``Unavailable`` with the reason; the checks that depend
+on it are then reported as skipped (and a skipped fail-severity check keeps the image from passing).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+from ..core.errors import InputError
+from .bootconfig import GrubConfig, MenuEntry, parse_grub_config, parse_grubenv, parse_kernel_config
+from .initrd import InitrdError, initrd_members
+from .disk import ESP_TYPE, LINUX_ROOT_TYPES, Disk, Gpt, Partition, read_gpt
+from .filesystems import Ext4, Fat, FilesystemError
+
+MANIFEST_IN_IMAGE = "/usr/lib/tdx-image/overlay-manifest.json"
+ESP_GRUB_CONFIG = "/EFI/BOOT/grub.cfg"
+ROOT_GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
+
+
+class Unavailable(Exception):
+    """A fact a check needs could not be established; the message says why."""
+
+
+class Inspection:
+    def __init__(self, disk: Disk, manifest: Path | None = None):
+        self.disk = disk
+        self.manifest_file = manifest
+        if manifest is not None:
+            self.manifest  # a bad --manifest is the user's input error, reported before any check
+
+    @cached_property
+    def gpt(self) -> Gpt:
+        return read_gpt(self.disk)
+
+    @cached_property
+    def partitions(self) -> list[Partition]:
+        if not self.gpt.partitions:
+            raise Unavailable("no intact GPT")
+        return self.gpt.partitions
+
+    @cached_property
+    def esp_partition(self) -> Partition:
+        esp = next((part for part in self.partitions if part.type_guid == ESP_TYPE), None)
+        if esp is None:
+            raise Unavailable("no EFI system partition")
+        return esp
+
+    @cached_property
+    def esp(self) -> Fat:
+        try:
+            return Fat(self.disk, self.esp_partition.offset)
+        except FilesystemError as error:
+            raise Unavailable(f"EFI system partition is not a readable FAT file system: {error}")
+
+    @cached_property
+    def esp_grub_config(self) -> GrubConfig | None:
+        """The ESP's grub.cfg, which names the root file system; None without one (or without ESP)."""
+        try:
+            text = self.esp.read(ESP_GRUB_CONFIG)
+        except Unavailable:
+            return None
+        return parse_grub_config(text.decode(errors="replace")) if text is not None else None
+
+    @cached_property
+    def root_partition(self) -> tuple[Partition, Ext4]:
+        """The ext4 file system the ESP's grub.cfg searches for by UUID (else the only candidate)."""
+        wanted = self.esp_grub_config.search_uuid if self.esp_grub_config else ""
+        candidates, problems = [], []
+        for part in self.partitions:
+            if part.type_guid not in LINUX_ROOT_TYPES:
+                continue
+            try:
+                candidates.append((part, Ext4(self.disk, part.offset)))
+            except FilesystemError as error:
+                problems.append(f"{part.describe()}: {error}")
+        for part, fs in candidates:
+            if not wanted or fs.uuid == wanted:
+                return part, fs
+        looked_for = f"ext4 file system with UUID {wanted}" if wanted else "readable ext4 file system"
+        raise Unavailable("; ".join([f"no {looked_for} among the Linux partitions", *problems]))
+
+    @property
+    def root(self) -> Ext4:
+        return self.root_partition[1]
+
+    @cached_property
+    def grub_config(self) -> tuple[str, GrubConfig]:
+        esp_config = self.esp_grub_config
+        paths = (esp_config.configfile,) if esp_config and esp_config.configfile else ROOT_GRUB_CONFIGS
+        for path in paths:
+            text = self.root.read(path)
+            if text is not None:
+                grubenv = self.root.read(str(Path(path).with_name("grubenv"))) or b""
+                return path, parse_grub_config(text.decode(errors="replace"),
+                                               parse_grubenv(grubenv.decode(errors="replace")))
+        raise Unavailable(f"no grub configuration at {' or '.join(paths)} in the root file system")
+
+    @cached_property
+    def boot_entry(self) -> MenuEntry:
+        path, config = self.grub_config
+        entry = config.default_entry()
+        if entry is None or not entry.kernel:
+            raise Unavailable(f"{path}: default entry {config.default!r} does not start a kernel")
+        return entry
+
+    @cached_property
+    def kernel_version(self) -> str:
+        name = Path(self.boot_entry.kernel).name
+        for prefix in ("vmlinuz-", "vmlinux-", "bzImage-"):
+            if name.startswith(prefix):
+                return name.removeprefix(prefix)
+        raise Unavailable(f"cannot tell the kernel version from {self.boot_entry.kernel}")
+
+    @cached_property
+    def kernel_config(self) -> dict[str, str]:
+        path = f"/boot/config-{self.kernel_version}"
+        text = self.root.read(path)
+        if text is None:
+            raise Unavailable(f"{path} is missing: the kernel's configuration cannot be checked")
+        return parse_kernel_config(text.decode(errors="replace"))
+
+    @cached_property
+    def initrd_modules(self) -> set[str]:
+        """Module names (``virtio_blk``) the default entry's initrd carries for its kernel."""
+        if not self.boot_entry.initrds:
+            raise Unavailable("the default boot entry loads no initrd")
+        modules = set()
+        for path in self.boot_entry.initrds:
+            data = self.root.read(path)
+            if data is None:
+                raise Unavailable(f"initrd {path} is missing")
+            try:
+                members = initrd_members(data)
+            except InitrdError as error:
+                raise Unavailable(f"initrd {path} cannot be read: {error}")
+            marker = f"lib/modules/{self.kernel_version}/"
+            modules |= {member.rsplit("/", 1)[-1].split(".ko")[0] for member in members
+                        if marker in member and ".ko" in member}
+        return modules
+
+    @cached_property
+    def manifest(self) -> dict[str, dict[str, str]] | None:
+        """The overlay manifest's files: from ``--manifest`` if given, else the image's own (or None)."""
+        text: bytes | None
+        if self.manifest_file is not None:
+            try:
+                text = self.manifest_file.read_bytes()
+            except OSError as error:
+                raise InputError(f"--manifest {self.manifest_file}: {error.strerror}")
+            source = str(self.manifest_file)
+        else:
+            text = self.root.read(MANIFEST_IN_IMAGE)
+            if text is None:
+                return None
+            source = MANIFEST_IN_IMAGE
+        try:
+            files = json.loads(text)["files"]
+            return {path: {"sha256": spec["sha256"], "mode": spec["mode"]} for path, spec in files.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            if self.manifest_file is not None:
+                raise InputError(f"--manifest {self.manifest_file}: not an overlay manifest ({error!r})")
+            raise Unavailable(f"{source} is not an overlay manifest ({error!r})")

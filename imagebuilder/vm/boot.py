@@ -1,0 +1,242 @@
+"""The boot test: boot a throwaway copy of an image with UEFI firmware under QEMU and wait for
+the guest's ``TDX-SELFCHECK {json}`` line on the serial console.
+
+Last step of the flow (... artifacts -> validation -> boot). The image is never written: QEMU
+runs a qcow2 overlay backed by it, in a temporary directory. QEMU runs in its own process group
+(runner.Process), which is stopped and reaped whatever happens (timeout, error, Ctrl-C, SIGTERM).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
+from ..host import requirements, runner, signals
+from ..core.errors import CheckFailed, HostError, InputError, Interrupted
+from ..core.inputs import require_regular_file
+from ..host.virt import KVM_FAILURE, read, running
+from .launch import Launch, choose_accel
+from ..measure import predict
+from ..host.requirements import require_ovmf, require_tdx_host
+from ..schemas import SCHEMA_VERSION
+from ..image.disk import image_format as disk_format
+
+SELFCHECK_PREFIX = "TDX-SELFCHECK "
+# CSI sequences (colours, cursor moves) and charset switches that systemd and GRUB print.
+ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-9;?=]*[A-Za-z]|[()][A-Za-z0-9])")
+POLL_SECONDS = 0.5
+TAIL_LINES = 6
+SWTPM = "swtpm"
+SWTPM_START_SECONDS = 10.0
+
+# What a console that does not reach the self-check shows, in order of precedence: (pattern,
+# reason, whether the boot can no longer succeed, so waiting longer is pointless).
+# OVMF names the virtio disk's boot entry "UEFI Misc Device".
+CONSOLE_DIAGNOSES = (
+    (r'failed to load Boot\w+ "UEFI Misc Device"', "the firmware found no EFI boot loader on the "
+     "disk (EFI system partition empty or without EFI/BOOT?)", True),
+    (r"UEFI Interactive Shell", "the firmware found nothing to boot and started its shell", True),
+    (r"No bootable option or device was found", "the firmware found no bootable device", True),
+    (r"grub rescue>", "GRUB stopped at its rescue prompt (configuration or modules not found)", True),
+    (r"Kernel panic", "the kernel panicked", True),
+    (r"emergency mode", "the system entered emergency mode", True),
+    (r"login:", "the guest reached a login prompt without a self-check line "
+                "(is tdx-selfcheck.service enabled in the image?)", False),
+)
+
+
+@dataclass(frozen=True)
+class BootResult:
+    accel: str
+    fallback_reason: str  # why auto did not use KVM; "" when it did or was not asked to choose
+    seconds_to_selfcheck: float  # from QEMU's start to the self-check line
+    selfcheck: dict
+    console_log: Path
+    # With --tpm (PCRs) or --tdx (RTMRs): register -> {"predicted", "guest"}, all equal
+    measurements: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, "accel": self.accel, "fallback_reason": self.fallback_reason,
+                "seconds_to_selfcheck": round(self.seconds_to_selfcheck, 1),
+                "selfcheck": self.selfcheck, "console_log": str(self.console_log),
+                "measurements": self.measurements}
+
+
+def console_text(raw: str) -> str:
+    return ANSI_ESCAPE.sub("", raw).replace("\r", "")
+
+
+def parse_selfcheck(console: str) -> dict | None:
+    """The JSON object of the first complete self-check line, or None (yet)."""
+    text = console_text(console)
+    decoder = json.JSONDecoder()
+    start = text.find(SELFCHECK_PREFIX)
+    while start >= 0:
+        try:
+            value, _ = decoder.raw_decode(text, start + len(SELFCHECK_PREFIX))
+        except ValueError:  # not JSON, or a line QEMU has not finished writing
+            value = None
+        if isinstance(value, dict):
+            return value
+        start = text.find(SELFCHECK_PREFIX, start + 1)
+    return None
+
+
+def diagnose(console: str) -> tuple[str, bool]:
+    """(why the console shows no self-check, whether the boot can no longer succeed)."""
+    text = console_text(console)
+    for pattern, reason, final in CONSOLE_DIAGNOSES:
+        if re.search(pattern, text):
+            return reason, final
+    return ("the console shows no known failure" if text.strip() else "the console stayed empty"), False
+
+
+def last_lines(console: str, count: int = TAIL_LINES) -> list[str]:
+    return [line.strip() for line in console_text(console).splitlines() if line.strip()][-count:]
+
+
+def create_overlay(image: Path, image_format: str, overlay: Path) -> None:
+    result = runner.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format,
+                         "-b", str(image.resolve()), str(overlay)], text=True)
+    if result.returncode != 0:
+        raise InputError(f"cannot create an overlay on {image}: {result.stderr.strip()}")
+
+
+def wait_for_selfcheck(process: runner.Process, console_log: Path, output: Path,
+                       timeout: float, accel: str,
+                       progress: Callable[[float, str], None] | None = None) -> tuple[dict, float]:
+    started = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - started
+        console = read(console_log)
+        if progress:
+            progress(elapsed, (last_lines(console, 1) or [""])[0])
+        selfcheck = parse_selfcheck(console)
+        if selfcheck is not None:
+            return selfcheck, elapsed
+        reason, final = diagnose(console)
+        if final:
+            raise failure(f"the boot stopped after {elapsed:.0f} s", reason, console, console_log)
+        errors = read(output)
+        if KVM_FAILURE in errors:
+            raise HostError(f"KVM stopped the guest after {elapsed:.0f} s ({KVM_FAILURE})",
+                            "use --accel auto or tcg")
+        if process.poll() is not None:
+            why = (f"QEMU exited with status {process.returncode} after {elapsed:.0f} s "
+                   "(the guest reset or powered off, or QEMU failed)")
+            qemu_said = errors.strip().splitlines()
+            raise failure(why, reason, console, console_log, qemu_said[-1] if qemu_said else "")
+        if elapsed > timeout:
+            raise failure(f"no self-check line within {timeout:.0f} s under {accel}", reason,
+                          console, console_log)
+        time.sleep(POLL_SECONDS)
+
+
+def failure(what: str, reason: str, console: str, console_log: Path,
+            qemu_said: str = "") -> CheckFailed:
+    parts = [what, reason]
+    if qemu_said:
+        parts.append(f"QEMU: {qemu_said}")
+    parts.append("last console lines: " + " | ".join(last_lines(console)))
+    return CheckFailed("boot test failed: " + "; ".join(parts), f"console log: {console_log}")
+
+
+@contextmanager
+def software_tpm(work: Path):
+    """swtpm (TPM 2.0) with a fresh state in ``work``; yields its control socket for QEMU.
+
+    ``--terminate`` ends it when QEMU disconnects; it is stopped and reaped like QEMU anyway,
+    and its state goes with ``work``.
+    """
+    state = work / "swtpm"
+    state.mkdir()
+    socket = state / "swtpm.sock"
+    args = [SWTPM, "socket", "--tpm2", "--tpmstate", f"dir={state}", "--terminate",
+            "--ctrl", f"type=unixio,path={socket}", "--log", f"file={state / 'swtpm.log'}"]
+    with running(args, state / "swtpm.out") as process:
+        deadline = time.monotonic() + SWTPM_START_SECONDS
+        while not socket.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                said = (read(state / "swtpm.out") + read(state / "swtpm.log")).strip().splitlines()
+                raise HostError(f"swtpm did not start: {said[-1] if said else 'no output'}")
+            time.sleep(0.05)
+        yield socket
+
+
+def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: str) -> dict:
+    """register -> {"predicted", "guest"}; a CheckFailed naming every register that differs."""
+    compared = {index: {"predicted": value, "guest": guest.get(index)}
+                for index, value in predicted.items()}
+    wrong = []
+    for index, pair in compared.items():
+        if pair["predicted"] is None:
+            wrong.append(f"{kind} {index} (unpredicted)")
+        elif pair["guest"] is None:
+            wrong.append(f"{kind} {index} (not reported by the guest)")
+        elif pair["guest"] != pair["predicted"]:
+            wrong.append(f"{kind} {index} (guest {pair['guest'][:12]}…, "
+                         f"predicted {pair['predicted'][:12]}…)")
+    if wrong:
+        raise CheckFailed(f"boot test failed: the guest's {kind}s differ from "
+                          f"`tdx-image measure`: {', '.join(wrong)}",
+                          "compare with tdx-image measure --json IMAGE")
+    return compared
+
+
+def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool = False,
+               timeout: float = DEFAULT_BOOT_TIMEOUT_S, console_log: Path, firmware: Path | None = None,
+               progress: Callable[[float, str], None] | None = None) -> BootResult:
+    """Boot a throwaway copy of ``image`` and return the guest's self-check report.
+
+    With ``tdx`` the image is launched as a TD and passes only if the guest says it is one (and,
+    where its kernel exposes RTMRs, only if RTMR1/2 equal the prediction). With ``tpm`` it boots
+    in the reference VM with a software TPM and passes only if the guest's PCR 4, 5, 8, 9 and 14
+    equal what ``tdx-image measure`` predicts.  ``firmware`` is the UEFI firmware (TDVF with
+    ``tdx``), by default the host's; ``progress`` is called while waiting with the seconds
+    elapsed and the console's last line.
+    """
+    image, console_log = Path(image), Path(console_log)
+    require_regular_file(image, "image")
+    if tpm and tdx:
+        raise InputError("--tpm and --tdx are different VMs", "boot once with each")
+    requirements.require("boot", *(["boot:tpm"] if tpm else []))
+    image_format = disk_format(image)  # a truncated qcow2 fails here, not after the timeout
+    tdvf = require_tdx_host(firmware) if tdx else None
+    ovmf = None if tdx else require_ovmf(firmware)
+    chosen, fallback_reason = choose_accel(accel, tdx)
+    prediction = predict(image).to_dict() if tpm else None  # offline, before a long boot
+    console_log.parent.mkdir(parents=True, exist_ok=True)
+    console_log.unlink(missing_ok=True)
+    try:
+        with signals.handled(), tempfile.TemporaryDirectory(prefix="tdx-image-boot-") as work, \
+                ExitStack() as stack:
+            overlay = Path(work) / "overlay.qcow2"
+            create_overlay(image, image_format, overlay)
+            socket = stack.enter_context(software_tpm(Path(work))) if tpm else None
+            launch = Launch(disk=overlay, accel=chosen, tdx=tdx, tdvf=tdvf, firmware=ovmf,
+                            serial=f"file:{console_log}", tpm_socket=socket)
+            with running(launch.qemu_args(), Path(work) / "qemu.out") as process:
+                selfcheck, seconds = wait_for_selfcheck(process, console_log,
+                                                        Path(work) / "qemu.out", timeout, chosen,
+                                                        progress)
+    except KeyboardInterrupt:
+        raise Interrupted(f"boot test interrupted by {signals.received_name()}; QEMU was stopped") from None
+    if tdx and selfcheck.get("td") is not True:
+        raise CheckFailed(f"the guest booted but is not running as a TD: {selfcheck.get('reason')}",
+                          f"console log: {console_log}")
+    measurements = None
+    if prediction is not None:  # with tpm
+        measurements = compare_measurements(prediction["pcr_sha384"],
+                                            selfcheck.get("pcr_sha384") or {}, "PCR")
+    elif tdx and selfcheck.get("rtmr"):  # kernels before 6.16 do not expose RTMRs
+        measurements = compare_measurements(predict(image).to_dict()["rtmr"], selfcheck["rtmr"],
+                                            "RTMR")
+    return BootResult(chosen, fallback_reason, seconds, selfcheck, console_log, measurements)
