@@ -8,7 +8,7 @@ import sys
 import click
 
 from . import __version__
-from .commands import boot, build, doctor, measure, run, summary, validate
+from .commands import boot, build, doctor, measure, run, summary, validate, verify
 from .core.errors import Interrupted, TdxImageError
 from .host import signals
 
@@ -72,5 +72,6 @@ def main():
 
 
 for command in (build.build_command, summary.summary_command, validate.validate_command,
-                measure.measure_command, boot.boot_command, run.run_command, doctor.doctor_command):
+                measure.measure_command, verify.verify_command, boot.boot_command, run.run_command,
+                doctor.doctor_command):
     main.add_command(command)

@@ -22,7 +22,9 @@ from imagebuilder.vm.launch import Launch
 from imagebuilder.measure import eventlog as ev
 from imagebuilder.measure.efi import EFI_CERT_X509_GUID, SHIM_LOCK_GUID, signature_list
 from imagebuilder.measure.grubscript import GrubSyntaxError, Grub, Unpredictable, loader_cmdline
-from imagebuilder.measure.predict import Prediction, Step, compare_with_log
+from imagebuilder.measure.predict import Prediction, Step
+from imagebuilder.measure.replay import read_event_log
+from imagebuilder.verify.checks import Expected, verify
 from tests.conftest import error_line, run_cli, schema_errors
 
 
@@ -276,17 +278,18 @@ def test_without_embedded_config_grub_reads_prefix_grub_cfg():
 def test_a_real_log_is_compared_event_by_event():
     prediction = Prediction("img", [step(4, ev.EV_SEPARATOR, b"\0\0\0\0"),
                                     step(8, ev.EV_IPL, b"set a=1"), step(8, ev.EV_IPL, b"set b=2")])
-    same = synthetic_log([(4, ev.EV_SEPARATOR, b"\0\0\0\0"), (8, ev.EV_IPL, b"set a=1"),
-                          (8, ev.EV_IPL, b"set b=2"), (7, ev.EV_SEPARATOR, b"\0\0\0\0")])
-    assert compare_with_log(prediction, ev.parse_tcg2_log(same)) == []
+    expected = Expected.from_measurements(prediction.to_dict(), "img")
 
-    other = synthetic_log([(4, ev.EV_SEPARATOR, b"\0\0\0\0"), (8, ev.EV_IPL, b"set a=1"),
-                           (8, ev.EV_IPL, b"set b=3")])
-    assert compare_with_log(prediction, ev.parse_tcg2_log(other)) == [
-        "PCR 8 event 2: predicted 'set b=2', the log has EV_IPL 'set b=3'"]
-    shorter = synthetic_log([(4, ev.EV_SEPARATOR, b"\0\0\0\0"), (8, ev.EV_IPL, b"set a=1")])
-    assert compare_with_log(prediction, ev.parse_tcg2_log(shorter)) == [
-        "PCR 8 event 2: predicted 'set b=2', the log has nothing more"]
+    def problems(events):
+        return verify(read_event_log(synthetic_log(events)), expected=expected).problems()
+
+    assert problems([(4, ev.EV_SEPARATOR, b"\0\0\0\0"), (8, ev.EV_IPL, b"set a=1"),
+                     (8, ev.EV_IPL, b"set b=2"), (7, ev.EV_SEPARATOR, b"\0\0\0\0")]) == []
+    assert problems([(4, ev.EV_SEPARATOR, b"\0\0\0\0"), (8, ev.EV_IPL, b"set a=1"),
+                     (8, ev.EV_IPL, b"set b=3")]) == [
+        "PCR 8 event 2: expected 'set b=2', the log has EV_IPL 'set b=3'"]
+    assert problems([(4, ev.EV_SEPARATOR, b"\0\0\0\0"), (8, ev.EV_IPL, b"set a=1")]) == [
+        "PCR 8 event 2: expected 'set b=2', the log has nothing more"]
 
 
 def test_reference_vm_has_a_tpm_and_no_nic():

@@ -142,22 +142,28 @@ def test_a_foreign_or_cut_quote_is_named(change, message):
 
 def test_a_changed_digest_fails_the_quote_and_is_named_where_the_event_describes_itself():
     events = [(2, ev.EV_EFI_ACTION, b"Calling EFI Application from Boot Option"),
-              (2, ev.EV_SEPARATOR, b"\0\0\0\0"), (3, ev.EV_IPL, b"grub_cmd: linux /vmlinuz")]
-    honest = read_event_log(ccel(events))
+              (2, ev.EV_SEPARATOR, b"\0\0\0\0"), (3, ev.EV_IPL, b"grub_cmd: linux /vmlinuz\0"),
+              (3, ev.EV_IPL, b"/boot/vmlinuz\0")]
+    grub_style = {2: sha384(b"linux /vmlinuz"), 3: sha384(b"the kernel file")}
+    honest = read_event_log(ccel(events, grub_style))
     replayed = honest.replayed()
     quote = parse_quote(public(QUOTE_V4))
     quote.fields.update({f"rtmr{i}": bytes.fromhex(replayed[f"rtmr{i}"]) for i in range(4)})
     assert verify(honest, quote).ok
 
-    separator_changed = verify(read_event_log(ccel(events, {1: sha384(b"other")})), quote)
-    ipl_changed = verify(read_event_log(ccel(events, {2: sha384(b"other")})), quote)
+    def changed(position: int):
+        return verify(read_event_log(ccel(events, {**grub_style, position: sha384(b"other")})), quote)
 
-    assert separator_changed.quote_mismatch == ["RTMR1"] and not separator_changed.ok
-    assert separator_changed.inconsistent_events == [
-        "2 of RTMR1 (EV_SEPARATOR) has a digest that is not the SHA-384 of its data: the log "
+    separator, command, file = changed(1), changed(2), changed(3)
+
+    assert separator.quote_mismatch == ["RTMR1"] and not separator.ok
+    assert separator.inconsistent_events == [
+        "2 of RTMR1 (EV_SEPARATOR '4 bytes') has a digest that its data does not give: the log "
         "was altered"]
-    # grub's EV_IPL digest is of the command, not of the logged text: only the quote tells
-    assert ipl_changed.quote_mismatch == ["RTMR2"] and ipl_changed.inconsistent_events == []
+    assert command.quote_mismatch == ["RTMR2"]
+    assert command.inconsistent_events[0].startswith("1 of RTMR2 (EV_IPL 'grub_cmd: linux /vmlinuz')")
+    # a file's digest is of the file, not of its logged name: only the quote tells
+    assert file.quote_mismatch == ["RTMR2"] and file.inconsistent_events == []
 
 
 def measurements_document(events: list[tuple[int, int, bytes]]) -> dict:
@@ -171,9 +177,10 @@ def measurements_document(events: list[tuple[int, int, bytes]]) -> dict:
 
 
 def test_the_first_event_that_differs_from_the_image_is_named_with_both_sides():
+    # EV_IPL without grub's prefixes: events whose digests their data does not prescribe
     expected = [(2, ev.EV_EFI_ACTION, b"Calling EFI Application from Boot Option"),
-                (3, ev.EV_IPL, b"grub_cmd: linux /vmlinuz ro"), (3, ev.EV_IPL, b"grub_cmd: boot")]
-    booted = expected[:1] + [(3, ev.EV_IPL, b"grub_cmd: linux /vmlinuz ro quiet")] + expected[2:]
+                (3, ev.EV_IPL, b"linux /vmlinuz ro"), (3, ev.EV_IPL, b"boot")]
+    booted = expected[:1] + [(3, ev.EV_IPL, b"linux /vmlinuz ro quiet")] + expected[2:]
     image = Expected.from_measurements(measurements_document(expected), "image.qcow2")
 
     same = verify(read_event_log(ccel(expected)), expected=image)
@@ -183,9 +190,9 @@ def test_the_first_event_that_differs_from_the_image_is_named_with_both_sides():
     assert other.log_matches_image is False and not other.ok
     first = other.to_dict()["first_difference"]
     assert (first["register"], first["event"]) == ("RTMR2", 1)
-    assert first["expected"]["description"] == "grub_cmd: linux /vmlinuz ro"
-    assert "grub_cmd: linux /vmlinuz ro quiet" in first["log"]["data"]
-    assert "RTMR2 event 1: expected 'grub_cmd: linux /vmlinuz ro'" in other.problems()[0]
+    assert first["expected"]["description"] == "linux /vmlinuz ro"
+    assert "linux /vmlinuz ro quiet" in first["log"]["data"]
+    assert "RTMR2 event 1: expected 'linux /vmlinuz ro'" in other.problems()[0]
 
 
 def test_a_log_that_ends_early_or_runs_on_is_a_difference():

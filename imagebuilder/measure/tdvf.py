@@ -46,7 +46,7 @@ SECURITY_DATABASE = uuid.UUID("d719b2cb-3d3a-4596-a3bc-dad00e67656f")
 SECURE_BOOT_VARIABLES = ((GLOBAL_VARIABLE, "SecureBoot"), (GLOBAL_VARIABLE, "PK"),
                          (GLOBAL_VARIABLE, "KEK"), (SECURITY_DATABASE, "db"),
                          (SECURITY_DATABASE, "dbx"))
-UNVERIFIED = "unverified: no public TDVF image with its measured value was at hand here"
+UNVERIFIED = "unverified: no TDX host, and no public TDVF image with its measured values, here"
 
 
 class TdvfError(Exception):
@@ -188,12 +188,12 @@ def rtmr0_events(firmware: bytes) -> list[FirmwareEvent]:
         data = firmware[cfv.data_offset : cfv.data_offset + cfv.raw_size]
         events.append(FirmwareEvent(f"configuration firmware volume, {cfv.raw_size} bytes "
                                     "(EV_PLATFORM_FIRMWARE_BLOB2)", ev.sha384(data),
-                                    f"the firmware image's CFV section; {UNVERIFIED}"))
+                                    "the firmware image's CFV section"))
     for vendor, name in SECURE_BOOT_VARIABLES:
         events.append(FirmwareEvent(
             f"{name} (EV_EFI_VARIABLE_DRIVER_CONFIG)", ev.sha384(uefi_variable_data(vendor, name)),
             "assumes the variable is not set (no Secure Boot keys enrolled in the CFV's "
-            f"variable store); {UNVERIFIED}"))
+            "variable store)"))
     events.append(FirmwareEvent("separator (EV_SEPARATOR)", ev.sha384(b"\0" * 4),
                                 "TcgPcrEvent separator, fixed"))
     for table in ("ACPI table loader", "RSDP", "ACPI tables"):
@@ -213,7 +213,7 @@ def measure_firmware(firmware: bytes) -> dict:
         "sections": [section.to_dict() for section in sections(firmware)],
         "mrtd": {order: {"value": mrtd(firmware, order).hex(), "qemu": ORDER_RULE[order]}
                  for order in (SINGLE_PASS, TWO_PASS)},
-        "mrtd_status": UNVERIFIED,
+        "status": f"MRTD and the computed RTMR0 events are {UNVERIFIED}",
         "rtmr0_events": [event.to_dict() for event in rtmr0_events(firmware)],
         "rtmr0": None,
         "rtmr0_status": "unknown: its ACPI, TD HOB and boot option events come from QEMU and "

@@ -6,21 +6,32 @@ Checks, each run only when its input is given:
 - log <-> image: the log's events of the registers the image decides (RTMR1/RTMR2 of a CCEL,
   PCR 4, 5, 8, 9, 14 of a TPM log) are the predicted ones, event by event;
 - always: events whose digest is by definition the SHA-384 of their own data (TCG PC Client
-  PFP: separators, EFI actions, the GPT, UEFI variables) carry that digest, so an edited
-  digest is named even without an image.
+  PFP: separators, EFI actions, the GPT, UEFI variables; grub's ``grub_cmd: X`` and
+  ``kernel_cmdline: X`` strings, whose digest is X's) carry that digest, so an edited digest
+  is named even without an image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from ..core.errors import InputError
+from ..core.inputs import read_bytes
 from ..measure import eventlog as ev
-from ..measure.replay import CCEL, Difference, EventLog, differences
-from .quote import SIGNATURE_NOT_CHECKED, TdQuote
+from ..measure.predict import load_measurements, predict
+from ..measure.replay import CCEL, Difference, EventLog, differences, event_text, read_event_log
+from .quote import SIGNATURE_NOT_CHECKED, QuoteError, TdQuote, parse_quote
+
+LOG_MAX_BYTES = 16 << 20  # a CCEL area is 64 KiB-256 KiB, a TPM log tens of KiB
+QUOTE_MAX_BYTES = 1 << 20  # a quote with its certificate chain is a few KiB
 
 # Event types whose digest is the SHA-384 of the event data as logged.
 SELF_DESCRIBED = (ev.EV_SEPARATOR, ev.EV_EFI_ACTION, ev.EV_EFI_GPT_EVENT,
                   ev.EV_EFI_VARIABLE_DRIVER_CONFIG, ev.EV_EFI_VARIABLE_AUTHORITY)
+# grub's string events (grub-core/commands/tpm.c): logged with a prefix, the bare text hashed;
+# checked against go-tdx-guest's public CCEL and a Debian 12 swtpm boot's log.
+GRUB_STRING_PREFIXES = (b"grub_cmd: ", b"kernel_cmdline: ", b"module_cmdline: ")
 TYPE_OF_NAME = {name: value for value, name in ev.EVENT_TYPE_NAMES.items()}
 
 
@@ -116,15 +127,25 @@ class Verdict:
         }
 
 
+def described_digest(event: ev.LoggedEvent) -> bytes | None:
+    """The digest an event's own data prescribes, or None when the data does not say."""
+    if event.event_type in SELF_DESCRIBED:
+        return ev.sha384(event.data)
+    if event.event_type == ev.EV_IPL and event.data.startswith(GRUB_STRING_PREFIXES):
+        return ev.sha384(event.data.split(b": ", 1)[1].rstrip(b"\0"))
+    return None
+
+
 def inconsistent_events(log: EventLog) -> list[str]:
-    """Events whose digest should be the SHA-384 of their data and is not."""
+    """Events whose digest is not the one their data prescribes: the log was edited."""
     numbers: dict[str, int] = {}
     found = []
     for register, event in log.measured:
         numbers[register] = numbers.get(register, 0) + 1
-        if event.event_type in SELF_DESCRIBED and event.sha384 != ev.sha384(event.data):
-            found.append(f"{numbers[register]} of {register} ({ev.event_type_name(event.event_type)}) "
-                         "has a digest that is not the SHA-384 of its data: the log was altered")
+        described = described_digest(event)
+        if described is not None and event.sha384 != described:
+            found.append(f"{numbers[register]} of {register} ({event_text(event)}) has a digest "
+                         "that its data does not give: the log was altered")
     return found
 
 
@@ -141,3 +162,52 @@ def verify(log: EventLog, quote: TdQuote | None = None, expected: Expected | Non
         verdict.unchecked_registers = [name for name in wanted if name not in registers]
         verdict.image_differences = differences(events, log, registers)
     return verdict
+
+
+def read_log(path: Path) -> EventLog:
+    try:
+        return read_event_log(read_bytes(path, "--log", LOG_MAX_BYTES))
+    except ev.EventLogError as error:
+        raise InputError(f"--log {path}: {error}", "give a TD's CCEL (/sys/firmware/acpi/tables/"
+                         "data/CCEL) or a TPM log (binary_bios_measurements)")
+
+
+def read_quote(path: Path) -> TdQuote:
+    try:
+        return parse_quote(read_bytes(path, "--quote", QUOTE_MAX_BYTES))
+    except QuoteError as error:
+        raise InputError(f"--quote {path}: {error}", "give a binary TD quote, version 4 or 5")
+
+
+def expected_of_image(image: Path, log: EventLog) -> Expected:
+    """What ``image`` measures in the VM the log comes from (Secure Boot as the log says)."""
+    return Expected.from_measurements(predict(image, bool(log.secure_boot)).to_dict(), str(image))
+
+
+def verify_files(log_path: Path, quote_path: Path | None = None, image: Path | None = None,
+                 measurements: Path | None = None) -> Verdict:
+    """``tdx-image verify``'s inputs read (InputError on a bad or foreign one) and checked."""
+    if image is not None and measurements is not None:
+        raise InputError("--image and --measurements both say what the image measures",
+                         "give one of them")
+    log = read_log(log_path)
+    quote = None
+    if quote_path is not None:
+        if log.kind != CCEL:
+            raise InputError(f"--quote: {log_path} is a TPM log (PCRs), a TD quote holds RTMRs",
+                             "give the TD's CCEL with its quote")
+        quote = read_quote(quote_path)
+    expected = None
+    if image is not None:
+        expected = expected_of_image(image, log)
+    elif measurements is not None:
+        document = load_measurements(measurements, lambda document: (
+            Expected.from_measurements(document, str(measurements)), document.get("secure_boot", False)))
+        expected, secure_boot = document
+        if secure_boot != bool(log.secure_boot):
+            raise InputError(f"--measurements {measurements} predict a boot with Secure Boot "
+                             f"{'on' if secure_boot else 'off'}, the log's firmware had it "
+                             f"{'on' if log.secure_boot else 'off'}",
+                             "make them with measure --json"
+                             + (" --secure-boot" if log.secure_boot else ""))
+    return verify(log, quote, expected)

@@ -6,7 +6,7 @@ a 48-byte header (version, attestation key type, TEE type 0x81 = TDX, QE vendor 
 - v5: a body descriptor (type 2 = TDX 1.0 body of 584 bytes, 3 = TDX 1.5 body of 648 bytes,
   which adds TEE_TCB_SVN2 and MRSERVICETD), the body, then the signed data's size and data.
 Only the body is read; the signature, the QE report and the PCK certificate chain are not
-checked here (see ``SIGNATURE_NOT_CHECKED``).
+checked here (``SIGNATURE_NOT_CHECKED`` says why and what does).
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ BODY_V15_FIELDS = {"tee_tcb_svn2": (584, 16), "mrservicetd": (600, 48)}
 TD_ATTRIBUTE_BITS = {"debug": 0, "sept_ve_disable": 28, "pks": 30, "kl": 31, "perfmon": 63}
 
 SIGNATURE_NOT_CHECKED = (
-    "the quote's ECDSA signature, QE report and PCK certificate chain, and Intel's collateral "
-    "(TCB info, QE identity, CRLs), are not checked here: no maintained Python library verifies "
-    "them offline. Check them with go-tdx-guest `check -get_collateral -check_crl` or Intel's "
-    "Quote Verification Library (QVL)")
+    "the quote's ECDSA signature, QE report and PCK certificate chain are not checked here: "
+    "that needs Intel's collateral (TCB info, QE identity, CRLs from Intel's PCS or a PCCS), "
+    "which this offline tool does not fetch. go-tdx-guest `check -get_collateral -check_crl`, "
+    "Intel's Quote Verification Library (QVL) or Phala's dcap-qvl check them")
 
 
 class QuoteError(Exception):
