@@ -317,7 +317,7 @@ def test_the_result_serialises_for_the_build_record(qemu, image, tmp_path):
     result = boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log")
     assert set(json.loads(json.dumps(result.to_dict()))) == {
         "schema_version", "accel", "fallback_reason", "seconds_to_selfcheck", "selfcheck",
-        "console_log", "measurements"}
+        "console_log", "measurements", "event_log"}
 
 
 def test_boot_json_matches_the_shipped_schema(qemu, image, tmp_path, monkeypatch):

@@ -21,6 +21,8 @@ from imagebuilder.measure import reference, tdvf
 from imagebuilder.measure.replay import CCEL, TPM, differences, read_event_log
 from imagebuilder.verify.checks import Expected, verify
 from imagebuilder.verify.quote import QuoteError, parse_quote
+from tests.conftest import error_line, run_cli
+from tests.test_measure import synthetic_log
 
 ATTESTATION = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "attestation"
 CCEL_DATA = ATTESTATION / "go-tdx-guest-ccel_data.dat"
@@ -217,8 +219,6 @@ def test_an_unpredicted_register_cannot_pass_the_image_check():
 
 
 def test_a_tpm_log_is_told_from_a_ccel_by_its_pcrs():
-    from tests.test_measure import synthetic_log
-
     log = read_event_log(synthetic_log([(0, ev.EV_S_CRTM_VERSION, b"v"), (4, ev.EV_SEPARATOR, b"\0" * 4)]))
 
     assert log.kind == TPM
@@ -333,3 +333,41 @@ def test_uefi_variable_encoding_equals_the_public_logs_secure_boot_events():
 def test_a_firmware_without_tdvf_metadata_is_named(firmware, message):
     with pytest.raises(tdvf.TdvfError, match=message):
         tdvf.sections(firmware)
+
+
+def test_verify_says_the_public_log_matches_its_quote(tmp_path):
+    public(CCEL_DATA)
+    result = run_cli("verify", "--log", CCEL_DATA, "--quote", QUOTE_V4, "--json")
+
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["log_matches_quote"] is True and document["ok"] is True
+    assert all(document["replayed"][f"rtmr{i}"] == document["quote"][f"rtmr{i}"] for i in range(4))
+    assert document["log_matches_image"] is None and document["first_difference"] is None
+    assert "go-tdx-guest" in document["not_checked"]
+
+
+def test_verify_fails_a_log_with_one_digest_changed_and_names_the_event(tmp_path):
+    log = bytearray(public(CCEL_DATA))
+    at = log.find(b"grub_cmd: set timeout=0") - 4 - 48  # the event's SHA-384, before its data size
+    log[at] ^= 0xFF
+    (tmp_path / "ccel.dat").write_bytes(log)
+
+    result = run_cli("verify", "--log", tmp_path / "ccel.dat", "--quote", QUOTE_V4, "--json")
+
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert document["log_matches_quote"] is False and document["quote_mismatch"] == ["RTMR2"]
+    assert "EV_IPL 'grub_cmd: set timeout=0'" in document["inconsistent_events"][0]
+    assert "grub_cmd: set timeout=0" in error_line(result)
+
+
+def test_measure_firmware_reports_mrtd_of_the_hosts_tdvf():
+    if not HOST_OVMF.is_file():
+        pytest.skip(f"{HOST_OVMF} is absent (Debian's ovmf package)")
+    result = run_cli("measure", "--firmware", HOST_OVMF, "--json")
+
+    assert result.returncode == 0, result.stderr
+    firmware = json.loads(result.stdout)["firmware"]
+    assert firmware["mrtd"]["single-pass"]["value"] == tdvf.mrtd(HOST_OVMF.read_bytes()).hex()
+    assert "unverified" in firmware["status"] and firmware["rtmr0"] is None

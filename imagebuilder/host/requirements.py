@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import buildhost, runner, virt
-from ..core.errors import HostError
+from ..core.errors import HostError, InputError
 from ..core.results import FAIL, Finding, Result, status_of
 from ..distros.targets import TARGETS, Target
 
@@ -252,9 +252,18 @@ def require_tdx_host(firmware: Path | None) -> Path:
     return found
 
 
-def require_ovmf(requested: Path | None) -> virt.Firmware | None:
-    """A plain UEFI VM's firmware: the one asked for (--firmware), else the host's OVMF."""
+def require_ovmf(requested: Path | None, secure_boot: bool = False) -> virt.Firmware | None:
+    """A plain UEFI VM's firmware: the one asked for (--firmware), else the host's OVMF (its
+    Secure Boot build with ``secure_boot``)."""
     if requested is not None:
+        if secure_boot:
+            raise InputError("--secure-boot chooses the firmware itself", "drop --firmware")
         return virt.firmware_for(requested)
     require("boot:uefi")
-    return virt.find_ovmf()
+    if not secure_boot:
+        return virt.find_ovmf()
+    firmware = virt.find_secure_boot_ovmf()
+    if firmware is None:
+        raise HostError(f"no Secure Boot OVMF ({' and '.join(map(str, virt.OVMF_SECURE_BOOT))})",
+                        virt.firmware_install_hint())
+    return firmware

@@ -8,6 +8,8 @@ runs a qcow2 overlay backed by it, in a temporary directory. QEMU runs in its ow
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import tempfile
@@ -21,15 +23,20 @@ from pathlib import Path
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
 from ..host import requirements, runner, signals
 from ..core.errors import CheckFailed, HostError, InputError, Interrupted
-from ..core.inputs import require_regular_file
+from ..core.inputs import require_regular_file, require_writable_file
 from ..host.virt import KVM_FAILURE, read, running
 from .launch import Launch, choose_accel
 from ..measure import predict
 from ..host.requirements import require_ovmf, require_tdx_host
 from ..schemas import SCHEMA_VERSION
 from ..image.disk import image_format as disk_format
+from ..measure.replay import read_event_log
+from ..verify.checks import Expected, verify
 
 SELFCHECK_PREFIX = "TDX-SELFCHECK "
+# The self-check prints the firmware's event log, where the kernel has one, as base64 lines.
+EVENT_LOG_LINE = re.compile(r"TDX-EVENTLOG ([A-Za-z0-9+/=]+)[ \t]*$", re.MULTILINE)
+EVENT_LOG_END = "TDX-EVENTLOG-END"
 # CSI sequences (colours, cursor moves) and charset switches that systemd and GRUB print.
 ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-9;?=]*[A-Za-z]|[()][A-Za-z0-9])")
 POLL_SECONDS = 0.5
@@ -62,12 +69,14 @@ class BootResult:
     console_log: Path
     # With --tpm (PCRs) or --tdx (RTMRs): register -> {"predicted", "guest"}, all equal
     measurements: dict | None = None
+    event_log: Path | None = None  # where the guest's event log was written (--event-log)
 
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "accel": self.accel, "fallback_reason": self.fallback_reason,
                 "seconds_to_selfcheck": round(self.seconds_to_selfcheck, 1),
                 "selfcheck": self.selfcheck, "console_log": str(self.console_log),
-                "measurements": self.measurements}
+                "measurements": self.measurements,
+                "event_log": str(self.event_log) if self.event_log else None}
 
 
 def console_text(raw: str) -> str:
@@ -88,6 +97,22 @@ def parse_selfcheck(console: str) -> dict | None:
             return value
         start = text.find(SELFCHECK_PREFIX, start + 1)
     return None
+
+
+def parse_event_log(console: str) -> bytes | None:
+    """The firmware's event log the guest's self-check printed; None when it printed none."""
+    text = console_text(console)
+    if EVENT_LOG_END not in text:
+        return None
+    try:
+        return base64.b64decode("".join(EVENT_LOG_LINE.findall(text)), validate=True)
+    except binascii.Error as error:
+        raise CheckFailed(f"the guest's event log came garbled over the console ({error})")
+
+
+def log_differences(log: bytes, prediction: dict, image: Path) -> list[str]:
+    """Where the guest's own event log parts from the prediction, event by event."""
+    return verify(read_event_log(log), expected=Expected.from_measurements(prediction, str(image))).problems()
 
 
 def diagnose(console: str) -> tuple[str, bool]:
@@ -193,26 +218,33 @@ def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: st
 
 def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool = False,
                timeout: float = DEFAULT_BOOT_TIMEOUT_S, console_log: Path, firmware: Path | None = None,
-               progress: Callable[[float, str], None] | None = None) -> BootResult:
+               progress: Callable[[float, str], None] | None = None, secure_boot: bool = False,
+               event_log: Path | None = None) -> BootResult:
     """Boot a throwaway copy of ``image`` and return the guest's self-check report.
 
     With ``tdx`` the image is launched as a TD and passes only if the guest says it is one (and,
     where its kernel exposes RTMRs, only if RTMR1/2 equal the prediction). With ``tpm`` it boots
     in the reference VM with a software TPM and passes only if the guest's PCR 4, 5, 8, 9 and 14
-    equal what ``tdx-image measure`` predicts.  ``firmware`` is the UEFI firmware (TDVF with
-    ``tdx``), by default the host's; ``progress`` is called while waiting with the seconds
-    elapsed and the console's last line.
+    equal what ``tdx-image measure`` predicts (where the guest printed its event log, a
+    difference names the first differing events).  ``firmware`` is the UEFI firmware (TDVF
+    with ``tdx``), by default the host's, its Secure Boot build with ``secure_boot``;
+    ``event_log``: where to write the firmware's event log the guest printed; ``progress`` is
+    called while waiting with the seconds elapsed and the console's last line.
     """
     image, console_log = Path(image), Path(console_log)
     require_regular_file(image, "image")
     if tpm and tdx:
         raise InputError("--tpm and --tdx are different VMs", "boot once with each")
+    if secure_boot and tdx:
+        raise InputError("--secure-boot is a plain VM's firmware", "drop it with --tdx")
+    if event_log is not None:
+        require_writable_file(event_log, "--event-log")
     requirements.require("boot", *(["boot:tpm"] if tpm else []))
     image_format = disk_format(image)  # a truncated qcow2 fails here, not after the timeout
     tdvf = require_tdx_host(firmware) if tdx else None
-    ovmf = None if tdx else require_ovmf(firmware)
+    ovmf = None if tdx else require_ovmf(firmware, secure_boot)
     chosen, fallback_reason = choose_accel(accel, tdx)
-    prediction = predict(image).to_dict() if tpm else None  # offline, before a long boot
+    prediction = predict(image, secure_boot).to_dict() if tpm else None  # offline, before a long boot
     console_log.parent.mkdir(parents=True, exist_ok=True)
     console_log.unlink(missing_ok=True)
     try:
@@ -232,11 +264,26 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     if tdx and selfcheck.get("td") is not True:
         raise CheckFailed(f"the guest booted but is not running as a TD: {selfcheck.get('reason')}",
                           f"console log: {console_log}")
+    log = parse_event_log(read(console_log))
+    if event_log is not None:
+        if log is None:
+            raise CheckFailed("the guest printed no event log: its kernel has none (with Secure "
+                              "Boot off Debian's grub starts the kernel without its EFI stub, "
+                              "which is what hands the firmware's log to Linux)",
+                              "boot with --secure-boot")
+        event_log.write_bytes(log)
     measurements = None
     if prediction is not None:  # with tpm
-        measurements = compare_measurements(prediction["pcr_sha384"],
-                                            selfcheck.get("pcr_sha384") or {}, "PCR")
+        try:
+            measurements = compare_measurements(prediction["pcr_sha384"],
+                                                selfcheck.get("pcr_sha384") or {}, "PCR")
+        except CheckFailed as failure:
+            if log is not None:
+                failure.message += "; the guest's event log: " + "; ".join(
+                    log_differences(log, prediction, image))
+            raise
     elif tdx and selfcheck.get("rtmr"):  # kernels before 6.16 do not expose RTMRs
         measurements = compare_measurements(predict(image).to_dict()["rtmr"], selfcheck["rtmr"],
                                             "RTMR")
-    return BootResult(chosen, fallback_reason, seconds, selfcheck, console_log, measurements)
+    return BootResult(chosen, fallback_reason, seconds, selfcheck, console_log, measurements,
+                      event_log)

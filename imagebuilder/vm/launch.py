@@ -88,7 +88,7 @@ class Launch:
                      "-bios", str(self.tdvf)]
         else:
             firmware = self.firmware or virt.find_ovmf() or virt.Firmware(virt.OVMF_CODE, virt.OVMF_VARS)
-            args += ["-machine", "q35", *firmware.pflash_drives()]
+            args += [*firmware.machine_args(), *firmware.pflash_drives()]
         if self.tpm_socket is not None:
             args += ["-chardev", f"socket,id=chrtpm,path={self.tpm_socket}",
                      "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
