@@ -16,7 +16,7 @@ from .host import signals
 EXIT_CODES = """\b
 Exit codes:
   0    success
-  1    the image failed validation or the boot test
+  1    the image failed validation or the boot test, or verify's log, quote, image disagree
   2    bad input (option, file, target, --out that is not ours), or KIWI rejected the description
   3    the host cannot: not root, a tool missing, too little disk, --out in use by another build
   4    a repository is unreachable

@@ -1,0 +1,100 @@
+"""`verify` on the real debian image and the guest's own event log.
+
+The log comes from a real boot of the image in the reference VM with Secure Boot on (`boot
+--tpm --secure-boot --event-log`): with Secure Boot off Debian's grub starts the kernel without
+its EFI stub, so Linux never receives the firmware's log. The same log is then checked against
+the image, and against copies whose grub.cfg or kernel command line differ (edited with
+debugfs, not with the code under test), where `verify` must fail and name the event.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from ..conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+GRUB_CFG = "/boot/grub/grub.cfg"
+
+
+@pytest.fixture(scope="module")
+def guest_log(debian_image, tmp_path_factory):
+    work = tmp_path_factory.mktemp("verify")
+    log, scratch = work / "tpm.log", work / "tmp"
+    scratch.mkdir()
+    result = run_cli("boot", debian_image, "--tpm", "--secure-boot", "--event-log", log, "--json",
+                     "--console-log", work / "console.log", "--timeout", 900,
+                     env={**os.environ, "TMPDIR": str(scratch)})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["event_log"] == str(log)
+    return log, report
+
+
+def image_with_grub_cfg(image, tmp_path, change) -> str:
+    """A raw copy of ``image`` whose /boot/grub/grub.cfg is ``change(old text)``."""
+    raw = tmp_path / "variant.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", image, raw], check=True)
+    table = json.loads(subprocess.run(["sfdisk", "--json", raw], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    root = next(p for p in table["partitions"] if p["type"] != ESP_TYPE)
+    device = f"{raw}?offset={root['start'] * 512}"
+    config = subprocess.run(["debugfs", "-R", f"cat {GRUB_CFG}", device], capture_output=True,
+                            check=True).stdout.decode()
+    changed = change(config)
+    assert changed != config
+    (tmp_path / "grub.cfg").write_text(changed)
+    for request in (f"rm {GRUB_CFG}", f"write {tmp_path / 'grub.cfg'} {GRUB_CFG}"):
+        subprocess.run(["debugfs", "-w", "-R", request, device], capture_output=True, check=True)
+    return str(raw)
+
+
+def test_the_guests_own_log_is_the_images_event_by_event(guest_log, debian_image):
+    log, report = guest_log
+
+    result = run_cli("verify", "--log", log, "--image", debian_image, "--json")
+
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["log"]["kind"] == "tpm" and document["log_matches_image"] is True
+    # the replayed log is what the guest read from its TPM
+    assert {index: document["replayed"][f"pcr{index}"] for index in report["selfcheck"]["pcr_sha384"]} \
+        == report["selfcheck"]["pcr_sha384"]
+    measured = run_cli("measure", debian_image, "--log", log, "--json")
+    assert measured.returncode == 0, measured.stderr
+    assert json.loads(measured.stdout)["secure_boot"] is True  # as the log's SecureBoot variable says
+
+
+def test_a_different_grub_cfg_fails_naming_its_event(guest_log, debian_image, tmp_path):
+    log, _ = guest_log
+    variant = image_with_grub_cfg(debian_image, tmp_path, lambda text: text + "# changed\n")
+
+    result = run_cli("verify", "--log", log, "--image", variant, "--json")
+
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    assert document["log_matches_image"] is False
+    (difference,) = document["differences"]  # the file's content only: commands are the same
+    assert difference["register"] == "PCR 9"
+    assert difference["expected"]["description"].endswith(GRUB_CFG)
+    assert GRUB_CFG in difference["log"]["data"]
+
+
+def test_a_different_kernel_command_line_fails_naming_its_event(guest_log, debian_image, tmp_path):
+    log, _ = guest_log
+    variant = image_with_grub_cfg(debian_image, tmp_path,
+                                  lambda text: text.replace(" ro ", " ro tampered=1 ", 1))
+
+    result = run_cli("verify", "--log", log, "--image", variant, "--json")
+
+    assert result.returncode == 1
+    document = json.loads(result.stdout)
+    first = document["first_difference"]
+    assert first["register"] == "PCR 8" and "tampered=1" in first["expected"]["description"]
+    assert "tampered=1" not in first["log"]["data"]
+    assert any(d["register"] == "PCR 9" for d in document["differences"])  # grub.cfg itself
+    assert "PCR 8 event" in result.stderr
