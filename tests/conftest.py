@@ -15,6 +15,8 @@ TDX_IMAGE = [sys.executable, "-m", "imagebuilder"]
 # Developers iterating on validate/boot tests may reuse a published build directory instead of
 # building again; CI never sets this, so there the image is always built for real.
 REUSE_BUILD = "TDX_IMAGE_TEST_BUILD"
+ESP_TYPE_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+GRUB_CFG = "/boot/grub/grub.cfg"
 
 
 
@@ -39,6 +41,25 @@ def users_directory(path: Path) -> Path:
     (path / "notes").mkdir(parents=True)
     (path / "notes" / "thesis.txt").write_text("x\n")
     return path / "notes" / "thesis.txt"
+
+
+def image_with_grub_cfg(image: Path, directory: Path, change) -> Path:
+    """A raw copy of ``image`` in ``directory`` whose /boot/grub/grub.cfg is ``change(old
+    text)``, edited with debugfs (not with the code under test)."""
+    raw = directory / f"{image.stem}.variant.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", image, raw], check=True)
+    table = json.loads(subprocess.run(["sfdisk", "--json", raw], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    root = next(p for p in table["partitions"] if p["type"] != ESP_TYPE_GUID)
+    device = f"{raw}?offset={root['start'] * 512}"
+    config = subprocess.run(["debugfs", "-R", f"cat {GRUB_CFG}", device], capture_output=True,
+                            check=True).stdout.decode()
+    changed = change(config)
+    assert changed != config
+    (directory / "grub.cfg").write_text(changed)
+    for request in (f"rm {GRUB_CFG}", f"write {directory / 'grub.cfg'} {GRUB_CFG}"):
+        subprocess.run(["debugfs", "-w", "-R", request, device], capture_output=True, check=True)
+    return raw
 
 
 def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:

@@ -39,6 +39,13 @@ def event_type_of(name: str) -> int:
     return TYPE_OF_NAME[name] if name in TYPE_OF_NAME else int(name, 16)
 
 
+def register_name(key: str) -> str:
+    """A measurements record's register key ("rtmr 2", "pcr 8") as logs name it ("RTMR2",
+    "PCR 8")."""
+    kind, index = key.split()
+    return f"RTMR{index}" if kind == "rtmr" else f"PCR {index}"
+
+
 @dataclass(frozen=True)
 class Expected:
     """What the image measures, from ``measure --json`` / measurements.json: (register, event)
@@ -48,7 +55,7 @@ class Expected:
     pcr_events: list[tuple[str, ev.Event]]
     rtmrs: list[str]  # "RTMR1", "RTMR2"
     pcrs: list[str]  # "PCR 4", ...
-    unpredicted: dict[str, str]
+    unpredicted: dict[str, str]  # register ("RTMR2") -> why
     source: str
 
     @classmethod
@@ -62,14 +69,14 @@ class Expected:
                    [(f"PCR {entry['pcr']}", event(entry)) for entry in document["events"]],
                    [f"RTMR{index}" for index in sorted(document["rtmr"], key=int)],
                    [f"PCR {index}" for index in sorted(document["pcr_sha384"], key=int)],
-                   dict(document["unpredicted"]), source)
+                   {register_name(key): why for key, why in document["unpredicted"].items()},
+                   source)
 
     def for_log(self, log: EventLog) -> tuple[list[tuple[str, ev.Event]], list[str]]:
         """The expected events and the predicted registers to compare with ``log``."""
         events, registers = ((self.rtmr_events, self.rtmrs) if log.kind == CCEL
                              else (self.pcr_events, self.pcrs))
-        return events, [name for name in registers
-                         if name.lower().replace("rtmr", "rtmr ") not in self.unpredicted]
+        return events, [name for name in registers if name not in self.unpredicted]
 
 
 @dataclass

@@ -9,16 +9,12 @@ debugfs, not with the code under test), where `verify` must fail and name the ev
 
 import json
 import os
-import subprocess
 
 import pytest
 
-from ..conftest import run_cli
+from ..conftest import GRUB_CFG, image_with_grub_cfg, run_cli
 
 pytestmark = pytest.mark.integration
-
-ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-GRUB_CFG = "/boot/grub/grub.cfg"
 
 
 @pytest.fixture(scope="module")
@@ -33,24 +29,6 @@ def guest_log(debian_image, tmp_path_factory):
     report = json.loads(result.stdout)
     assert report["event_log"] == str(log)
     return log, report
-
-
-def image_with_grub_cfg(image, tmp_path, change) -> str:
-    """A raw copy of ``image`` whose /boot/grub/grub.cfg is ``change(old text)``."""
-    raw = tmp_path / "variant.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", image, raw], check=True)
-    table = json.loads(subprocess.run(["sfdisk", "--json", raw], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]
-    root = next(p for p in table["partitions"] if p["type"] != ESP_TYPE)
-    device = f"{raw}?offset={root['start'] * 512}"
-    config = subprocess.run(["debugfs", "-R", f"cat {GRUB_CFG}", device], capture_output=True,
-                            check=True).stdout.decode()
-    changed = change(config)
-    assert changed != config
-    (tmp_path / "grub.cfg").write_text(changed)
-    for request in (f"rm {GRUB_CFG}", f"write {tmp_path / 'grub.cfg'} {GRUB_CFG}"):
-        subprocess.run(["debugfs", "-w", "-R", request, device], capture_output=True, check=True)
-    return str(raw)
 
 
 def test_the_guests_own_log_is_the_images_event_by_event(guest_log, debian_image):
