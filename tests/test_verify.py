@@ -371,3 +371,19 @@ def test_measure_firmware_reports_mrtd_of_the_hosts_tdvf():
     firmware = json.loads(result.stdout)["firmware"]
     assert firmware["mrtd"]["single-pass"]["value"] == tdvf.mrtd(HOST_OVMF.read_bytes()).hex()
     assert "unverified" in firmware["status"] and firmware["rtmr0"] is None
+
+
+def test_verify_against_a_measurements_file(tmp_path):
+    events = [(2, ev.EV_EFI_ACTION, b"Calling EFI Application from Boot Option"), (3, ev.EV_IPL, b"k")]
+    (tmp_path / "ccel.dat").write_bytes(ccel(events))
+    document = measurements_document(events)
+    (tmp_path / "m.json").write_text(json.dumps(document))
+    (tmp_path / "sb.json").write_text(json.dumps({**document, "secure_boot": True}))
+
+    same = run_cli("verify", "--log", tmp_path / "ccel.dat", "--measurements", tmp_path / "m.json", "--json")
+    other_vm = run_cli("verify", "--log", tmp_path / "ccel.dat", "--measurements", tmp_path / "sb.json")
+
+    assert same.returncode == 0, same.stderr
+    assert json.loads(same.stdout)["log_matches_image"] is True
+    assert other_vm.returncode == 2
+    assert "Secure Boot on, the log's firmware had it off" in error_line(other_vm)
