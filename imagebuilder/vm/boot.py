@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 import tempfile
@@ -34,9 +35,9 @@ from ..measure.replay import read_event_log
 from ..verify.checks import Expected, verify
 
 SELFCHECK_PREFIX = "TDX-SELFCHECK "
-# The self-check prints the firmware's event log, where the kernel has one, as base64 lines.
-EVENT_LOG_LINE = re.compile(r"TDX-EVENTLOG ([A-Za-z0-9+/=]+)[ \t]*$", re.MULTILINE)
-EVENT_LOG_END = "TDX-EVENTLOG-END"
+# The self-check writes the firmware's event log, where the kernel has one, to the VM's second
+# serial port: base64 lines, then this line with the log's SHA-256.
+EVENT_LOG_END = re.compile(r"^TDX-EVENTLOG-END ([0-9a-f]{64})\s*$", re.MULTILINE)
 # CSI sequences (colours, cursor moves) and charset switches that systemd and GRUB print.
 ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-9;?=]*[A-Za-z]|[()][A-Za-z0-9])")
 POLL_SECONDS = 0.5
@@ -99,15 +100,18 @@ def parse_selfcheck(console: str) -> dict | None:
     return None
 
 
-def parse_event_log(console: str) -> bytes | None:
-    """The firmware's event log the guest's self-check printed; None when it printed none."""
-    text = console_text(console)
-    if EVENT_LOG_END not in text:
+def parse_event_log(channel: str) -> bytes | None:
+    """The firmware's event log the guest's self-check sent; None when it sent none."""
+    end = EVENT_LOG_END.search(channel)
+    if end is None:
         return None
     try:
-        return base64.b64decode("".join(EVENT_LOG_LINE.findall(text)), validate=True)
+        log = base64.b64decode("".join(channel[: end.start()].split()), validate=True)
     except binascii.Error as error:
-        raise CheckFailed(f"the guest's event log came garbled over the console ({error})")
+        raise CheckFailed(f"the guest's event log arrived damaged ({error})")
+    if hashlib.sha256(log).hexdigest() != end.group(1):
+        raise CheckFailed("the guest's event log arrived damaged (its SHA-256 differs)")
+    return log
 
 
 def log_differences(log: bytes, prediction: dict, image: Path) -> list[str]:
@@ -253,18 +257,20 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
             overlay = Path(work) / "overlay.qcow2"
             create_overlay(image, image_format, overlay)
             socket = stack.enter_context(software_tpm(Path(work))) if tpm else None
+            channel = Path(work) / "channel"
             launch = Launch(disk=overlay, accel=chosen, tdx=tdx, tdvf=tdvf, firmware=ovmf,
-                            serial=f"file:{console_log}", tpm_socket=socket)
+                            serial=f"file:{console_log}", tpm_socket=socket,
+                            channel=None if tdx else channel)
             with running(launch.qemu_args(), Path(work) / "qemu.out") as process:
                 selfcheck, seconds = wait_for_selfcheck(process, console_log,
                                                         Path(work) / "qemu.out", timeout, chosen,
                                                         progress)
+            log = parse_event_log(read(channel))
     except KeyboardInterrupt:
         raise Interrupted(f"boot test interrupted by {signals.received_name()}; QEMU was stopped") from None
     if tdx and selfcheck.get("td") is not True:
         raise CheckFailed(f"the guest booted but is not running as a TD: {selfcheck.get('reason')}",
                           f"console log: {console_log}")
-    log = parse_event_log(read(console_log))
     if event_log is not None:
         if log is None:
             raise CheckFailed("the guest printed no event log: its kernel has none (with Secure "
