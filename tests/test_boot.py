@@ -402,7 +402,8 @@ def test_on_a_terminal_boot_shows_progress_and_ends_with_the_verdict(qemu, image
 def channel_text(log: bytes) -> str:
     """What the guest's self-check writes to its second serial port for ``log``."""
     lines = base64.encodebytes(log).decode()
-    return f"{lines}TDX-EVENTLOG-END {hashlib.sha256(log).hexdigest()}\n"
+    firmware = "\x1b[2JBdsDxe: loading Boot0001\r\nEFI stub: UEFI Secure Boot is enabled.\r\n"
+    return f"{firmware}TDX-EVENTLOG-BEGIN\n{lines}TDX-EVENTLOG-END {hashlib.sha256(log).hexdigest()}\n"
 
 
 def test_the_guests_event_log_is_written_where_asked(qemu, image, tmp_path):
@@ -420,8 +421,9 @@ def test_the_guests_event_log_is_written_where_asked(qemu, image, tmp_path):
 
 @pytest.mark.parametrize("channel, message", [
     ("", "printed no event log"),
-    ("AAAA\nTDX-EVENTLOG-END " + "0" * 64 + "\n", r"damaged \(its SHA-256 differs\)"),
-    ("AA*A\nTDX-EVENTLOG-END " + "0" * 64 + "\n", "damaged"),
+    ("BdsDxe\nAAAA\nTDX-EVENTLOG-END " + "0" * 64 + "\n", "printed no event log"),
+    ("TDX-EVENTLOG-BEGIN\nAAAA\nTDX-EVENTLOG-END " + "0" * 64 + "\n", r"damaged \(its SHA-256 differs\)"),
+    ("TDX-EVENTLOG-BEGIN\nAA*A\nTDX-EVENTLOG-END " + "0" * 64 + "\n", "damaged"),
 ])
 def test_a_missing_or_damaged_event_log_fails_the_boot(qemu, image, tmp_path, channel, message):
     qemu.behave(console=REAL_LINE, channel=channel)

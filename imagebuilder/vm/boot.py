@@ -36,8 +36,10 @@ from ..verify.checks import Expected, verify
 
 SELFCHECK_PREFIX = "TDX-SELFCHECK "
 # The self-check writes the firmware's event log, where the kernel has one, to the VM's second
-# serial port: base64 lines, then this line with the log's SHA-256.
-EVENT_LOG_END = re.compile(r"^TDX-EVENTLOG-END ([0-9a-f]{64})\s*$", re.MULTILINE)
+# serial port, framed (the firmware and grub write there too): base64 lines between these, the
+# end line carrying the log's SHA-256.
+EVENT_LOG = re.compile(r"^TDX-EVENTLOG-BEGIN\s*$(.*?)^TDX-EVENTLOG-END ([0-9a-f]{64})\s*$",
+                       re.MULTILINE | re.DOTALL)
 # CSI sequences (colours, cursor moves) and charset switches that systemd and GRUB print.
 ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-9;?=]*[A-Za-z]|[()][A-Za-z0-9])")
 POLL_SECONDS = 0.5
@@ -102,14 +104,15 @@ def parse_selfcheck(console: str) -> dict | None:
 
 def parse_event_log(channel: str) -> bytes | None:
     """The firmware's event log the guest's self-check sent; None when it sent none."""
-    end = EVENT_LOG_END.search(channel)
-    if end is None:
+    framed = EVENT_LOG.search(channel)
+    if framed is None:
         return None
+    encoded, digest = framed.groups()
     try:
-        log = base64.b64decode("".join(channel[: end.start()].split()), validate=True)
+        log = base64.b64decode("".join(encoded.split()), validate=True)
     except binascii.Error as error:
         raise CheckFailed(f"the guest's event log arrived damaged ({error})")
-    if hashlib.sha256(log).hexdigest() != end.group(1):
+    if hashlib.sha256(log).hexdigest() != digest:
         raise CheckFailed("the guest's event log arrived damaged (its SHA-256 differs)")
     return log
 
