@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from imagebuilder.host.facts import HostFacts
+
 TDX_IMAGE = [sys.executable, "-m", "imagebuilder"]
 # Developers iterating on validate/boot tests may reuse a published build directory instead of
 # building again; CI never sets this, so there the image is always built for real.
@@ -34,6 +36,38 @@ def synthetic_image(tmp_path_factory) -> Path:
     from tests.test_validate_checks import build_synthetic_image  # it needs the test's helpers
 
     return build_synthetic_image(tmp_path_factory.mktemp("synthetic"))
+
+
+class FakeHost(HostFacts):
+    """A host with the facts a test names and otherwise those of a capable build host that
+    cannot run TDs (no KVM, no TDVF).  Facts HostFacts keeps as properties are given by name;
+    the tools missing, the devices present, the free space and why SUSE targets cannot build
+    here, as data.  Whether a file is TDVF is read from the file the test made."""
+
+    CAPABLE = {"is_root": True, "family": "debian", "kiwi_command": "/usr/bin/kiwi-ng",
+                   "kiwi_version": "11.1.6", "mounts_vfat": True, "cpu_vendor": "GenuineIntel", "kvm_tdx": "",
+                   "qemu_version": "7.2.22", "qemu_has_tdx_guest": False,
+                   "kvm_failure": "/dev/kvm is absent", "ovmf": None, "secure_boot_ovmf": None,
+                   "tdvf": None}
+
+    def __init__(self, *, missing=(), devices=("/dev/loop-control",), free_bytes=100 * 2**30,
+                 build_host_problem=None, **facts):
+        assert set(facts) <= set(self.CAPABLE), f"no such fact: {set(facts) - set(self.CAPABLE)}"
+        self.__dict__.update({**self.CAPABLE, **facts})  # what cached_property would have kept
+        self._missing, self._devices, self._free = set(missing), set(devices), free_bytes
+        self._problem = build_host_problem
+
+    def missing(self, tools):
+        return [tool for tool in tools if tool in self._missing]
+
+    def has_device(self, path):
+        return str(path) in self._devices
+
+    def free_bytes(self, path):
+        return self._free
+
+    def build_host_problem(self, target):
+        return self._problem
 
 
 def users_directory(path: Path) -> Path:

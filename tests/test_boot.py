@@ -18,9 +18,8 @@ from click.testing import CliRunner
 from imagebuilder.host import virt
 from imagebuilder.commands import boot as boot_verb
 from imagebuilder.vm import boot, launch
-from imagebuilder.host import os_release
 from imagebuilder.core.errors import CheckFailed, HostError, InputError, Interrupted
-from tests.conftest import schema_errors
+from tests.conftest import FakeHost, schema_errors
 
 # The line as the real debian image printed it, with systemd's colour codes around it.
 REAL_LINE = (
@@ -148,27 +147,31 @@ def test_a_stuck_console_is_diagnosed(console, expected, final):
     assert expected in reason and is_final == final
 
 
-def test_auto_falls_back_to_software_emulation_when_kvm_fails(monkeypatch):
-    monkeypatch.setattr(virt, "kvm_failure", lambda: "QEMU stops with 'KVM internal error'")
-    assert launch.choose_accel("auto", tdx=False) == ("tcg", "KVM unusable: QEMU stops with 'KVM internal error'")
+def test_auto_falls_back_to_software_emulation_when_kvm_fails():
+    host = FakeHost(kvm_failure="QEMU stops with 'KVM internal error'")
+    assert launch.choose_accel("auto", False, host) == ("tcg", "KVM unusable: QEMU stops with 'KVM internal error'")
 
 
-def test_auto_uses_kvm_when_it_works(monkeypatch):
-    monkeypatch.setattr(virt, "kvm_failure", lambda: None)
-    assert launch.choose_accel("auto", tdx=False) == ("kvm", "")
+def test_auto_uses_kvm_when_it_works():
+    assert launch.choose_accel("auto", False, FakeHost(kvm_failure=None)) == ("kvm", "")
 
 
-def test_a_td_always_uses_kvm_and_refuses_software_emulation(monkeypatch):
-    monkeypatch.setattr(virt, "kvm_failure", lambda: pytest.fail("a TD must not probe for a fallback"))
-    assert launch.choose_accel("auto", tdx=True) == ("kvm", "")
+class NoProbeHost(FakeHost):
+    @property
+    def kvm_failure(self):
+        pytest.fail("a TD must not probe for a fallback")
+
+
+def test_a_td_always_uses_kvm_and_refuses_software_emulation():
+    assert launch.choose_accel("auto", True, NoProbeHost()) == ("kvm", "")
     with pytest.raises(InputError):
-        launch.choose_accel("tcg", tdx=True)
+        launch.choose_accel("tcg", True, NoProbeHost())
 
 
 def test_explicit_kvm_without_the_device_is_a_host_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(virt, "KVM_DEVICE", str(tmp_path / "absent"))
     with pytest.raises(HostError):
-        launch.choose_accel("kvm", tdx=False)
+        launch.choose_accel("kvm", False, FakeHost(devices=()))
+    monkeypatch.setattr(virt, "KVM_DEVICE", str(tmp_path / "absent"))
     assert virt.kvm_failure() == f"{tmp_path / 'absent'} is absent"
 
 
@@ -285,26 +288,30 @@ def test_the_image_is_never_written(qemu, image, tmp_path):
     assert image.read_bytes() == before
 
 
-def test_tdx_on_a_host_that_cannot_stops_before_qemu(qemu, image, tmp_path, monkeypatch):
-    monkeypatch.setattr(virt, "qemu_has_tdx_guest", lambda: False)
-    monkeypatch.setattr(virt, "cpu_vendor", lambda: "AuthenticAMD")
+def td_host(tmp_path, **facts) -> FakeHost:
+    return FakeHost(**{"kvm_tdx": "Y", "qemu_has_tdx_guest": True, "tdvf": tmp_path / "tdvf.fd",
+                       **facts}, devices={virt.KVM_DEVICE})
 
+
+def test_tdx_on_a_host_that_cannot_stops_before_qemu(qemu, image, tmp_path):
+    host = td_host(tmp_path, qemu_has_tdx_guest=False, cpu_vendor="AuthenticAMD")
     with pytest.raises(HostError) as raised:
-        boot.boot_image(image, tdx=True, console_log=tmp_path / "console.log")
+        boot.boot_image(image, tdx=True, console_log=tmp_path / "console.log", host=host)
 
     assert "cannot run a TD" in str(raised.value) and "AuthenticAMD" in str(raised.value)
     assert not qemu.started
 
 
-def test_tdx_passes_only_when_the_guest_says_it_is_a_td(qemu, image, tmp_path, monkeypatch):
-    monkeypatch.setattr(boot, "require_tdx_host", lambda tdvf: tmp_path / "tdvf.fd")
+def test_tdx_passes_only_when_the_guest_says_it_is_a_td(qemu, image, tmp_path):
     qemu.behave(console=REAL_LINE)
     with pytest.raises(CheckFailed) as raised:
-        boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "console.log")
+        boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "console.log",
+                        host=td_host(tmp_path))
     assert "not running as a TD: not a TD: no tdx_guest CPU flag" in str(raised.value)
 
     qemu.behave(console=TD_LINE)
-    result = boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "console.log")
+    result = boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "console.log",
+                             host=td_host(tmp_path))
     assert (result.accel, result.selfcheck["td"]) == ("kvm", True)
 
 
@@ -325,12 +332,12 @@ def test_the_result_serialises_for_the_build_record(qemu, image, tmp_path):
         "console_log", "measurements", "event_log"}
 
 
-def test_boot_json_matches_the_shipped_schema(qemu, image, tmp_path, monkeypatch):
+def test_boot_json_matches_the_shipped_schema(qemu, image, tmp_path):
     qemu.behave(console=REAL_LINE)
     plain = boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log")
-    monkeypatch.setattr(boot, "require_tdx_host", lambda tdvf: tmp_path / "tdvf.fd")
     qemu.behave(console=TD_LINE)
-    td = boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "td.log")
+    td = boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "td.log",
+                         host=td_host(tmp_path))
     for result in (plain, td):
         document = json.loads(json.dumps(result.to_dict()))
         assert schema_errors("boot", document) == []
@@ -370,7 +377,7 @@ def test_boot_fails_with_a_fail_line_and_the_reason(qemu, image, tmp_path):
 
 
 def test_boot_takes_the_firmware_given_and_names_the_package_when_there_is_none(qemu, image,
-                                                                                tmp_path, monkeypatch):
+                                                                                tmp_path):
     unified = tmp_path / "OVMF.fd"
     unified.touch()
     qemu.behave(console=REAL_LINE)
@@ -378,10 +385,9 @@ def test_boot_takes_the_firmware_given_and_names_the_package_when_there_is_none(
     arguments = (tmp_path / "pid.args").read_text().splitlines()
     assert f"if=pflash,format=raw,snapshot=on,file={unified}" in arguments
 
-    monkeypatch.setattr(virt, "OVMF_CANDIDATES", ((tmp_path / "no/CODE.fd", tmp_path / "no/VARS.fd"),))
-    monkeypatch.setattr(os_release, "host_family", lambda: "fedora")
     with pytest.raises(HostError) as raised:
-        boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log")
+        boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log",
+                        host=FakeHost(ovmf=None, family="fedora"))
     assert raised.value.hint == "dnf install edk2-ovmf, or pass --firmware FILE"
 
 

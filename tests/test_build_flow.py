@@ -5,7 +5,7 @@ Real here: the command line, settings, outdir checks, locks (in a temporary lock
 repository check (local file:// repositories), composition, the incremental prepared root,
 kiwi.execute with its log and redaction, publishing, the SBOM, validation of the synthetic image
 (tests/test_validate_checks.py makes it; every check runs), measurement, build.json, the
-exchange into --out, OUT.failed, and the phase events.  Passed through a seam: pipeline.preflight
+exchange into --out, OUT.failed, and the phase events.  Passed through a seam: the host (a FakeHost)
 (root, host tools, free space), which a non-root test machine cannot pass.
 """
 
@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from imagebuilder.build import pipeline
 from imagebuilder.host import locks
 from imagebuilder.cli import main
 from imagebuilder.build.kiwi import DONE_PHASE, PHASES
-from tests.conftest import schema_errors
+from tests.conftest import FakeHost, schema_errors
 from tests.test_validate_checks import BREAKAGES
 
 IMAGE = "tdx-guest-debian-12.x86_64-12.0.0.raw"
@@ -82,13 +81,13 @@ for placeholder, text in {"@PREPARE@": PHASES[0][0], "@BOOTSTRAP@": PHASES[1][0]
 
 @pytest.fixture
 def standin(tmp_path, monkeypatch, synthetic_image) -> Path:
-    """A host for `build debian`: the stand-in kiwi-ng, local repositories, a lock directory; the
-    preflight passes.  Returns the --out to build into."""
+    """A host for `build debian`: the stand-in kiwi-ng, local repositories, a lock directory
+    (run_build hands the build a host that has what the preflight asks).  Returns the --out to
+    build into."""
     kiwi_ng = tmp_path / "bin" / "kiwi-ng"
     kiwi_ng.parent.mkdir()
     kiwi_ng.write_text(KIWI_NG)
     kiwi_ng.chmod(0o755)
-    monkeypatch.setattr(pipeline, "preflight", lambda request, out_dir: pipeline.Host(str(kiwi_ng), "11.1.6", False))
     monkeypatch.setattr(locks, "LOCK_DIR", tmp_path / "locks")
     for suite, base in (("bookworm", "debian"), ("bookworm-updates", "debian"),
                        ("bookworm-security", "debian-security")):
@@ -104,9 +103,10 @@ def standin(tmp_path, monkeypatch, synthetic_image) -> Path:
 
 
 def run_build(out: Path, *options: str):
-    mirror = f"file://{out.parent.parent / 'mirror' / 'debian'}"
+    work = out.parent.parent
+    mirror = f"file://{work / 'mirror' / 'debian'}"
     return CliRunner().invoke(main, ["build", "debian", "--out", str(out), "--mirror", mirror,
-                                     *options])
+                                     *options], obj=FakeHost(kiwi_command=str(work / "bin" / "kiwi-ng")))
 
 
 def events(stderr: str) -> list[dict]:

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from imagebuilder.build.compose import MANIFEST_PATH, Customisation, compose, image_format
+from imagebuilder.build.compose import MANIFEST_PATH, Customisation, compose, described_format
 from imagebuilder.core.errors import InputError
 from imagebuilder.build.kiwicheck import check_description
 from imagebuilder.distros.targets import TARGETS
@@ -73,7 +73,7 @@ def test_customisations_become_kiwi_elements_that_kiwi_accepts(tmp_path, name, d
     assert names.count("jq") == 1 and names.count("zstd") == 1  # zstd was already there (debian)
     for image_type in image.iterfind("preferences/type"):
         assert (image_type.find("size").get("unit"), image_type.find("size").text) == ("M", "6144")
-    assert image_format(config) == disk_format
+    assert described_format(config) == disk_format
     user = image.find("users/user")
     assert (user.get("name"), user.get("home"), user.get("password")) == ("tester", "/home/tester", "*")
     assert (composition.path / "root/home/tester/.ssh/authorized_keys").read_text() == KEY
@@ -90,11 +90,11 @@ def test_without_customisation_the_description_is_copied_unchanged(tmp_path):
     composition = compose(TARGETS["leap"].description_dir, SHARED_OVERLAY, tmp_path / "d")
     assert (composition.path / "config.xml").read_bytes() == \
         (TARGETS["leap"].description_dir / "config.xml").read_bytes()
-    assert image_format(composition.path / "config.xml") == "qcow2"
+    assert described_format(composition.path / "config.xml") == "qcow2"
 
 
 def test_a_description_without_an_image_type_is_an_input_error(tmp_path):
     config_xml = tmp_path / "config.xml"
     config_xml.write_text('<image schemaversion="8.0" name="x"><preferences/></image>\n')
     with pytest.raises(InputError, match="has no <preferences><type>"):
-        image_format(config_xml)
+        described_format(config_xml)

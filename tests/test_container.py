@@ -16,7 +16,7 @@ from imagebuilder.core.errors import Interrupted
 from imagebuilder.distros.repos import parse_repo_option
 from imagebuilder.distros.targets import get_target
 from imagebuilder.core.paths import DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT
-from tests.conftest import run_cli
+from tests.conftest import FakeHost, run_cli
 
 
 def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, monkeypatch):
@@ -101,5 +101,5 @@ def test_a_signal_reaches_the_engine_as_sigint_and_its_exit_is_awaited(tmp_path,
                            cache_dir=tmp_path / "cache")
     threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
     with signals.handled(), pytest.raises(Interrupted, match="the build in the container was stopped"):
-        container.build(request, None, as_json=False)
+        container.build_in_container(request, None, False, FakeHost())
     assert unwound.exists()

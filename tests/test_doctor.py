@@ -7,41 +7,35 @@ import pytest
 from click.testing import CliRunner
 
 from imagebuilder import cli
-from imagebuilder.host import buildhost, os_release, runner, virt
+from imagebuilder.host import virt
 from imagebuilder.commands import doctor
 from imagebuilder.core.errors import RepositoryError
 from imagebuilder.core.results import FAIL, PASS, WARN, Result
+from tests.conftest import FakeHost
 
 
-def doctor_check(name: str) -> Result:
-    """One row of doctor's build section, as doctor evaluates it."""
-    return next(check for check in doctor.host_checks("build", Path(".")) if check.id == name)
+def doctor_check(name: str, host: FakeHost) -> Result:
+    """One row of doctor's build section, as doctor evaluates it on ``host``."""
+    return next(check for check in doctor.host_checks("build", Path("."), host) if check.id == name)
 
 
-def test_no_vfat_with_mtools_is_the_fallback(monkeypatch):
-    monkeypatch.setattr(buildhost, "kernel_mounts_vfat", lambda: False)
-    monkeypatch.setattr(runner, "missing", lambda tools: [])
-    check = doctor_check("vfat (EFI partition)")
+def test_no_vfat_with_mtools_is_the_fallback():
+    check = doctor_check("vfat (EFI partition)", FakeHost(mounts_vfat=False))
     assert (check.status, check.detail) == (
         WARN, "the kernel cannot mount vfat: the EFI partition is written with mtools instead")
 
 
-def test_no_vfat_and_no_mtools_fails(monkeypatch):
-    monkeypatch.setattr(buildhost, "kernel_mounts_vfat", lambda: False)
-    monkeypatch.setattr(runner, "missing", lambda tools: [tool for tool in tools if tool == "mcopy"])
-    check = doctor_check("vfat (EFI partition)")
+def test_no_vfat_and_no_mtools_fails():
+    check = doctor_check("vfat (EFI partition)", FakeHost(mounts_vfat=False, missing={"mcopy"}))
     assert check.status == FAIL and "mcopy" in check.detail
 
 
-def test_a_kernel_with_vfat_needs_no_fallback(monkeypatch):
-    monkeypatch.setattr(buildhost, "kernel_mounts_vfat", lambda: True)
-    assert doctor_check("vfat (EFI partition)").status == PASS
+def test_a_kernel_with_vfat_needs_no_fallback():
+    assert doctor_check("vfat (EFI partition)", FakeHost(mounts_vfat=True)).status == PASS
 
 
-def test_missing_tools_name_their_packages(monkeypatch):
-    monkeypatch.setattr(runner, "missing", lambda tools: [tool for tool in tools if tool == "sgdisk"])
-    monkeypatch.setattr(os_release, "host_family", lambda: "debian")
-    check = doctor_check("host tools")
+def test_missing_tools_name_their_packages():
+    check = doctor_check("host tools", FakeHost(missing={"sgdisk"}, family="debian"))
     assert (check.status, check.detail, check.hint) == (FAIL, "sgdisk is not installed", "apt-get install gdisk")
 
 
@@ -60,21 +54,11 @@ def test_reachable_repositories_are_counted(monkeypatch):
     assert (check.status, check.detail) == (PASS, "4 reachable")
 
 
-def fake_tdx_host(monkeypatch, *, vendor, tdx, kvm_problem, qemu_tdx, tdvf, kvm_device):
-    monkeypatch.setattr(virt, "cpu_vendor", lambda: vendor)
-    monkeypatch.setattr(virt, "kvm_tdx_enabled", lambda: tdx)
-    monkeypatch.setattr(virt, "kvm_failure", lambda: kvm_problem)
-    monkeypatch.setattr(virt, "qemu_version", lambda: "7.2.22")
-    monkeypatch.setattr(virt, "qemu_has_tdx_guest", lambda: qemu_tdx)
-    monkeypatch.setattr(virt, "find_tdvf", lambda: tdvf)
-    monkeypatch.setattr(virt, "KVM_DEVICE", str(kvm_device))
-
-
-def test_a_host_like_the_ci_machines_is_reported_as_it_is(monkeypatch):
-    fake_tdx_host(monkeypatch, vendor="GenuineIntel", tdx="",
-                  kvm_problem="QEMU stops with 'KVM internal error. Suberror: 1'", qemu_tdx=False,
-                  tdvf=None, kvm_device="/dev/null")
-    checks = {check.id: check for check in doctor.tdx_checks()}
+def test_a_host_like_the_ci_machines_is_reported_as_it_is():
+    host = FakeHost(cpu_vendor="GenuineIntel", kvm_tdx="", qemu_has_tdx_guest=False, tdvf=None,
+                    kvm_failure="QEMU stops with 'KVM internal error. Suberror: 1'",
+                    devices={virt.KVM_DEVICE})
+    checks = {check.id: check for check in doctor.tdx_checks(host)}
 
     assert checks["CPU"].status == PASS
     assert checks["kvm_intel tdx"].detail.startswith("kvm_intel is not loaded")
@@ -83,17 +67,17 @@ def test_a_host_like_the_ci_machines_is_reported_as_it_is(monkeypatch):
     assert checks["TDVF firmware"].status == FAIL
 
 
-def test_a_tdx_host_passes(monkeypatch, tmp_path):
-    fake_tdx_host(monkeypatch, vendor="GenuineIntel", tdx="Y", kvm_problem=None, qemu_tdx=True,
-                  tdvf=tmp_path / "OVMF.fd", kvm_device="/dev/null")
-    assert {check.status for check in doctor.tdx_checks()} == {PASS}
+def test_a_tdx_host_passes(tmp_path):
+    host = FakeHost(cpu_vendor="GenuineIntel", kvm_tdx="Y", kvm_failure=None, qemu_has_tdx_guest=True,
+                    tdvf=tmp_path / "OVMF.fd", devices={virt.KVM_DEVICE})
+    assert {check.status for check in doctor.tdx_checks(host)} == {PASS}
 
 
 @pytest.fixture
 def canned_checks(monkeypatch):
     def use(build: list[Result], tdx: list[Result]):
-        monkeypatch.setattr(doctor, "build_checks", lambda build_dir: build)
-        monkeypatch.setattr(doctor, "tdx_checks", lambda: tdx)
+        monkeypatch.setattr(doctor, "build_checks", lambda build_dir, host: build)
+        monkeypatch.setattr(doctor, "tdx_checks", lambda host: tdx)
     return use
 
 
@@ -119,14 +103,12 @@ def test_only_build_ignores_the_tdx_host(canned_checks):
     assert "vfat (EFI partition)" in result.stdout and "CPU" not in result.stdout
 
 
-def test_suse_targets_on_another_host_point_at_the_container(monkeypatch):
-    monkeypatch.setattr(buildhost, "build_host_problem", lambda target: "not a SUSE 15 host")
-    check = doctor_check("SUSE targets (leap, sles)")
+def test_suse_targets_on_another_host_point_at_the_container():
+    check = doctor_check("SUSE targets (leap, sles)", FakeHost(build_host_problem="not a SUSE 15 host"))
     assert (check.status, check.detail, check.hint) == (
         WARN, "not a SUSE 15 host",
         "build in the target's own container: sudo tdx-image build leap --container")
 
 
-def test_suse_targets_on_a_suse_15_host_build_natively(monkeypatch):
-    monkeypatch.setattr(buildhost, "build_host_problem", lambda target: None)
-    assert doctor_check("SUSE targets (leap, sles)").status == PASS
+def test_suse_targets_on_a_suse_15_host_build_natively():
+    assert doctor_check("SUSE targets (leap, sles)", FakeHost(build_host_problem=None)).status == PASS

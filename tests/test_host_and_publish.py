@@ -6,7 +6,8 @@ from collections import namedtuple
 
 import pytest
 
-from imagebuilder.host import buildhost, os_release, requirements
+from tests.conftest import FakeHost
+from imagebuilder.host import buildhost, requirements
 from imagebuilder.build import publish
 from imagebuilder.core.errors import BuildError, HostError
 
@@ -23,28 +24,29 @@ def test_vfat_support_is_read_from_the_kernel(tmp_path, monkeypatch):
     assert not buildhost.kernel_mounts_vfat(str(without))
 
 
-def test_free_space_is_checked_on_the_nearest_existing_parent(tmp_path, monkeypatch):
-    seen = []
-    monkeypatch.setattr(buildhost.shutil, "disk_usage",
-                        lambda path: seen.append(path) or Usage(10, 9, 2 * 1024**3))
+class LowOnSpace(FakeHost):
+    def free_bytes(self, path):
+        self.asked = path
+        return 2 * 1024**3
+
+
+def test_free_space_is_checked_on_the_nearest_existing_parent(tmp_path):
+    host = LowOnSpace()
     with pytest.raises(HostError, match=r"only 2.0 GiB free .* needs 8 GiB"):
-        requirements.require("free disk", context=requirements.Context(build_dir=tmp_path / "not" / "yet"))
-    assert seen == [tmp_path]
+        requirements.require("free disk", context=requirements.Context(host, build_dir=tmp_path / "not" / "yet"))
+    assert host.asked == tmp_path
 
 
-def test_missing_tools_name_their_packages(monkeypatch):
-    monkeypatch.setattr(buildhost.shutil, "which", lambda tool: None if tool == "mcopy" else "/x")
-    monkeypatch.setattr(buildhost, "kernel_mounts_vfat", lambda: False)
-    monkeypatch.setattr(os_release, "host_family", lambda: "debian")
+def test_missing_tools_name_their_packages():
+    host = FakeHost(missing={"mcopy"}, mounts_vfat=False, family="debian")
     with pytest.raises(HostError, match="mcopy") as raised:
-        requirements.require("vfat (EFI partition)")
+        requirements.require("vfat (EFI partition)", context=requirements.Context(host))
     assert raised.value.hint == "apt-get install mtools"
 
 
-def test_not_root_is_refused(monkeypatch):
-    monkeypatch.setattr(requirements.os, "geteuid", lambda: 1000)
+def test_not_root_is_refused():
     with pytest.raises(HostError, match="needs root"):
-        requirements.require("root")
+        requirements.require("root", context=requirements.Context(FakeHost(is_root=False)))
 
 
 def kiwi_target(tmp_path, disks=("disk_format_image", "disk_image")):
@@ -123,8 +125,6 @@ def test_missing_kiwi_says_how_to_install_it(monkeypatch, tmp_path):
     assert "setup.sh" in raised.value.hint
 
 
-def test_wrong_kiwi_series_is_refused(monkeypatch):
-    monkeypatch.setattr(buildhost, "kiwi_command", lambda: "/usr/bin/kiwi-ng")
-    monkeypatch.setattr(buildhost, "kiwi_version", lambda: "9.24.48")
+def test_wrong_kiwi_series_is_refused():
     with pytest.raises(HostError, match="kiwi 9.24.48 found"):
-        requirements.require("kiwi")
+        requirements.require("kiwi", context=requirements.Context(FakeHost(kiwi_version="9.24.48")))

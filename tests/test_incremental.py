@@ -9,6 +9,7 @@ import pytest
 
 from imagebuilder.build import incremental, kiwi
 from imagebuilder.build.compose import compose
+from imagebuilder.build.staging import Staging
 from imagebuilder.core.errors import HostError
 from imagebuilder.distros.repos import Repository
 from imagebuilder.distros.targets import get_target
@@ -123,12 +124,13 @@ def _fake_prepare(calls: list):
 
 
 def _prepare(tmp_path: Path, repo: Repository, description: Path, enabled: bool = True) -> incremental.Decision:
-    staging = tmp_path / f"staging-{len(list(tmp_path.glob('staging-*')))}"
-    staging.mkdir()
-    run = kiwi.KiwiInvocation(kiwi="kiwi-ng", description=description, target_dir=staging / "kiwi",
-                       cache_dir=tmp_path / "cache", repositories=[repo])
-    return incremental.prepare(run, description, "debian", None, "11.1.6", enabled, staging,
-                               staging / "prepare.log", lambda phase: None, [])
+    staging = Staging(tmp_path / f"staging-{len(list(tmp_path.glob('staging-*')))}")
+    shutil.copytree(description, staging.description)
+    staging.publish.mkdir()
+    run = kiwi.KiwiInvocation(kiwi="kiwi-ng", description=staging.description,
+                              target_dir=staging.kiwi_target, cache_dir=tmp_path / "cache",
+                              repositories=[repo])
+    return incremental.prepare(run, staging, "debian", None, "11.1.6", enabled, lambda phase: None, [])
 
 
 def test_a_changed_package_list_never_reuses_the_cached_root(tmp_path, apt_repo, monkeypatch):

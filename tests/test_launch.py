@@ -26,12 +26,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from imagebuilder.host import os_release, requirements
-from imagebuilder.host import virt
-from imagebuilder.vm import launch
+from imagebuilder.host import os_release, requirements, runner, virt
 from imagebuilder.commands import run
 from imagebuilder.core.errors import HostError, InputError
 from imagebuilder.vm.launch import Launch
+from tests.conftest import FakeHost
 
 TDVF = Path("/fw/tdvf.fd")
 
@@ -136,41 +135,35 @@ def test_tdvf_is_recognised_by_its_tdx_metadata(tmp_path):
     assert not virt.is_tdvf(tmp_path / "missing.fd")
 
 
-def fake_host(monkeypatch, tmp_path, *, vendor="GenuineIntel", tdx="Y", qemu_tdx=True, tdvf=True):
-    kvm = tmp_path / "kvm"
-    kvm.touch()
-    monkeypatch.setattr(virt, "KVM_DEVICE", str(kvm))
-    monkeypatch.setattr(virt, "cpu_vendor", lambda: vendor)
-    monkeypatch.setattr(virt, "kvm_tdx_enabled", lambda: tdx)
-    monkeypatch.setattr(virt, "qemu_has_tdx_guest", lambda: qemu_tdx)
-    monkeypatch.setattr(virt, "qemu_version", lambda: "7.2.22")
-    found = firmware(tmp_path, with_metadata=True) if tdvf else None
-    monkeypatch.setattr(virt, "find_tdvf", lambda: found)
-    return found
+def tdx_host(tmp_path, **facts) -> FakeHost:
+    """A TDX host (KVM with tdx=Y, QEMU with tdx-guest, a TDVF) but for ``facts``."""
+    found = firmware(tmp_path, with_metadata=True)
+    return FakeHost(**{"kvm_tdx": "Y", "qemu_has_tdx_guest": True, "tdvf": found, **facts},
+                    devices={virt.KVM_DEVICE})
 
 
-def test_a_ready_tdx_host_has_no_problems(monkeypatch, tmp_path):
-    found = fake_host(monkeypatch, tmp_path)
-    assert requirements.tdx_host_problems(None) == []
-    assert requirements.require_tdx_host(None) == found
+def test_a_ready_tdx_host_has_no_problems(tmp_path):
+    host = tdx_host(tmp_path)
+    assert requirements.tdx_host_problems(None, host) == []
+    assert requirements.require_tdx_host(None, host) == host.tdvf
 
 
-def test_a_host_without_tdx_is_told_everything_it_lacks(monkeypatch, tmp_path):
-    fake_host(monkeypatch, tmp_path, vendor="AuthenticAMD", tdx="", qemu_tdx=False, tdvf=False)
+def test_a_host_without_tdx_is_told_everything_it_lacks(tmp_path):
+    host = tdx_host(tmp_path, cpu_vendor="AuthenticAMD", kvm_tdx="", qemu_has_tdx_guest=False, tdvf=None)
 
     with pytest.raises(HostError) as raised:
-        requirements.require_tdx_host(None)
+        requirements.require_tdx_host(None, host)
     message = str(raised.value)
     assert "AuthenticAMD" in message
     assert "kvm_intel is not loaded" in message
     assert "QEMU 7.2.22 has no tdx-guest object" in message
     assert "no TDVF firmware" in message
-    assert virt.firmware_install_hint() + ", a release with TDX support" in message
+    assert host.firmware_install_hint() + ", a release with TDX support" in message
 
 
-def test_tdx_disabled_in_kvm_and_a_non_tdvf_firmware_are_named(monkeypatch, tmp_path):
-    fake_host(monkeypatch, tmp_path, tdx="N")
-    problems = requirements.tdx_host_problems(firmware(tmp_path, with_metadata=False))
+def test_tdx_disabled_in_kvm_and_a_non_tdvf_firmware_are_named(tmp_path):
+    host = tdx_host(tmp_path, kvm_tdx="N")
+    problems = requirements.tdx_host_problems(firmware(tmp_path, with_metadata=False), host)
     assert problems == ["kvm_intel has tdx=N, needs tdx=Y (a TDX host kernel and BIOS)",
                         f"{tmp_path / 'OVMF.fd'} is not TDVF (no TDX metadata)"]
 
@@ -222,10 +215,10 @@ def test_run_prints_the_command_and_writes_the_libvirt_domain(small_image, tmp_p
 
 @needs_qemu_img
 def test_run_tdx_exec_stops_before_qemu_on_a_host_without_tdx(small_image, tmp_path, monkeypatch):
-    fake_host(monkeypatch, tmp_path, qemu_tdx=False)
-    monkeypatch.setattr(launch.os, "execvp", lambda *args: pytest.fail("QEMU was started"))
+    monkeypatch.setattr(runner, "replace_process", lambda *args: pytest.fail("QEMU was started"))
 
-    result = CliRunner().invoke(run.run_command, [str(small_image), "--tdx", "--exec"])
+    result = CliRunner().invoke(run.run_command, [str(small_image), "--tdx", "--exec"],
+                                obj=tdx_host(tmp_path, qemu_has_tdx_guest=False))
 
     assert isinstance(result.exception, HostError)
     assert "no tdx-guest object" in str(result.exception)
@@ -284,9 +277,8 @@ def test_firmware_is_found_where_the_distributions_put_it(tmp_path, monkeypatch)
     assert virt.find_ovmf() == virt.Firmware(*pairs[1])  # the first complete pair
     assert virt.firmware_for(pairs[1][0]) == virt.Firmware(*pairs[1])  # its own variables
     pairs[1][1].unlink()
-    monkeypatch.setattr(os_release, "host_family", lambda: "suse")
     with pytest.raises(HostError, match="no UEFI firmware") as raised:
-        requirements.require_ovmf(None)
+        requirements.require_ovmf(None, FakeHost(ovmf=virt.find_ovmf(), family="suse"))
     assert raised.value.hint.startswith("zypper install qemu-ovmf-x86_64")
 
 
@@ -305,9 +297,8 @@ def test_the_hosts_distribution_family_comes_from_os_release(tmp_path, text, fam
     assert os_release.host_family(path) == family
 
 
-def test_an_unknown_distribution_gets_every_install_hint(monkeypatch):
-    monkeypatch.setattr(os_release, "host_family", lambda: None)
-    hint = virt.firmware_install_hint()
+def test_an_unknown_distribution_gets_every_install_hint():
+    hint = FakeHost(family=None).firmware_install_hint()
     assert all(command in hint for command in virt.FIRMWARE_INSTALL.values())
 
 
@@ -330,16 +321,26 @@ def test_run_persistent_writes_the_image_and_takes_the_launch_options(small_imag
     assert option_values(command, "-netdev") == ["user,id=net0,hostfwd=tcp:127.0.0.1:2022-:22"]
 
 
-def test_a_tdvf_gone_after_the_check_is_a_host_error(monkeypatch, tmp_path):
-    found = fake_host(monkeypatch, tmp_path)
-    checks = iter([found, None])  # present for tdx_host_problems, gone when it is to be used
-    monkeypatch.setattr(virt, "find_tdvf", lambda: next(checks))
-
-    with pytest.raises(HostError, match="this host cannot run a TD: no TDVF firmware"):
-        requirements.require_tdx_host(None)
-
-
 def test_a_firmware_only_libvirt_domain_has_no_disk():
     domain = ET.fromstring(Launch(disk=None, accel="tcg").libvirt_xml("firmware"))
     assert domain.find("devices/disk") is None
     assert domain.find("devices/interface") is not None
+
+
+def test_a_secure_boot_firmware_gets_smm_and_a_secure_flash(tmp_path):
+    firmware = virt.Firmware(tmp_path / "OVMF_CODE_4M.ms.fd", tmp_path / "OVMF_VARS_4M.ms.fd",
+                             secure_boot=True)
+
+    args = Launch(disk=tmp_path / "vm.qcow2", accel="tcg", firmware=firmware).qemu_args()
+
+    machine = args[args.index("-machine") + 1]
+    assert machine == "q35,smm=on"  # edk2 keeps a Secure Boot build's variables behind SMM
+    assert args[args.index("-global") + 1] == "driver=cfi.pflash01,property=secure,value=on"
+    assert f"if=pflash,format=raw,readonly=on,file={firmware.code}" in args
+
+
+def test_secure_boot_without_its_firmware_names_the_package(tmp_path):
+    with pytest.raises(HostError, match="no Secure Boot OVMF.*apt-get install ovmf"):
+        requirements.require_ovmf(None, FakeHost(ovmf=virt.Firmware(tmp_path / "c.fd")), True)
+    with pytest.raises(InputError, match="--secure-boot chooses the firmware itself"):
+        requirements.require_ovmf(tmp_path / "c.fd", FakeHost(), True)

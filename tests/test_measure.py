@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.vm import boot
-from imagebuilder.host import runner
 from imagebuilder.core.errors import CheckFailed, HostError, InputError
 from imagebuilder.vm.launch import Launch
 from imagebuilder.measure import eventlog as ev
@@ -25,7 +24,7 @@ from imagebuilder.measure.grubscript import GrubSyntaxError, Grub, Unpredictable
 from imagebuilder.measure.predict import Prediction, Step
 from imagebuilder.measure.replay import read_event_log
 from imagebuilder.verify.checks import Expected, verify
-from tests.conftest import error_line, run_cli, schema_errors
+from tests.conftest import FakeHost, error_line, run_cli, schema_errors
 
 
 def sha384(data: bytes) -> bytes:
@@ -333,9 +332,9 @@ def test_tpm_boot_refuses_a_td_and_needs_swtpm(tmp_path, monkeypatch):
     image.write_bytes(b"")
     with pytest.raises(InputError, match="--tpm and --tdx"):
         boot.boot_image(image, tpm=True, tdx=True, console_log=tmp_path / "console.log")
-    monkeypatch.setattr(runner, "missing", lambda tools: [tool for tool in tools if tool == "swtpm"])
     with pytest.raises(HostError, match="swtpm is not installed"):
-        boot.boot_image(image, tpm=True, console_log=tmp_path / "console.log")
+        boot.boot_image(image, tpm=True, console_log=tmp_path / "console.log",
+                        host=FakeHost(missing={"swtpm"}))
 
 
 def measurements_file(path: Path) -> Path:

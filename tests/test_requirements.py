@@ -6,43 +6,40 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from imagebuilder.host import buildhost, os_release, requirements, runner, virt
+from imagebuilder.host import requirements, runner
 from imagebuilder.commands import doctor
 from imagebuilder.core.errors import HostError
 from imagebuilder.core.results import FAIL, PASS, SKIP, WARN, Result, render
+from tests.conftest import FakeHost
 
 
-def doctor_row(name: str) -> Result:
+def doctor_row(name: str, host: FakeHost) -> Result:
     """The requirement's row in doctor's table (evaluating only its section)."""
     [needed_for] = [r.needed_for for r in requirements.REQUIREMENTS if r.id == name]
     [section] = [s for s, purposes in doctor.SECTIONS.items() if set(needed_for) & set(purposes)]
-    return next(check for check in doctor.host_checks(section, Path(".")) if check.id == name)
+    return next(check for check in doctor.host_checks(section, Path("."), host) if check.id == name)
 
 
-@pytest.mark.parametrize("name, fake", [
-    ("root", lambda mp: mp.setattr(requirements.os, "geteuid", lambda: 1000)),
-    ("host tools", lambda mp: mp.setattr(runner, "missing", lambda tools: [t for t in tools if t == "sgdisk"])),
-    ("kiwi", lambda mp: mp.setattr(buildhost, "kiwi_version", lambda: "9.24.48")),
-    ("loop devices", lambda mp: mp.setattr(requirements, "LOOP_CONTROL", "/nonexistent/loop-control")),
-    ("UEFI firmware", lambda mp: mp.setattr(virt, "OVMF_CANDIDATES", ())),
-    ("swtpm", lambda mp: mp.setattr(runner, "missing", lambda tools: list(tools))),
+@pytest.mark.parametrize("name, host", [
+    ("root", FakeHost(is_root=False)),
+    ("host tools", FakeHost(missing={"sgdisk"})),
+    ("kiwi", FakeHost(kiwi_version="9.24.48")),
+    ("loop devices", FakeHost(devices=())),
+    ("UEFI firmware", FakeHost(ovmf=None)),
+    ("swtpm", FakeHost(missing={"swtpm"})),
 ])
-def test_a_verb_refuses_with_the_words_and_hint_doctor_shows(name, fake, monkeypatch):
-    fake(monkeypatch)
-    row = doctor_row(name)
+def test_a_verb_refuses_with_the_words_and_hint_doctor_shows(name, host):
+    row = doctor_row(name, host)
     with pytest.raises(HostError) as raised:
-        requirements.require(name)
+        requirements.require(name, context=requirements.Context(host))
     assert row.status in (FAIL, WARN) and row.hint
     assert (raised.value.message, raised.value.hint) == (row.detail, row.hint)
 
 
-def test_a_build_stops_at_the_first_requirement_missing_in_the_lists_order(monkeypatch, tmp_path):
-    monkeypatch.setattr(requirements.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(buildhost, "kiwi_command", lambda: "/usr/bin/kiwi-ng")
-    monkeypatch.setattr(buildhost, "kiwi_version", lambda: "9.24.48")
-    monkeypatch.setattr(runner, "missing", lambda tools: list(tools))
+def test_a_build_stops_at_the_first_requirement_missing_in_the_lists_order(tmp_path):
+    host = FakeHost(kiwi_version="9.24.48", missing=requirements.DISK_TOOLS)
     with pytest.raises(HostError, match="kiwi 9.24.48 found"):
-        requirements.require("build", context=requirements.Context(build_dir=tmp_path))
+        requirements.require("build", context=requirements.Context(host, build_dir=tmp_path))
 
 
 def test_doctor_shows_every_requirement_once():
@@ -53,38 +50,38 @@ def test_doctor_shows_every_requirement_once():
     assert sorted(shown) == sorted(requirement.id for requirement in requirements.REQUIREMENTS)
 
 
-def test_a_requirement_only_some_targets_need_warns_in_doctor(monkeypatch):
-    monkeypatch.setattr(runner, "missing", lambda tools: list(tools))
-    assert doctor_row("apt tools (debian)").status == WARN
-    assert doctor_row("host tools").status == FAIL
+def test_a_requirement_only_some_targets_need_warns_in_doctor():
+    host = FakeHost(missing=requirements.DISK_TOOLS + requirements.APT_TOOLS)
+    assert doctor_row("apt tools (debian)", host).status == WARN
+    assert doctor_row("host tools", host).status == FAIL
 
 
-def test_install_hints_name_the_packages_of_the_hosts_distribution(monkeypatch):
+def test_install_hints_name_the_packages_of_the_hosts_distribution():
     tools = ("sgdisk", "mcopy", "mdir", "qemu-img")
     for family, hint in (("debian", "apt-get install gdisk mtools qemu-utils"),
                          ("suse", "zypper install gptfdisk mtools qemu-tools"),
                          (None, "apt-get install gdisk mtools qemu-utils, "
                                 "or zypper install gptfdisk mtools qemu-tools")):
-        monkeypatch.setattr(os_release, "host_family", lambda family=family: family)
-        assert runner.install_hint(*tools) == hint
+        assert runner.install_hint(*tools, family=family) == hint
+        assert FakeHost(family=family).install_hint(*tools) == hint
     every_tool = (requirements.DISK_TOOLS + requirements.APT_TOOLS + requirements.ESP_FALLBACK_TOOLS
                   + requirements.QEMU_TOOLS + ("swtpm",))
     assert [tool for tool in every_tool if tool not in runner.TOOLS] == []  # the one table
 
 
-def test_one_missing_tool_and_several_are_named(monkeypatch):
-    monkeypatch.setattr(runner, "missing", lambda tools: [t for t in tools if t in ("sgdisk", "blkid")])
-    assert doctor_row("host tools").detail == "host tools missing: sgdisk, blkid"
-    assert doctor_row("QEMU").status == PASS
+def test_one_missing_tool_and_several_are_named():
+    host = FakeHost(missing={"sgdisk", "blkid"})
+    assert doctor_row("host tools", host).detail == "host tools missing: sgdisk, blkid"
+    assert doctor_row("QEMU", host).status == PASS
 
 
 def test_a_given_firmware_is_judged_instead_of_searched(tmp_path):
     given = tmp_path / "OVMF.fd"
-    given.write_bytes(b"\0" * 8192)
-    [tdvf] = [r for r in requirements.check("tdx", context=requirements.Context(firmware=given))
+    given.write_bytes(b"\0" * 8192)  # not TDVF: the real host's judgement (HostFacts.is_tdvf)
+    [tdvf] = [r for r in requirements.evaluate("tdx", context=requirements.Context(firmware=given))
               if r.id == "TDVF firmware"]
     assert (tdvf.status, tdvf.detail, tdvf.hint) == (FAIL, f"{given} is not TDVF (no TDX metadata)", "")
-    [uefi] = requirements.check("boot:uefi", context=requirements.Context(firmware=given))
+    [uefi] = requirements.evaluate("boot:uefi", context=requirements.Context(firmware=given))
     assert uefi.status == PASS
 
 

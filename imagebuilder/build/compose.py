@@ -76,7 +76,7 @@ def home(user: str) -> str:
     return "/root" if user == "root" else f"/home/{user}"
 
 
-def image_format(config_xml: Path) -> str:
+def described_format(config_xml: Path) -> str:
     """The disk format a description builds: its <type format=...>, raw when it has none."""
     image_type = ET.parse(config_xml).find("preferences/type")
     if image_type is None:

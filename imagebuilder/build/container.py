@@ -26,7 +26,8 @@ from ..host import runner
 from .pipeline import BuildRequest
 from ..core.errors import HostError, InputError, Interrupted, RepositoryError, TdxImageError
 from ..distros.repos import ZYPP_ROOT_ENV, Repository
-from ..host.requirements import require as require_host  # requirements() here: the builder's pip ones
+from ..host import requirements
+from ..host.facts import HostFacts
 from ..core.paths import DESCRIPTIONS_DIR, OVERLAYS_DIR, PACKAGE_DIR
 
 ENGINE_ENV = "TDX_IMAGE_CONTAINER_ENGINE"
@@ -60,7 +61,7 @@ def engine() -> str:
     raise HostError(f"--container needs {wanted or 'podman or docker'}", runner.install_hint("podman"))
 
 
-def requirements() -> list[str]:
+def builder_requirements() -> list[str]:
     """The project's Python dependencies, as its installed metadata (pyproject.toml) states
     them; a checkout is installed editable (setup.sh), a wheel normally."""
     return [requirement for requirement in metadata.requires("tdx-image") or []
@@ -69,7 +70,7 @@ def requirements() -> list[str]:
 
 def builder_tag(base_image: str) -> str:
     """Names every input of the builder image, so a changed input makes a new one."""
-    digest = hashlib.sha256("\n".join([base_image, PROVISION.read_text(), *requirements()])
+    digest = hashlib.sha256("\n".join([base_image, PROVISION.read_text(), *builder_requirements()])
                             .encode()).hexdigest()[:16]
     return f"localhost/tdx-image-builder:{digest}"
 
@@ -97,7 +98,7 @@ def ensure_builder(engine_path: str, base_image: str, on_progress=print,
     with tempfile.TemporaryDirectory(prefix="tdx-image-builder-") as context_dir:
         context = Path(context_dir)
         shutil.copy(PROVISION, context / "provision")
-        (context / "requirements.txt").write_text("\n".join(requirements()) + "\n")
+        (context / "requirements.txt").write_text("\n".join(builder_requirements()) + "\n")
         _fetch_wheels(context / "requirements.txt", context / "wheels")
         (context / "Containerfile").write_text(
             f"FROM {base_image}\n"
@@ -187,7 +188,7 @@ def engine_command(engine_path: str, image: str, request: BuildRequest, as_json:
     return command + [image] + inner
 
 
-def build(request: BuildRequest, container_image: str | None, as_json: bool,
+def build_in_container(request: BuildRequest, container_image: str | None, as_json: bool, host: HostFacts,
           progress_format: str = "auto") -> None:
     """Run the build in a container; its output and exit status are the build's.  With
     ``--progress json`` stderr carries only JSON lines: the builder image's making is a note
@@ -196,13 +197,13 @@ def build(request: BuildRequest, container_image: str | None, as_json: bool,
         raise InputError("--boot-test is not run inside the container",
                          "boot the published image on this host: tdx-image boot OUT/IMAGE.qcow2")
     outdir.check(request.out_dir, request.force, request.cache_dir)  # before any container work
-    require_host("container")
+    requirements.require("container", context=requirements.Context(host))
     engine_path = engine()
     base = container_image or request.target.chosen.container_image
     if progress_format == "json":
         events = progress.JsonLines(sys.stderr)
         image = ensure_builder(engine_path, base,
-                               lambda text: events(progress.Event(progress.NOTE, None, message=text)))
+                               lambda text: events(progress.PhaseEvent(progress.NOTE, None, message=text)))
     else:
         image = ensure_builder(engine_path, base, lambda text: print(text, file=sys.stderr),
                                engine_output=sys.stderr)

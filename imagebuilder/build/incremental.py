@@ -39,6 +39,7 @@ from . import cleanup, kiwi
 from ..host import runner
 from ..core.errors import HostError
 from ..distros.repos import Credentials, Repository, metadata_request
+from .staging import Staging
 
 KEY_VERSION = 2  # bump when what goes into a prepared root changes in this module
 ROOTS_DIR = "prepared-roots"
@@ -211,9 +212,8 @@ class RootCache:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def prepare(invocation: kiwi.KiwiInvocation, description: Path, target: str, credentials: Credentials | None,
-            kiwi_version: str, enabled: bool, staging: Path, log: Path,
-            on_phase: Callable[[str], None], secrets: list[str]) -> Decision:
+def prepare(invocation: kiwi.KiwiInvocation, staging: Staging, target: str, credentials: Credentials | None,
+            kiwi_version: str, enabled: bool, on_phase: Callable[[str], None], secrets: list[str]) -> Decision:
     """Make ``invocation``'s image root ready, from the cache or freshly prepared; return what to build."""
     if not enabled:
         return Decision(False, "--no-incremental: clean build", "", invocation)
@@ -221,9 +221,9 @@ def prepare(invocation: kiwi.KiwiInvocation, description: Path, target: str, cre
         metadata = metadata_digests(invocation.repositories, credentials)
     except (OSError, urllib.error.URLError) as error:
         return Decision(False, f"repository metadata unreadable ({error}): clean build", "", invocation)
+    description, image_root = staging.description, staging.image_root
     key = root_key(description, target, invocation, kiwi_version, metadata)
     cache = RootCache(invocation.cache_dir)
-    image_root = invocation.target_dir / "build" / "image-root"
     with cache.locked():
         cached = cache.lookup(key)
         if cached is not None:
@@ -231,13 +231,13 @@ def prepare(invocation: kiwi.KiwiInvocation, description: Path, target: str, cre
             _copy_tree(cached, image_root)
             reason = f"reused the prepared root {key[:12]}: packages, repositories and their metadata unchanged"
         else:
-            reduced, root = staging / "description-packages", staging / "prepare" / "root"
+            reduced, root = staging.packages_description, staging.prepared_root
             _reduced_description(description, reduced)
             root.parent.mkdir()
             # target_dir is what kiwi.execute releases (mounts, loops) whatever happens: the root's parent
             prepare_invocation = dataclasses.replace(invocation, description=reduced, target_dir=root.parent,
                                               prepare_root=root, esp_fallback_dir=None)
-            kiwi.execute(prepare_invocation, log, lambda phase: on_phase(f"prepare root: {phase}"), secrets)
+            kiwi.execute(prepare_invocation, staging.prepare_log, lambda phase: on_phase(f"prepare root: {phase}"), secrets)
             on_phase("cache prepared root")
             cache.store(key, root)
             image_root.parent.mkdir(parents=True, exist_ok=True)
@@ -245,7 +245,7 @@ def prepare(invocation: kiwi.KiwiInvocation, description: Path, target: str, cre
             reason = (f"no prepared root for key {key[:12]} (first build, or packages, repositories or "
                       "their metadata changed): prepared one and cached it")
     _show_apt_what_is_installed(image_root)
-    build_description = staging / "description-incremental"
+    build_description = staging.incremental_description
     _without_bootstrap(description, build_description)
     return Decision(cached is not None, reason, key,
                     dataclasses.replace(invocation, description=build_description, allow_existing_root=True))

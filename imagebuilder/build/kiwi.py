@@ -23,6 +23,8 @@ from ..host import runner, signals
 from ..core.errors import BuildError, CredentialsError, Interrupted, RepositoryError
 from ..distros.repos import Repository
 
+# KIWI's image root, below its --target-dir.
+IMAGE_ROOT = Path("build/image-root")
 HOSTSHIM = Path(__file__).resolve().parent / "hostshim" / "esp-shim"
 SHIMMED_COMMANDS = ("mount", "umount", "mountpoint")
 

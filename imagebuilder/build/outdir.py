@@ -14,13 +14,11 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from ..core.paths import DESCRIPTIONS_DIR, IS_CHECKOUT, OVERLAYS_DIR, PACKAGE_DIR, PROJECT_ROOT
+from .staging import BUILD_RECORD, FAILURE_RECORD, PUBLISHED_DESCRIPTION
 
 # A published build: build.json with these fields, and nothing but the artifacts it lists.
-BUILD_RECORD = "build.json"
 BUILD_RECORD_FIELDS = {"tdx_image_version", "target", "artifacts", "image"}
-PUBLISHED_DIRECTORIES = {"description"}
 # A failed build's OUT.failed/: failure.json with these fields, and the files it lists.
-FAILURE_RECORD = "failure.json"
 FAILURE_RECORD_FIELDS = {"tdx_image_version", "error", "exit_code", "files"}
 # Nothing may be written below these (an output inside a description is copied into itself).
 # An installed wheel has no checkout around it: then the package is all there is to protect.
@@ -52,7 +50,7 @@ def foreign_entries(directory: Path) -> list[str]:
         return []
     build = _record(directory / BUILD_RECORD, BUILD_RECORD_FIELDS)
     if build is not None and isinstance(build["artifacts"], dict):
-        ours = set(build["artifacts"]) | {BUILD_RECORD} | PUBLISHED_DIRECTORIES
+        ours = set(build["artifacts"]) | {BUILD_RECORD, PUBLISHED_DESCRIPTION}
         return [name for name in entries if name not in ours]
     failure = _record(directory / FAILURE_RECORD, FAILURE_RECORD_FIELDS)
     if failure is not None and isinstance(failure["files"], list):

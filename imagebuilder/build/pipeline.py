@@ -27,6 +27,7 @@ from pathlib import Path
 from .. import __version__
 from . import cleanup, incremental, kiwi, kiwicheck, outdir, publish, sbom, settings
 from ..host import buildhost, locks, requirements, runner, signals
+from ..host.facts import HostFacts
 from ..vm.boot import boot_image
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
 from .compose import Composition, Customisation, compose, read_ssh_keys
@@ -34,6 +35,7 @@ from ..core.errors import CheckFailed, CredentialsError, HostError, InputError, 
 from ..core.inputs import require_regular_file, require_writable_dir
 from ..measure import predict
 from .progress import Durations, Listener, Phases
+from .staging import FAILURE_RECORD, PUBLISHED_DESCRIPTION, Staging
 from ..distros.repos import Credentials, Repository, check_reachable, load_credentials
 from ..schemas import SCHEMA_VERSION
 from ..core.defaults import DEFAULT_CACHE_DIR
@@ -88,66 +90,18 @@ class BuildRequest:
 
 
 @dataclass(frozen=True)
-class Staging:
-    """Where one build assembles its output: a directory beside ``--out`` (the same filesystem,
-    so one rename publishes it), named once here."""
-
-    root: Path
-
-    @property
-    def description(self) -> Path:  # the composed description KIWI builds
-        return self.root / "description"
-
-    @property
-    def kiwi_target(self) -> Path:  # KIWI's --target-dir
-        return self.root / "kiwi"
-
-    @property
-    def publish(self) -> Path:  # what --out becomes
-        return self.root / "publish"
-
-    @property
-    def credentials(self) -> Path:  # "user:password" for KIWI, mode 0600
-        return self.root / "credentials"
-
-    @property
-    def esp_fallback(self) -> Path:  # the vfat mount shim's PATH and state (kiwi.HOSTSHIM)
-        return self.root / "esp-fallback"
-
-    @property
-    def failed(self) -> Path:  # a failed build's logs and reports, before they become OUT.failed
-        return self.root / "failed"
-
-
-@dataclass(frozen=True)
-class Host:
-    """What the preflight found out about the host, once per build."""
-
-    kiwi: str  # the kiwi-ng command
-    kiwi_version: str
-    esp_fallback: bool  # the kernel cannot mount vfat: the ESP is written with mtools
-
-    @classmethod
-    def probe(cls) -> Host:
-        return cls(buildhost.kiwi_command(), buildhost.kiwi_version(),
-                   esp_fallback=not buildhost.kernel_mounts_vfat())
-
-
-@dataclass
 class BuildContext:
-    """One build: the request, its staging layout, the host facts and credentials resolved
-    once, and what the steps hand on (the composition, the KIWI run)."""
+    """One build: the request, where it stages, the host facts and credentials resolved once,
+    and the phases it reports.  Steps take it with what the steps before them made, and return
+    what they make."""
 
     request: BuildRequest
     out_dir: Path
     staging: Staging
-    host: Host
+    host: HostFacts
     credentials: Credentials | None
     phases: Phases
     durations: Durations
-    composition: Composition | None = None
-    invocation: kiwi.KiwiInvocation | None = None
-    reuse: incremental.Decision | None = None
 
     def phase(self, name: str, message: str | None = None) -> AbstractContextManager[None]:
         """Run a step of the build as a phase: timed, and reported as it starts and ends."""
@@ -166,21 +120,33 @@ class BuildContext:
         """Records name files where they will be once published, not where they are built."""
         return publish.Relocation({self.staging.publish: str(self.out_dir),
                                    self.staging.root: "<staging>",
-                                   self.staging.description: str(self.out_dir / "description")})
+                                   self.staging.description: str(self.out_dir / PUBLISHED_DESCRIPTION)})
 
-    def kiwi_invocation(self) -> kiwi.KiwiInvocation:
-        request = self.request
-        return kiwi.KiwiInvocation(
-            kiwi=self.host.kiwi,
-            description=self.staging.description,
-            target_dir=self.staging.kiwi_target,
-            cache_dir=request.cache_dir,
-            repositories=request.repositories,
-            profile=request.target.profile,
-            credentials_file=self.staging.credentials if self.credentials else None,
-            signing_keys=list(request.signing_keys),
-            esp_fallback_dir=self.staging.esp_fallback if self.host.esp_fallback else None,
-        )
+
+@dataclass(frozen=True)
+class Published:
+    """What the publish step made: the image, its digest, the SBOM and the overlay manifest."""
+
+    image: Path
+    image_digest: str
+    sbom_file: Path
+    manifest: Path
+
+
+def kiwi_invocation(request: BuildRequest, host: HostFacts, staging: Staging,
+                    credentials: Credentials | None) -> kiwi.KiwiInvocation:
+    """The kiwi-ng run that builds ``request`` in ``staging``."""
+    return kiwi.KiwiInvocation(
+        kiwi=host.kiwi_command,
+        description=staging.description,
+        target_dir=staging.kiwi_target,
+        cache_dir=request.cache_dir,
+        repositories=request.repositories,
+        profile=request.target.profile,
+        credentials_file=staging.credentials if credentials else None,
+        signing_keys=list(request.signing_keys),
+        esp_fallback_dir=None if host.mounts_vfat else staging.esp_fallback,
+    )
 
 
 def compose_description(request: BuildRequest, destination: Path) -> Composition:
@@ -191,7 +157,7 @@ def compose_description(request: BuildRequest, destination: Path) -> Composition
     return composition
 
 
-def dry_run(request: BuildRequest) -> dict:
+def dry_run(request: BuildRequest, host: HostFacts) -> dict:
     """What a build would do: let KIWI check the composed description (in a temporary directory,
     removed again) and return the kiwi-ng command as the build would run it, beside --out."""
     out_dir = outdir.check(request.out_dir, request.force, request.cache_dir)
@@ -209,36 +175,36 @@ def dry_run(request: BuildRequest) -> dict:
         compose_description(request, Path(work) / "description")
         kiwicheck.check_description(Path(work) / "description", request.target.profile,
                                     request.repositories)
-    context = BuildContext(
-        request, out_dir, Staging(out_dir.parent / f".{out_dir.name}.staging-XXXXXXXX"),
-        Host.probe(), credentials, Phases(), Durations())
-    invocation = context.kiwi_invocation()
+    # The staging directory's random suffix is made when a build starts.
+    staging = Staging(out_dir.parent / f".{out_dir.name}.staging-XXXXXXXX")
+    invocation = kiwi_invocation(request, host, staging, credentials)
+    redact = runner.Redactor(request.secrets(credentials))
     state = ("absent: will be created" if not os.path.lexists(out_dir) else
              "empty or an earlier output: will be replaced" if outdir.replaceable(out_dir) else
              "not ours: will be replaced (--force)")
     return {"target": request.target.name, "release": request.target.chosen.name,
-            "out": str(out_dir), "out_state": state, "staging": str(context.staging.root),
+            "out": str(out_dir), "out_state": state, "staging": str(staging.root),
             "description": str(invocation.description),
-            "command": [context.redact(word) for word in invocation.command()],
+            "command": [redact(word) for word in invocation.command()],
             "esp_fallback": invocation.esp_fallback_dir is not None, "note": note}
 
 
-def build(request: BuildRequest, on_event: Listener) -> dict:
+def build(request: BuildRequest, on_event: Listener, host: HostFacts) -> dict:
     """Build, check and publish; return the build record (also written as build.json)."""
     durations = Durations()
     phases = Phases(on_event, durations)
     # A host that cannot build this target at all says so first, then --out, then the user's
     # other inputs, then the host's root, tools and space.
     requirements.require(f"build:{request.target.package_manager}",
-                         context=requirements.Context(target=request.target))
+                         context=requirements.Context(host, target=request.target))
     out_dir = outdir.check(request.out_dir, request.force, request.cache_dir)
     if request.custom.ssh_key:
         read_ssh_keys(request.custom.ssh_key)
     for key in request.signing_keys:
         require_regular_file(key, "--signing-key")
     credentials = request.credentials()
-    host = preflight(request, out_dir)
-    if host.esp_fallback:
+    preflight(request, out_dir, host)
+    if not host.mounts_vfat:
         phases.note(ESP_FALLBACK_NOTE)
     with locks.lock_out(out_dir):
         outdir.check(out_dir, request.force, request.cache_dir)  # as it is now that it is ours
@@ -248,14 +214,13 @@ def build(request: BuildRequest, on_event: Listener) -> dict:
             BuildContext(request, out_dir, staging, host, credentials, phases, durations)))
 
 
-def preflight(request: BuildRequest, out_dir: Path) -> Host:
+def preflight(request: BuildRequest, out_dir: Path, host: HostFacts) -> None:
     """What the host must offer before a KIWI run is worth starting (requirements.py)."""
-    requirements.require("root")
+    requirements.require("root", context=requirements.Context(host))
     require_writable_dir(out_dir.parent, f"--out {out_dir}")
     require_writable_dir(request.cache_dir, f"--cache-dir {request.cache_dir}")
-    requirements.require("build", context=requirements.Context(build_dir=out_dir.parent,
+    requirements.require("build", context=requirements.Context(host, build_dir=out_dir.parent,
                                                                target=request.target))
-    return Host.probe()
 
 
 def _stage_and_publish(request: BuildRequest, out_dir: Path,
@@ -268,7 +233,7 @@ def _stage_and_publish(request: BuildRequest, out_dir: Path,
     try:
         staging.publish.mkdir()
         record = build_in(staging)
-        publish.write_json(staging.publish / "build.json", record)
+        publish.write_json(staging.build_record, record)
         with signals.deferred():
             outdir.check(out_dir, request.force, request.cache_dir)  # nobody wrote there meanwhile
             publish.replace_directory(staging.publish, out_dir)
@@ -290,51 +255,34 @@ def _stage_and_publish(request: BuildRequest, out_dir: Path,
 
 
 def _build_in(context: BuildContext) -> dict:
-    request, staging = context.request, context.staging
+    composition = _compose(context)
+    decision = _run_kiwi(context)
+    published = _publish(context, composition)
+    _validate(context, published)
+    _measure(context, published.image)
+    boot = _boot_test(context, published.image) if context.request.boot_test else None
+    digests = publish.artifact_digests(context.staging.publish,
+                                       {published.image.name: published.image_digest})
+    return _record(context, composition, decision, published, digests, boot)
+
+
+def _compose(context: BuildContext) -> Composition:
+    staging = context.staging
     with context.phase("compose"):
         # No separate kiwicheck here: `kiwi-ng system build` runs the same checks as it starts.
-        context.composition = compose_description(request, staging.description)
+        composition = compose_description(context.request, staging.description)
         if context.credentials:
             staging.credentials.touch(mode=0o600)
             staging.credentials.write_text(
                 f"{context.credentials.username}:{context.credentials.password}\n")
-    _run_kiwi(context)
-    with context.phase("publish"):
-        artifacts = publish.collect(staging.kiwi_target, staging.publish)
-        image = artifacts["image"]
-        image_digest = publish.write_checksum(image)
-        sbom_file = sbom.write(artifacts["image_packages"], image, image_digest, request.target,
-                               staging.kiwi_target / publish.IMAGE_ROOT)
-        manifest = publish.overlay_manifest(context.composition.path, staging.publish)
-        publish.description(context.composition.path, staging.kiwi_target,
-                            staging.publish / "description", context.redact)
-    with context.phase("validate"):
-        report = validate_image(image, manifest=manifest)
-        publish.write_json(staging.publish / "validation.json", context.final(report.to_dict()))
-        report.write_junit(staging.publish / "validation.junit.xml")
-        if not report.ok:
-            failed = ", ".join(check.id for check in report.failed)
-            raise CheckFailed(f"the built image failed validation: {failed}",
-                              "see validation.json in the .failed directory")
-    # What a verifier expects this image to measure (RTMR1/2, PCRs); its digest is in build.json.
-    with context.phase("measure"):
-        publish.write_json(staging.publish / "measurements.json",
-                           context.final(predict(image).to_dict()))
-    boot = None
-    if request.boot_test:
-        with context.phase("boot test"):
-            boot = context.final(boot_image(image, console_log=staging.publish / "boot-console.log",
-                                            timeout=request.boot_timeout).to_dict())
-            publish.write_json(staging.publish / "boot.json", boot)
-    digests = publish.artifact_digests(staging.publish, {image.name: image_digest})
-    return _record(context, image, digests, sbom_file, boot)
+    return composition
 
 
-def _run_kiwi(context: BuildContext) -> None:
+def _run_kiwi(context: BuildContext) -> incremental.Decision:
     """The prepared root (cached or made, incremental.py), then KIWI's build, holding the package
-    cache until KIWI is done with the package manager.  KIWI's phases are steps of these."""
+    cache until KIWI is done with the package manager.  KIWI's phases are steps of these.
+    Returns the incremental decision, whose invocation is the KIWI run that built the image."""
     request, staging = context.request, context.staging
-    log = staging.publish / "build.log"
     with _package_cache(context) as cache:
         def kiwi_step(name: str) -> None:
             if name == kiwi.CACHE_DONE_PHASE:
@@ -342,13 +290,54 @@ def _run_kiwi(context: BuildContext) -> None:
             context.phases.step(None if name == kiwi.DONE_PHASE else name)
 
         with context.phase("prepared root"):
-            context.reuse = incremental.prepare(
-                context.kiwi_invocation(), staging.description, request.target.name, context.credentials,
-                context.host.kiwi_version, request.incremental, staging.root,
-                staging.publish / "prepare.log", kiwi_step, context.secrets)
-        context.invocation = context.reuse.invocation
+            decision = incremental.prepare(
+                kiwi_invocation(request, context.host, staging, context.credentials), staging,
+                request.target.name, context.credentials, context.host.kiwi_version,
+                request.incremental, kiwi_step, context.secrets)
         with context.phase("kiwi"):
-            kiwi.execute(context.invocation, log, kiwi_step, context.secrets)
+            kiwi.execute(decision.invocation, staging.build_log, kiwi_step, context.secrets)
+    return decision
+
+
+def _publish(context: BuildContext, composition: Composition) -> Published:
+    request, staging = context.request, context.staging
+    with context.phase("publish"):
+        artifacts = publish.collect(staging.kiwi_target, staging.publish)
+        image = artifacts["image"]
+        image_digest = publish.write_checksum(image)
+        sbom_file = sbom.write(artifacts["image_packages"], image, image_digest, request.target,
+                               staging.image_root)
+        manifest = publish.overlay_manifest(composition.path, staging.publish)
+        publish.description(composition.path, staging.kiwi_target, staging.published_description,
+                            context.redact)
+    return Published(image, image_digest, sbom_file, manifest)
+
+
+def _validate(context: BuildContext, published: Published) -> None:
+    staging = context.staging
+    with context.phase("validate"):
+        report = validate_image(published.image, manifest=published.manifest)
+        publish.write_json(staging.validation, context.final(report.to_dict()))
+        report.write_junit(staging.validation_junit)
+        if not report.ok:
+            failed = ", ".join(check.id for check in report.failed)
+            raise CheckFailed(f"the built image failed validation: {failed}",
+                              "see validation.json in the .failed directory")
+
+
+def _measure(context: BuildContext, image: Path) -> None:
+    """What a verifier expects this image to measure (RTMR1/2, PCRs); its digest is in build.json."""
+    with context.phase("measure"):
+        publish.write_json(context.staging.measurements, context.final(predict(image).to_dict()))
+
+
+def _boot_test(context: BuildContext, image: Path) -> dict:
+    staging = context.staging
+    with context.phase("boot test"):
+        boot = context.final(boot_image(image, console_log=staging.boot_console,
+                                        timeout=context.request.boot_timeout).to_dict())
+        publish.write_json(staging.boot_record, boot)
+    return boot
 
 
 @contextmanager
@@ -361,11 +350,10 @@ def _package_cache(context: BuildContext) -> Iterator[locks.Lock]:
         yield lock
 
 
-def _record(context: BuildContext, image: Path, digests: dict[str, dict], sbom_file: Path,
-            boot: dict | None) -> dict:
+def _record(context: BuildContext, composition: Composition, decision: incremental.Decision,
+            published: Published, digests: dict[str, dict], boot: dict | None) -> dict:
     """build.json: what was built from what, how long each phase took, what was published."""
     request, target = context.request, context.request.target
-    assert context.composition and context.invocation and context.reuse  # set by the steps before
     return {
         "schema_version": SCHEMA_VERSION,
         "tdx_image_version": __version__,
@@ -378,22 +366,22 @@ def _record(context: BuildContext, image: Path, digests: dict[str, dict], sbom_f
                               "distribution": r.distribution, "gpgcheck": r.gpgcheck}
                              for r in request.repositories],
             "overlay": SHARED_OVERLAY.name,
-            "overlay_files": context.composition.overlay_files,
+            "overlay_files": composition.overlay_files,
             "credentials_used": context.credentials is not None,
         },
         "host": {"kernel": platform.release(), "python": sys.version.split()[0],
-                 "esp_fallback": context.host.esp_fallback},
+                 "esp_fallback": not context.host.mounts_vfat},
         "tools": {"kiwi": context.host.kiwi_version,
                   "qemu-img": buildhost.tool_version(["qemu-img", "--version"])},
-        "kiwi_command": context.final([context.redact(word) for word in context.invocation.command()]),
-        "incremental": context.reuse.incremental,
-        "incremental_reason": context.reuse.reason,
-        "prepared_root_key": context.reuse.key,
+        "kiwi_command": context.final([context.redact(word) for word in decision.invocation.command()]),
+        "incremental": decision.incremental,
+        "incremental_reason": decision.reason,
+        "prepared_root_key": decision.key,
         "durations_s": context.durations.record(),
         "artifacts": digests,
-        "image": image.name,
-        "sbom": {"file": sbom_file.name, "format": "SPDX-2.3 JSON",
-                 "sha256": digests[sbom_file.name]["sha256"]},
+        "image": published.image.name,
+        "sbom": {"file": published.sbom_file.name, "format": "SPDX-2.3 JSON",
+                 "sha256": digests[published.sbom_file.name]["sha256"]},
         "validation": {"ok": True},
         "boot_test": boot,
     }
@@ -423,7 +411,7 @@ def _keep_failure_evidence(staging: Staging, failed_dir: Path,
         message, exit_code = f"stopped by {signals.received_name()}", Interrupted.exit_code
     else:
         message, exit_code = repr(error), 1
-    publish.write_json(staging.failed / outdir.FAILURE_RECORD, {
+    publish.write_json(staging.failed / FAILURE_RECORD, {
         "tdx_image_version": __version__,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "error": message, "exit_code": exit_code, "files": sorted(path.name for path in evidence)})

@@ -25,7 +25,7 @@ STARTED, FINISHED, FAILED, NOTE = "started", "finished", "failed", "note"
 
 
 @dataclass(frozen=True)
-class Event:
+class PhaseEvent:
     status: str  # STARTED, FINISHED, FAILED or NOTE
     phase: str | None  # the phase or step it is about (a note: the running phase, if any)
     within: str | None = None  # the phase a step or nested phase runs in
@@ -37,7 +37,7 @@ class Event:
         return {key: value for key, value in asdict(self).items() if value is not None}
 
 
-Listener = Callable[[Event], None]
+Listener = Callable[[PhaseEvent], None]
 
 
 @dataclass
@@ -56,14 +56,14 @@ class Phases:
         self.running: list[_Running] = []
         self.lock = threading.RLock()  # re-entered when a signal interrupts an emit
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: PhaseEvent) -> None:
         with self.lock:
             for listener in self.listeners:
                 listener(event)
 
     def note(self, message: str) -> None:
         with self.lock:
-            self.emit(Event(NOTE, self.running[-1].name if self.running else None, message=message))
+            self.emit(PhaseEvent(NOTE, self.running[-1].name if self.running else None, message=message))
 
     @contextmanager
     def phase(self, name: str, message: str | None = None) -> Iterator[None]:
@@ -71,7 +71,7 @@ class Phases:
             within = self.running[-1].name if self.running else None
             running = _Running(name, time.monotonic())
             self.running.append(running)
-            self.emit(Event(STARTED, name, within, message=message))
+            self.emit(PhaseEvent(STARTED, name, within, message=message))
         try:
             yield
         except BaseException:
@@ -86,19 +86,19 @@ class Phases:
             self._end_step(running, FINISHED)
             if name is not None:
                 running.step = (name, time.monotonic())
-                self.emit(Event(STARTED, name, running.name))
+                self.emit(PhaseEvent(STARTED, name, running.name))
 
     def _end(self, running: _Running, within: str | None, status: str) -> None:
         with self.lock:
             self._end_step(running, status)
             self.running.remove(running)
-            self.emit(Event(status, running.name, within, _since(running.started)))
+            self.emit(PhaseEvent(status, running.name, within, _since(running.started)))
 
     def _end_step(self, running: _Running, status: str) -> None:
         if running.step:
             name, started = running.step
             running.step = None
-            self.emit(Event(status, name, running.name, _since(started)))
+            self.emit(PhaseEvent(status, name, running.name, _since(started)))
 
 
 def _since(started: float) -> float:
@@ -114,7 +114,7 @@ class Durations:
         self.phases: dict[str, float] = {}
         self.steps: dict[str, float] = {}
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: PhaseEvent) -> None:
         if event.status != FINISHED or event.phase is None or event.duration_s is None:
             return
         if event.within is None:
@@ -133,6 +133,6 @@ class JsonLines:
     def __init__(self, stream: TextIO):
         self.stream = stream
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: PhaseEvent) -> None:
         self.stream.write(json.dumps(event.to_dict(), sort_keys=True) + "\n")
         self.stream.flush()

@@ -21,15 +21,15 @@ from pathlib import Path
 
 from .compose import MANIFEST_PATH
 from ..core.errors import BuildError
+from .kiwi import IMAGE_ROOT
+from .staging import BUILD_RECORD
 
 # kiwi.result.json keys we publish, under KIWI's own file names.  The raw disk is left out when
 # there is a disk_format_image (qcow2, vmdk): that holds the same disk in a fraction of the space.
 PUBLISHED_RESULTS = ("disk_format_image", "disk_format_machine_settings", "image_packages",
                      "image_verified", "image_changes")
 CHUNK = 4 * 1024 * 1024
-# Below KIWI's target directory: the image root, and in it KIWI's state XML (the description as
-# KIWI applied it, repositories included).
-IMAGE_ROOT = Path("build/image-root")
+# KIWI's state XML in its image root: the description as KIWI applied it, repositories included.
 KIWI_STATE = IMAGE_ROOT / "image" / "config.xml"
 OVERLAY_MANIFEST = "overlay-manifest.json"
 
@@ -95,7 +95,7 @@ def artifact_digests(publish_dir: Path, known: dict[str, str]) -> dict[str, dict
     """Digest and size of every published file; ``known`` (name -> sha256) spares re-reading
     the disk image, which write_checksum already hashed."""
     return {path.name: {"sha256": known.get(path.name) or sha256_file(path), "bytes": path.stat().st_size}
-            for path in sorted(publish_dir.iterdir()) if path.is_file() and path.name != "build.json"}
+            for path in sorted(publish_dir.iterdir()) if path.is_file() and path.name != BUILD_RECORD}
 
 
 class Relocation:

@@ -14,6 +14,7 @@ from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
 from ..core.errors import CheckFailed
 from ..core.inputs import Seconds
 from ..vm.boot import BootResult, boot_image
+from .context import pass_host
 
 
 class BootProgress:
@@ -66,8 +67,9 @@ def verdict(result: BootResult, tdx: bool) -> str:
 @click.option("--console-log", type=click.Path(dir_okay=False, path_type=Path),
               help="Serial console log [default: IMAGE.console.log in the current directory].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def boot_command(image, accel, tdx, firmware, tpm, secure_boot, event_log, timeout, console_log,
-                 as_json):
+@pass_host
+def boot_command(host, image, accel, tdx, firmware, tpm, secure_boot, event_log, timeout,
+                 console_log, as_json):
     """Boot a throwaway copy of IMAGE and report the guest's TDX self-check."""
     console = Console(stderr=True)
     display = BootProgress(console, f"booting {image.name}" + (" as a TD" if tdx else ""), timeout)
@@ -75,7 +77,7 @@ def boot_command(image, accel, tdx, firmware, tpm, secure_boot, event_log, timeo
     try:
         with display if live else nullcontext():
             result = boot_image(image, accel=accel, tdx=tdx, tpm=tpm, timeout=timeout,
-                                firmware=firmware, progress=display if live else None,
+                                firmware=firmware, progress=display if live else None, host=host,
                                 secure_boot=secure_boot, event_log=event_log,
                                 console_log=console_log or Path(f"{image.name}.console.log"))
     except CheckFailed:

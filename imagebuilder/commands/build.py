@@ -15,6 +15,7 @@ from rich.markup import escape
 from ..build import pipeline, progress, settings
 from ..build.pipeline import BuildRequest
 from ..distros.targets import get_target
+from .context import pass_host
 
 
 class PhaseDisplay:
@@ -32,7 +33,7 @@ class PhaseDisplay:
     def __exit__(self, *exc_info):
         self.status.stop()
 
-    def __call__(self, event: progress.Event) -> None:
+    def __call__(self, event: progress.PhaseEvent) -> None:
         indent = "  " if event.within else ""
         if event.status == progress.STARTED:
             doing = event.message or event.phase
@@ -53,14 +54,15 @@ class PhaseDisplay:
 
 @click.command("build")
 @settings.options
-def build_command(dry_run, as_json, container, container_image, progress_format, **values):
+@pass_host
+def build_command(host, dry_run, as_json, container, container_image, progress_format, **values):
     """Build a TDX guest image of TARGET (debian, leap or sles) with KIWI.
 
     Any option can also be set in tdx-image.toml (see --config); the command line wins.
     """
     request = build_request(values)
     if dry_run:
-        plan = pipeline.dry_run(request)
+        plan = pipeline.dry_run(request, host)
         if as_json:
             click.echo(json.dumps(plan, indent=2))
         else:
@@ -72,14 +74,14 @@ def build_command(dry_run, as_json, container, container_image, progress_format,
     if container or container_image:
         from ..build import container as containers  # only this path needs the engine
 
-        containers.build(request, container_image, as_json, progress_format)
+        containers.build_in_container(request, container_image, as_json, host, progress_format)
         return
     if progress_format == "json":
-        record = pipeline.build(request, progress.JsonLines(sys.stderr))
+        record = pipeline.build(request, progress.JsonLines(sys.stderr), host)
     else:
         console = Console(stderr=True)
         with PhaseDisplay(console) as display:
-            record = pipeline.build(request, display)
+            record = pipeline.build(request, display, host)
         if not as_json:
             console.print(f"[green]built[/] {request.out_dir / record['image']} in "
                           f"{record['durations_s']['total']}s (KIWI {record['durations_s']['kiwi']}s, "

@@ -16,10 +16,12 @@ from pathlib import Path
 import click
 
 from ..host import requirements
+from ..host.facts import HostFacts
 from ..core.errors import HostError, TdxImageError
 from ..distros.repos import check_reachable, load_credentials
 from ..core.results import FAIL, PASS, WARN, Result, render, wide_console
 from ..distros.targets import TARGETS
+from .context import pass_host
 
 REPOSITORY_TIMEOUT = 10.0
 # The purposes each section reports, and what a requirement not met counts as there.
@@ -30,8 +32,8 @@ SECTIONS = {
 }
 
 
-def host_checks(section: str, build_dir: Path) -> list[Result]:
-    purposes, context = SECTIONS[section], requirements.Context(build_dir=build_dir)
+def host_checks(section: str, build_dir: Path, host: HostFacts) -> list[Result]:
+    purposes, context = SECTIONS[section], requirements.Context(host, build_dir=build_dir)
     results = []
     for requirement in requirements.REQUIREMENTS:
         severities = {purposes[purpose] for purpose in requirement.needed_for if purpose in purposes}
@@ -41,14 +43,14 @@ def host_checks(section: str, build_dir: Path) -> list[Result]:
     return results
 
 
-def build_checks(build_dir: Path) -> list[Result]:
+def build_checks(build_dir: Path, host: HostFacts) -> list[Result]:
     with ThreadPoolExecutor(max_workers=len(TARGETS)) as pool:
         repositories = pool.map(repository_check, TARGETS)
-        return host_checks("build", build_dir) + list(repositories)
+        return host_checks("build", build_dir, host) + list(repositories)
 
 
-def tdx_checks() -> list[Result]:
-    return host_checks("tdx", Path("."))
+def tdx_checks(host: HostFacts) -> list[Result]:
+    return host_checks("tdx", Path("."), host)
 
 
 def repository_check(target_name: str) -> Result:
@@ -75,9 +77,11 @@ def record(check: Result) -> dict:
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Where builds will write (free space is checked there).")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-def doctor_command(only, build_dir, as_json):
+@pass_host
+def doctor_command(host, only, build_dir, as_json):
     """Check this machine: can it build images, and can it run them as TDs?"""
-    checks = (build_checks(build_dir) if only != "tdx" else []) + (tdx_checks() if only != "build" else [])
+    checks = ((build_checks(build_dir, host) if only != "tdx" else [])
+              + (tdx_checks(host) if only != "build" else []))
     failed = [f"{item.group}: {item.id}" for item in checks if item.failed]
     report = {"ok": not failed, "checks": [record(item) for item in checks]}
     if failed and as_json:  # the CLI prints the checks with the error as one document

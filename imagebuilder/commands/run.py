@@ -17,6 +17,7 @@ from ..vm.launch import DEFAULT_QGS, Launch, choose_accel
 from ..host.requirements import require_ovmf, require_tdx_host, tdx_host_problems
 # qcow2 or raw for a readable image; a truncated qcow2 or a text file is an InputError.
 from ..image.disk import image_format as disk_format
+from .context import pass_host
 
 
 @click.command("run")
@@ -40,7 +41,8 @@ from ..image.disk import image_format as disk_format
               help="Also write the equivalent libvirt domain XML to this file.")
 @click.option("--exec", "execute", is_flag=True, help="Run QEMU instead of printing its command.")
 @click.option("--json", "as_json", is_flag=True, help="Print the QEMU command as JSON.")
-def run_command(image, tdx, accel, memory_mib, cpus, firmware, ssh_port, persistent, qgs,
+@pass_host
+def run_command(host, image, tdx, accel, memory_mib, cpus, firmware, ssh_port, persistent, qgs,
                 libvirt_xml, execute, as_json):
     """Print (or run with --exec) the QEMU command that launches IMAGE.
 
@@ -50,16 +52,16 @@ def run_command(image, tdx, accel, memory_mib, cpus, firmware, ssh_port, persist
         require_writable_file(libvirt_xml, "--libvirt-xml")
     tdvf = None
     if tdx and execute:
-        tdvf = require_tdx_host(firmware)
+        tdvf = require_tdx_host(firmware, host)
     elif tdx:
         # Printing is also for copying the command to a TDX host: say what this one lacks.
-        for problem in tdx_host_problems(firmware):
+        for problem in tdx_host_problems(firmware, host):
             click.echo(f"note: this host cannot run it: {problem}", err=True)
-        tdvf = firmware or virt.find_tdvf() or virt.TDVF_CANDIDATES[0]
+        tdvf = firmware or host.tdvf or virt.TDVF_CANDIDATES[0]
     launch = Launch(disk=image.resolve(), disk_format=disk_format(image), memory_mib=memory_mib,
-                    cpus=cpus, accel=choose_accel(accel, tdx)[0], tdx=tdx, tdvf=tdvf,
-                    firmware=None if tdx else (require_ovmf(firmware) if execute or firmware
-                                               else virt.find_ovmf()),
+                    cpus=cpus, accel=choose_accel(accel, tdx, host)[0], tdx=tdx, tdvf=tdvf,
+                    firmware=None if tdx else (require_ovmf(firmware, host) if execute or firmware
+                                               else host.ovmf),
                     snapshot=not persistent, ssh_port=ssh_port,
                     qgs=None if qgs == "none" else qgs)
     if libvirt_xml:

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..build.pipeline import BuildRequest, compose_description
-from ..build.compose import image_format
+from ..build.compose import described_format
 from ..core.errors import CredentialsError, RepositoryError
 from ..build import settings
 from ..build.settings import CUSTOM, SETTINGS, plain
@@ -28,7 +28,7 @@ def plan(request: BuildRequest, values: dict, sources: dict[str, str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="tdx-image-summary-") as work:
         config = compose_description(request, Path(work) / "description").path / "config.xml"
         image = ET.parse(config).getroot()
-        disk_format = image_format(config)
+        disk_format = described_format(config)
         size = image.find("preferences/type/size")
         packages = [p.get("name") for section in image.iterfind("packages")
                     if section.get("type") == "image"

@@ -13,13 +13,12 @@ in one error), and by ``doctor``, which shows every requirement with the same wo
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import buildhost, runner, virt
+from . import buildhost, virt
+from .facts import HostFacts
 from ..core.errors import HostError, InputError
 from ..core.results import FAIL, Finding, Result, status_of
 from ..distros.targets import TARGETS, Target
@@ -40,8 +39,9 @@ TD_HINT = "run tdx-image doctor on a TDX host"
 
 @dataclass(frozen=True)
 class Context:
-    """What a verb is about to do, as far as the probes care."""
+    """What a verb is about to do, as far as the probes care, and the host it asks."""
 
+    host: HostFacts = field(default_factory=HostFacts)
     build_dir: Path = Path(".")  # where a build writes (free space)
     target: Target | None = None  # the target to build (None: a SUSE one, for doctor)
     firmware: Path | None = None  # --firmware: TDVF for a TD, UEFI firmware for a plain VM
@@ -63,43 +63,43 @@ class Requirement:
 def on_tools(id: str, needed_for: tuple[str, ...], names: tuple[str, ...]) -> Requirement:
     """Host programs that must be on PATH; the hint installs those missing."""
     def probe(context: Context) -> Finding:
-        missing = runner.missing(names)
+        missing = context.host.missing(names)
         if len(missing) == 1:
             return Finding(False, f"{missing[0]} is not installed")
         if missing:
             return Finding(False, f"host tools missing: {', '.join(missing)}")
         return Finding(True, ", ".join(sorted(names)))
 
-    return Requirement(id, needed_for, probe, lambda context: runner.install_hint(*runner.missing(names)))
+    return Requirement(id, needed_for, probe, lambda context: context.host.install_hint(*context.host.missing(names)))
 
 
 def root(context: Context) -> Finding:
-    if os.geteuid() == 0:
+    if context.host.is_root:
         return Finding(True, "running as root")
     return Finding(False, "building an image needs root (KIWI creates loop devices, mounts and chroots)")
 
 
 def kiwi(context: Context) -> Finding:
     try:
-        command = buildhost.kiwi_command()
+        command = context.host.kiwi_command
     except HostError as error:
         return Finding(False, error.message)
-    found = buildhost.kiwi_version()
+    found = context.host.kiwi_version
     if found != "unknown" and not found.startswith(KIWI_SERIES):
         return Finding(False, f"kiwi {found} found, tdx-image needs kiwi {KIWI_SERIES}x")
     return Finding(True, f"kiwi {found} ({command})")
 
 
 def loop_devices(context: Context) -> Finding:
-    if os.path.exists(LOOP_CONTROL):
+    if context.host.has_device(LOOP_CONTROL):
         return Finding(True, f"{LOOP_CONTROL} present")
     return Finding(False, f"no {LOOP_CONTROL}: the kernel has no loop devices")
 
 
 def vfat(context: Context) -> Finding:
-    if buildhost.kernel_mounts_vfat():
+    if context.host.mounts_vfat:
         return Finding(True, "the kernel mounts vfat")
-    missing = runner.missing(ESP_FALLBACK_TOOLS)
+    missing = context.host.missing(ESP_FALLBACK_TOOLS)
     if missing:
         return Finding(False, "the kernel cannot mount vfat and the mtools fallback is missing: "
                        + ", ".join(missing))
@@ -108,7 +108,7 @@ def vfat(context: Context) -> Finding:
 
 
 def suse_15_host(context: Context) -> Finding:
-    problem = buildhost.build_host_problem(context.target or TARGETS["leap"])
+    problem = context.host.build_host_problem(context.target or TARGETS["leap"])
     return Finding(problem is None, problem or "a SUSE 15 host: leap and sles build natively")
 
 
@@ -120,7 +120,7 @@ def free_space(context: Context) -> Finding:
     probe = context.build_dir
     while not probe.exists():
         probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = context.host.free_bytes(probe)
     if free < MIN_FREE_BYTES:
         return Finding(False, f"only {free / 1024**3:.1f} GiB free at {probe}, a build needs "
                               f"{MIN_FREE_BYTES / 1024**3:.0f} GiB")
@@ -130,7 +130,7 @@ def free_space(context: Context) -> Finding:
 def uefi_firmware(context: Context) -> Finding:
     if context.firmware is not None:
         return Finding(True, f"{context.firmware} (--firmware)")
-    found = virt.find_ovmf()
+    found = context.host.ovmf
     if found is None:
         return Finding(False, "no UEFI firmware (OVMF) in "
                        + ", ".join(str(code) for code, _ in virt.OVMF_CANDIDATES))
@@ -138,46 +138,46 @@ def uefi_firmware(context: Context) -> Finding:
 
 
 def intel_cpu(context: Context) -> Finding:
-    vendor = virt.cpu_vendor()
+    vendor = context.host.cpu_vendor
     if vendor != "GenuineIntel":
         return Finding(False, f"{vendor}: TDX needs an Intel Xeon with TDX")
     return Finding(True, vendor)
 
 
 def kvm_intel_tdx(context: Context) -> Finding:
-    tdx = virt.kvm_tdx_enabled()
+    tdx = context.host.kvm_tdx
     if not tdx:
         return Finding(False, f"kvm_intel is not loaded: no {virt.KVM_TDX_PARAMETER}")
     return Finding(tdx == "Y", f"kvm_intel has tdx={tdx}" + (", needs tdx=Y" if tdx != "Y" else ""))
 
 
 def kvm_device(context: Context) -> Finding:
-    if os.path.exists(virt.KVM_DEVICE):
+    if context.host.has_device(virt.KVM_DEVICE):
         return Finding(True, f"{virt.KVM_DEVICE} present")
     return Finding(False, f"{virt.KVM_DEVICE} is missing")
 
 
 def qemu_tdx_guest(context: Context) -> Finding:
-    if virt.qemu_has_tdx_guest():
-        return Finding(True, f"QEMU {virt.qemu_version()} has the tdx-guest object")
-    version = virt.qemu_version()
+    version = context.host.qemu_version
+    if context.host.qemu_has_tdx_guest:
+        return Finding(True, f"QEMU {version} has the tdx-guest object")
     return Finding(False, f"QEMU {version} has no tdx-guest object (needs QEMU >= 10.1)" if version
                    else f"{virt.QEMU} is not installed")
 
 
 def tdvf(context: Context) -> Finding:
     if context.firmware is not None:
-        if virt.is_tdvf(context.firmware):
+        if context.host.is_tdvf(context.firmware):
             return Finding(True, f"{context.firmware} carries TDX metadata")
         return Finding(False, f"{context.firmware} is not TDVF (no TDX metadata)")
-    found = virt.find_tdvf()
+    found = context.host.tdvf
     if found is None:
         return Finding(False, "no TDVF firmware in " + ", ".join(map(str, virt.TDVF_CANDIDATES)))
     return Finding(True, f"{found} carries TDX metadata")
 
 
 def kvm(context: Context) -> Finding:
-    problem = virt.kvm_failure()
+    problem = context.host.kvm_failure
     if problem:
         return Finding(False, f"{problem}; boot tests fall back to software emulation")
     return Finding(True, "a UEFI guest runs under KVM")
@@ -191,21 +191,21 @@ REQUIREMENTS = (
     on_tools("apt tools (debian)", ("build:apt",), APT_TOOLS),
     Requirement("loop devices", ("build",), loop_devices, "modprobe loop"),
     Requirement("vfat (EFI partition)", ("build",), vfat,
-                lambda context: runner.install_hint(*ESP_FALLBACK_TOOLS)),
+                lambda context: context.host.install_hint(*ESP_FALLBACK_TOOLS)),
     # KIWI bootstraps a zypper image with the host's zypper and rpm: SUSE 15 has both.
     Requirement("SUSE targets (leap, sles)", ("build:zypper",), suse_15_host, container_hint),
     Requirement("free disk", ("build",), free_space, "free some space or choose another --out"),
     on_tools("QEMU", ("boot",), QEMU_TOOLS),
     on_tools("swtpm", ("boot:tpm",), ("swtpm",)),
     Requirement("UEFI firmware", ("boot:uefi",), uefi_firmware,
-                lambda context: f"{virt.firmware_install_hint()}, or pass --firmware FILE"),
+                lambda context: f"{context.host.firmware_install_hint()}, or pass --firmware FILE"),
     Requirement("CPU", ("tdx",), intel_cpu, ""),
     Requirement("kvm_intel tdx", ("tdx",), kvm_intel_tdx, "a TDX host kernel and BIOS"),
     Requirement("KVM device", ("tdx",), kvm_device, ""),
     Requirement("QEMU tdx-guest", ("tdx",), qemu_tdx_guest, ""),
     Requirement("TDVF firmware", ("tdx",), tdvf,
                 lambda context: "" if context.firmware
-                else f"{virt.firmware_install_hint()}, a release with TDX support"),
+                else f"{context.host.firmware_install_hint()}, a release with TDX support"),
     Requirement("KVM", ("kvm",), kvm, "enable virtualisation (VT-x) for this host: nested or partial virtualisation "
                 "does not do"),
 )
@@ -220,12 +220,14 @@ def selected(*names: str) -> list[Requirement]:
             if requirement.id in names or set(requirement.needed_for) & set(names)]
 
 
-def check(*names: str, context: Context = Context()) -> list[Result]:
+def evaluate(*names: str, context: Context | None = None) -> list[Result]:
+    context = context or Context()
     return [requirement.evaluate(context) for requirement in selected(*names)]
 
 
-def require(*names: str, context: Context = Context()) -> None:
+def require(*names: str, context: Context | None = None) -> None:
     """The first requirement of those named that the host does not meet is a HostError."""
+    context = context or Context()
     for requirement in selected(*names):
         result = requirement.evaluate(context)
         if result.failed:
@@ -236,34 +238,35 @@ def problem(result: Result) -> str:
     return f"{result.detail} ({result.hint})" if result.hint else result.detail
 
 
-def tdx_host_problems(firmware: Path | None) -> list[str]:
+def tdx_host_problems(firmware: Path | None, host: HostFacts) -> list[str]:
     """What this host lacks to launch a TD with ``firmware`` (None: search the usual paths)."""
-    return [problem(result) for result in check("tdx", context=Context(firmware=firmware))
+    return [problem(result) for result in evaluate("tdx", context=Context(host, firmware=firmware))
             if result.failed]
 
 
-def require_tdx_host(firmware: Path | None) -> Path:
+def require_tdx_host(firmware: Path | None, host: HostFacts) -> Path:
     """The TDVF to launch with, or a HostError naming everything the host lacks."""
-    problems = tdx_host_problems(firmware)
-    found = firmware or virt.find_tdvf()
-    if problems or found is None:  # None with no problem: the TDVF went away since the check
+    problems = tdx_host_problems(firmware, host)
+    found = firmware or host.tdvf
+    if problems or found is None:
         raise HostError("this host cannot run a TD: " + "; ".join(problems or ["no TDVF firmware"]),
                         TD_HINT)
     return found
 
 
-def require_ovmf(requested: Path | None, secure_boot: bool = False) -> virt.Firmware | None:
+def require_ovmf(requested: Path | None, host: HostFacts,
+                 secure_boot: bool = False) -> virt.Firmware | None:
     """A plain UEFI VM's firmware: the one asked for (--firmware), else the host's OVMF (its
     Secure Boot build with ``secure_boot``)."""
     if requested is not None:
         if secure_boot:
             raise InputError("--secure-boot chooses the firmware itself", "drop --firmware")
         return virt.firmware_for(requested)
-    require("boot:uefi")
+    require("boot:uefi", context=Context(host))
     if not secure_boot:
-        return virt.find_ovmf()
-    firmware = virt.find_secure_boot_ovmf()
+        return host.ovmf
+    firmware = host.secure_boot_ovmf
     if firmware is None:
         raise HostError(f"no Secure Boot OVMF ({' and '.join(map(str, virt.OVMF_SECURE_BOOT))})",
-                        virt.firmware_install_hint())
+                        host.firmware_install_hint())
     return firmware

@@ -72,15 +72,19 @@ TOOLS: dict[str, Tool] = {
 }
 
 
-def install_hint(*tools: str) -> str:
-    """The command that installs ``tools`` on this host's distribution (on others: the Debian
-    and the SUSE one)."""
+THIS_HOST = "this host"  # install_hint's default family: read from os-release
+
+
+def install_hint(*tools: str, family: str | None = THIS_HOST) -> str:
+    """The command that installs ``tools`` on the host's distribution ``family`` (by default
+    this host's; on others: the Debian and the SUSE one)."""
     known = [TOOLS.get(Path(tool).name) for tool in tools]
     if None in known:
         return "install " + ", ".join(tool for tool, entry in zip(tools, known) if entry is None)
     debian = " ".join(sorted({entry.debian for entry in known if entry}))
     suse = " ".join(sorted({entry.suse for entry in known if entry}))
-    family = os_release.host_family()
+    if family == THIS_HOST:
+        family = os_release.host_family()
     if family == "debian":
         return f"apt-get install {debian}"
     if family == "suse":

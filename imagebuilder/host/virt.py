@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import InputError
-from . import os_release, runner
+from . import runner
 
 QEMU = "qemu-system-x86_64"
 # Debian's ovmf package: the code is mapped read-only, the variable store template is used
@@ -99,8 +99,8 @@ def firmware_for(path: Path) -> Firmware:
     return Firmware(path, variables if variables and variables.is_file() else None)
 
 
-def firmware_install_hint() -> str:
-    family = os_release.host_family()
+def firmware_install_hint(family: str | None) -> str:
+    """How to install OVMF on the distribution ``family`` (os_release.host_family())."""
     if family:
         return FIRMWARE_INSTALL[family]
     return "install OVMF: " + "; ".join(f"{name}: {command}"

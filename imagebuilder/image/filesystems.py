@@ -33,7 +33,7 @@ class Entry:
         return stat.S_ISDIR(self.mode)
 
 
-class Partition:
+class FilesystemRegion:
     """The bytes of one file system: ``offset`` into the disk."""
 
     def __init__(self, disk: Disk, offset: int):
@@ -59,7 +59,7 @@ class Ext4:
     """An ext2/3/4 file system at ``offset`` in ``disk``."""
 
     def __init__(self, disk: Disk, offset: int):
-        self.part = Partition(disk, offset)
+        self.part = FilesystemRegion(disk, offset)
         try:
             sb = self.part.read(1024, 1024)
         except FilesystemError as error:
@@ -223,7 +223,7 @@ class Fat:
     """A FAT12/16/32 file system (the ESP) at ``offset`` in ``disk``; names match case-insensitively."""
 
     def __init__(self, disk: Disk, offset: int):
-        self.part = Partition(disk, offset)
+        self.part = FilesystemRegion(disk, offset)
         try:
             boot = self.part.read(0, 512)
         except FilesystemError as error:

@@ -311,7 +311,7 @@ def parse(text: str, where: str) -> list:
 # --- running ---------------------------------------------------------------------------------
 
 @dataclass
-class MenuEntry:
+class ScriptEntry:
     title: str
     entry_id: str
     extra_args: list[str]
@@ -324,10 +324,10 @@ class Booted(Exception):
 
 
 @dataclass
-class Context:
+class ScriptState:
     variables: dict[str, str]
     exported: set[str]
-    menu: list[MenuEntry] = field(default_factory=list)
+    menu: list[ScriptEntry] = field(default_factory=list)
 
 
 def loader_cmdline(args: list[str]) -> str:
@@ -356,7 +356,7 @@ class Grub:
                      "prefix": f"({boot_device}){prefix}" if prefix else "",
                      "grub_platform": "efi", "grub_cpu": "x86_64",
                      **{name: "y" for name in features}}
-        self.context = Context(variables, set(variables))
+        self.context = ScriptState(variables, set(variables))
         self.positional: list[str] = []
         self.kernel: tuple[str, bytes] | None = None  # (path, content) the default entry loads
 
@@ -584,7 +584,7 @@ class Grub:
         """A new context (exported variables only) whose menu grub shows, then boots from."""
         outer = self.context
         variables = {name: value for name, value in outer.variables.items() if name in outer.exported}
-        self.context = Context(variables, set(outer.exported))
+        self.context = ScriptState(variables, set(outer.exported))
         try:
             self.cmd_source(args, block)
             if self.context.menu:
@@ -615,7 +615,7 @@ class Grub:
                 positional.append(arg)
         if not positional:
             raise Unpredictable("menuentry without a title")
-        self.context.menu.append(MenuEntry(positional[0], entry_id, positional[1:],
+        self.context.menu.append(ScriptEntry(positional[0], entry_id, positional[1:],
                                            block[1:-1], submenu))
         return 0
 

@@ -28,6 +28,7 @@ from ..core.inputs import require_regular_file, require_writable_file
 from ..host.virt import KVM_FAILURE, read, running
 from .launch import Launch, choose_accel
 from ..measure import predict
+from ..host.facts import HostFacts
 from ..host.requirements import require_ovmf, require_tdx_host
 from ..schemas import SCHEMA_VERSION
 from ..image.disk import image_format as disk_format
@@ -225,7 +226,8 @@ def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: st
 
 def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool = False,
                timeout: float = DEFAULT_BOOT_TIMEOUT_S, console_log: Path, firmware: Path | None = None,
-               progress: Callable[[float, str], None] | None = None, secure_boot: bool = False,
+               progress: Callable[[float, str], None] | None = None,
+               host: HostFacts | None = None, secure_boot: bool = False,
                event_log: Path | None = None) -> BootResult:
     """Boot a throwaway copy of ``image`` and return the guest's self-check report.
 
@@ -246,11 +248,12 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
         raise InputError("--secure-boot is a plain VM's firmware", "drop it with --tdx")
     if event_log is not None:
         require_writable_file(event_log, "--event-log")
-    requirements.require("boot", *(["boot:tpm"] if tpm else []))
+    host = host or HostFacts()
+    requirements.require("boot", *(["boot:tpm"] if tpm else []), context=requirements.Context(host))
     image_format = disk_format(image)  # a truncated qcow2 fails here, not after the timeout
-    tdvf = require_tdx_host(firmware) if tdx else None
-    ovmf = None if tdx else require_ovmf(firmware, secure_boot)
-    chosen, fallback_reason = choose_accel(accel, tdx)
+    tdvf = require_tdx_host(firmware, host) if tdx else None
+    ovmf = None if tdx else require_ovmf(firmware, host, secure_boot)
+    chosen, fallback_reason = choose_accel(accel, tdx, host)
     prediction = predict(image, secure_boot).to_dict() if tpm else None  # offline, before a long boot
     console_log.parent.mkdir(parents=True, exist_ok=True)
     console_log.unlink(missing_ok=True)

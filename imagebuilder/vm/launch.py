@@ -11,7 +11,6 @@ checked against.
 from __future__ import annotations
 
 import json
-import os
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from ..core.errors import HostError, InputError
 from ..host import virt
+from ..host.facts import HostFacts
 
 # The Quote Generation Service (QGS) a TD asks for its attestation quotes: QEMU's tdx-guest
 # property quote-generation-socket (docs/system/i386/tdx.rst), by default on the host's vsock
@@ -154,7 +154,7 @@ class Launch:
         return ET.tostring(domain, encoding="unicode") + "\n"
 
 
-def choose_accel(requested: str, tdx: bool) -> tuple[str, str]:
+def choose_accel(requested: str, tdx: bool, host: HostFacts) -> tuple[str, str]:
     """(accelerator, why auto fell back to software emulation or "")."""
     if tdx:
         if requested == "tcg":
@@ -162,8 +162,8 @@ def choose_accel(requested: str, tdx: bool) -> tuple[str, str]:
                              "use --accel kvm or auto with --tdx")
         return "kvm", ""
     if requested == "auto":
-        reason = virt.kvm_failure()
+        reason = host.kvm_failure
         return ("tcg", f"KVM unusable: {reason}") if reason else ("kvm", "")
-    if requested == "kvm" and not os.path.exists(virt.KVM_DEVICE):
+    if requested == "kvm" and not host.has_device(virt.KVM_DEVICE):
         raise HostError(f"--accel kvm but {virt.KVM_DEVICE} is absent", "use --accel auto or tcg")
     return requested, ""

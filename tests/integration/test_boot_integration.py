@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from imagebuilder.host import virt
-from imagebuilder.host import requirements
+from imagebuilder.host import requirements, virt
+from imagebuilder.host.facts import HostFacts
 
 from ..conftest import run_cli
 
@@ -70,7 +70,7 @@ def test_an_image_with_its_esp_emptied_fails_with_the_reason(debian_image, tmp_p
 
 
 def test_tdx_on_a_host_without_tdx_stops_before_qemu(debian_image, tmp_path):
-    if not requirements.tdx_host_problems(None):
+    if not requirements.tdx_host_problems(None, HostFacts()):
         pytest.skip("this host can run TDs")
     log = tmp_path / "console.log"
 
