@@ -438,3 +438,16 @@ def test_a_missing_or_damaged_event_log_fails_the_boot(qemu, image, tmp_path, ch
         boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log",
                         event_log=tmp_path / "tpm.log")
     assert not (tmp_path / "tpm.log").exists()
+
+
+def test_a_tds_ccel_is_written_where_asked_and_its_absence_named(qemu, image, tmp_path):
+    ccel = b"\x01\x00\x00\x00\x03\x00\x00\x00" + b"\xff" * 4096  # what the TD's self-check sends
+    qemu.behave(console=TD_LINE, channel=channel_text(ccel))
+    boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "td.log",
+                    host=td_host(tmp_path), event_log=tmp_path / "ccel.dat")
+    assert (tmp_path / "ccel.dat").read_bytes() == ccel
+
+    qemu.behave(console=TD_LINE)
+    with pytest.raises(CheckFailed, match="the TD sent no event log"):
+        boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "td.log",
+                        host=td_host(tmp_path), event_log=tmp_path / "none.dat")

@@ -237,7 +237,8 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     equal what ``tdx-image measure`` predicts (where the guest printed its event log, a
     difference names the first differing events).  ``firmware`` is the UEFI firmware (TDVF
     with ``tdx``), by default the host's, its Secure Boot build with ``secure_boot``;
-    ``event_log``: where to write the firmware's event log the guest printed; ``progress`` is
+    ``event_log``: where to write the firmware's event log the guest sent (a TD's CCEL with
+    ``tdx``, else the TPM log; the TD path has not run on a TDX host here); ``progress`` is
     called while waiting with the seconds elapsed and the console's last line.
     """
     image, console_log = Path(image), Path(console_log)
@@ -265,8 +266,7 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
             socket = stack.enter_context(software_tpm(Path(work))) if tpm else None
             channel = Path(work) / "channel"
             launch = Launch(disk=overlay, accel=chosen, tdx=tdx, tdvf=tdvf, firmware=ovmf,
-                            serial=f"file:{console_log}", tpm_socket=socket,
-                            channel=None if tdx else channel)
+                            serial=f"file:{console_log}", tpm_socket=socket, channel=channel)
             with running(launch.qemu_args(), Path(work) / "qemu.out") as process:
                 selfcheck, seconds = wait_for_selfcheck(process, console_log,
                                                         Path(work) / "qemu.out", timeout, chosen,
@@ -278,6 +278,10 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
         raise CheckFailed(f"the guest booted but is not running as a TD: {selfcheck.get('reason')}",
                           f"console log: {console_log}")
     if event_log is not None:
+        if log is None and tdx:
+            raise CheckFailed("the TD sent no event log: its kernel shows no CCEL "
+                              "(/sys/firmware/acpi/tables/data/CCEL)",
+                              "is the firmware TDVF with TdTcg2Dxe, and ACPI on?")
         if log is None:
             raise CheckFailed("the guest printed no event log: its kernel has none (with Secure "
                               "Boot off Debian's grub starts the kernel without its EFI stub, "
