@@ -15,12 +15,13 @@ fi
 # swtpm for the measured boot of `boot --tpm`) and --container (podman with runc; mmdebstrap
 # makes the local Debian 12 container image).
 # openssh-client: the integration test that logs into a running image.
+# python3-pefile: ukify (systemd 257, from tests/fetch-reference-packages.sh) for the UKI tests.
 host_packages=(
     python3 python3-venv debian-archive-keyring ca-certificates
     apt dpkg binutils gdisk dosfstools e2fsprogs rsync qemu-utils util-linux mount
     mtools zstd xz-utils gzip lz4 bzip2 cpio fdisk
     qemu-system-x86 ovmf swtpm openssh-client
-    podman runc mmdebstrap
+    podman runc mmdebstrap python3-pefile
 )
 missing=()
 for package in "${host_packages[@]}"; do
@@ -38,6 +39,13 @@ if [ ! -x .venv/bin/tdx-image ] || [ pyproject.toml -nt .venv/.installed ]; then
     .venv/bin/pip install --quiet --upgrade pip
     .venv/bin/pip install --quiet -e '.[test]'
     touch .venv/.installed
+fi
+
+# Real EFI binaries and firmware the fast tests of measure read (a UKI made by ukify with
+# systemd-stub 257, the 252 stub, trixie's OVMF): unpacked, not installed; tests skip without.
+if [ ! -d /var/cache/tdx-image/reference-packages/bookworm/shim-signed ]; then
+    echo "setup: fetching the reference EFI binaries and firmware the tests read (tests/fetch-reference-packages.sh)"
+    tests/fetch-reference-packages.sh
 fi
 
 if [ "${1:-}" != "--no-build" ]; then

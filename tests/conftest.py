@@ -19,6 +19,8 @@ TDX_IMAGE = [sys.executable, "-m", "imagebuilder"]
 REUSE_BUILD = "TDX_IMAGE_TEST_BUILD"
 ESP_TYPE_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 GRUB_CFG = "/boot/grub/grub.cfg"
+# Who supplies the integration tier's debian build (its SBOMs' author), from its config file.
+TEST_SUPPLIER = "tdx-image integration tests <tdx-image-tests@example.org>"
 
 
 
@@ -42,7 +44,8 @@ class FakeHost(HostFacts):
     """A host with the facts a test names and otherwise those of a capable build host that
     cannot run TDs (no KVM, no TDVF).  Facts HostFacts keeps as properties are given by name;
     the tools missing, the devices present, the free space and why SUSE targets cannot build
-    here, as data.  Whether a file is TDVF is read from the file the test made."""
+    here, as data.  Whether a file is TDVF is read from the file the test made; whether a TDVF
+    measures the boot into RTMRs is ``td_measured_boot`` (None: read from the file too)."""
 
     CAPABLE = {"is_root": True, "family": "debian", "kiwi_command": "/usr/bin/kiwi-ng",
                    "kiwi_version": "11.1.6", "mounts_vfat": True, "cpu_vendor": "GenuineIntel", "kvm_tdx": "",
@@ -51,11 +54,16 @@ class FakeHost(HostFacts):
                    "tdvf": None}
 
     def __init__(self, *, missing=(), devices=("/dev/loop-control",), free_bytes=100 * 2**30,
-                 build_host_problem=None, **facts):
+                 build_host_problem=None, td_measured_boot=True, **facts):
         assert set(facts) <= set(self.CAPABLE), f"no such fact: {set(facts) - set(self.CAPABLE)}"
         self.__dict__.update({**self.CAPABLE, **facts})  # what cached_property would have kept
         self._missing, self._devices, self._free = set(missing), set(devices), free_bytes
-        self._problem = build_host_problem
+        self._problem, self._measured_boot = build_host_problem, td_measured_boot
+
+    def td_measured_boot(self, firmware):
+        if self._measured_boot is None:
+            return super().td_measured_boot(firmware)
+        return self._measured_boot
 
     def missing(self, tools):
         return [tool for tool in tools if tool in self._missing]
@@ -125,6 +133,28 @@ def schema_errors(record: str, document: dict) -> list[str]:
             for error in validator.iter_errors(document)]
 
 
+def sbom_conformance(directory: Path, record: dict) -> dict[str, dict[str, list[str]]]:
+    """What sbomcheck (ntia-conformance-checker) finds missing in a build's SBOMs, per standard:
+    the requirements not met (warnings and optional ones aside) and the components missing each
+    element.  Empty lists: conformant."""
+    from ntia_conformance_checker.bsi_checker import BSIChecker
+    from ntia_conformance_checker.fsct_checker import FSCT3Checker
+    from ntia_conformance_checker.ntia_checker import NTIAChecker
+
+    spdx2, spdx3 = str(directory / record["sbom"]["file"]), str(directory / record["sbom_spdx3"]["file"])
+    checkers = {"ntia (SPDX 2.3)": NTIAChecker(spdx2), "ntia": NTIAChecker(spdx3, sbom_spec="spdx3"),
+                "bsi": BSIChecker(spdx3), "fsct3-min": FSCT3Checker(spdx3, sbom_spec="spdx3")}
+    findings = {}
+    for name, checker in checkers.items():
+        assert checker.parsing_errors == [] and checker.validation_messages == [], name
+        unmet = [element for element, met in checker.table_elements
+                 if not met and "(Warning)" not in element and "(Optional)" not in element]
+        assert checker.compliant == (unmet == []), (name, unmet)
+        findings[name] = {"unmet": unmet, **{element: sorted(component for component, _ in missing)
+                                             for element, missing in checker.all_components_without_info}}
+    return findings
+
+
 def run_cli_on_terminal(*args, timeout: float = 900) -> tuple[int, str]:
     """Run the real command line with stdout and stderr on a terminal (a pty), as a user sees it;
     return its exit status and everything it wrote (escape sequences included)."""
@@ -158,7 +188,8 @@ def debian_build(tmp_path_factory) -> Path:
     (root / "ssh").mkdir()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "tdx-image-test",
                     "-f", root / "ssh" / "id_ed25519"], check=True)
-    (root / "tdx-image.toml").write_text('ssh-key = "ssh/id_ed25519.pub"\nssh-user = "tester"\n')
+    (root / "tdx-image.toml").write_text('ssh-key = "ssh/id_ed25519.pub"\nssh-user = "tester"\n'
+                                         f'supplier = "{TEST_SUPPLIER}"\n')
     result = run_cli("build", "debian", "--out", out, "--boot-test", "--json",
                      "--config", root / "tdx-image.toml", "--package", "jq")
     (out.parent / "build.stderr").write_text(result.stderr)

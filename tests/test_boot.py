@@ -19,6 +19,8 @@ from imagebuilder.host import virt
 from imagebuilder.commands import boot as boot_verb
 from imagebuilder.vm import boot, launch
 from imagebuilder.core.errors import CheckFailed, HostError, InputError, Interrupted
+from tests.test_measure import synthetic_log
+from tests.test_verify import ccel as generated_ccel
 from tests.conftest import FakeHost, schema_errors
 
 # The line as the real debian image printed it, with systemd's colour codes around it.
@@ -311,8 +313,10 @@ def test_tdx_passes_only_when_the_guest_says_it_is_a_td(qemu, image, tmp_path):
 
     qemu.behave(console=TD_LINE)
     result = boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "console.log",
-                             host=td_host(tmp_path))
+                             host=td_host(tmp_path, td_measured_boot=None))
     assert (result.accel, result.selfcheck["td"]) == ("kvm", True)
+    # no such firmware file here: nobody can say whether the TD's boot reached its RTMRs
+    assert "could not be read" in result.firmware_note and result.measurements is None
 
 
 def test_a_missing_or_corrupt_image_is_an_input_error(qemu, image, tmp_path):
@@ -329,7 +333,7 @@ def test_the_result_serialises_for_the_build_record(qemu, image, tmp_path):
     result = boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log")
     assert set(json.loads(json.dumps(result.to_dict()))) == {
         "schema_version", "accel", "fallback_reason", "seconds_to_selfcheck", "selfcheck",
-        "console_log", "measurements", "event_log"}
+        "console_log", "measurements", "firmware_note", "event_log"}
 
 
 def test_boot_json_matches_the_shipped_schema(qemu, image, tmp_path):
@@ -413,14 +417,15 @@ def channel_text(log: bytes) -> str:
 
 
 def test_the_guests_event_log_is_written_where_asked(qemu, image, tmp_path):
-    log = bytes(range(256)) * 40
+    log = synthetic_log([(0, 8, b"v"), (4, 4, b"\0" * 4)])  # a TPM log: S-CRTM, separator
     qemu.behave(console=REAL_LINE, channel=channel_text(log))
 
     result = boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log",
                              event_log=tmp_path / "tpm.log")
 
     assert (tmp_path / "tpm.log").read_bytes() == log
-    assert result.to_dict()["event_log"] == str(tmp_path / "tpm.log")
+    assert result.to_dict()["event_log"] == {"events": 2, "differences": [],
+                                             "file": str(tmp_path / "tpm.log")}
     args = (tmp_path / "pid.args").read_text().splitlines()
     assert args.count("-serial") == 2  # the console, then the self-check's channel
 
@@ -430,6 +435,7 @@ def test_the_guests_event_log_is_written_where_asked(qemu, image, tmp_path):
     ("BdsDxe\nAAAA\nTDX-EVENTLOG-END " + "0" * 64 + "\n", "printed no event log"),
     ("TDX-EVENTLOG-BEGIN\nAAAA\nTDX-EVENTLOG-END " + "0" * 64 + "\n", r"damaged \(its SHA-256 differs\)"),
     ("TDX-EVENTLOG-BEGIN\nAA*A\nTDX-EVENTLOG-END " + "0" * 64 + "\n", "damaged"),
+    (channel_text(b"not a log"), "cannot be read: too short for a TCG event log"),
 ])
 def test_a_missing_or_damaged_event_log_fails_the_boot(qemu, image, tmp_path, channel, message):
     qemu.behave(console=REAL_LINE, channel=channel)
@@ -441,7 +447,7 @@ def test_a_missing_or_damaged_event_log_fails_the_boot(qemu, image, tmp_path, ch
 
 
 def test_a_tds_ccel_is_written_where_asked_and_its_absence_named(qemu, image, tmp_path):
-    ccel = b"\x01\x00\x00\x00\x03\x00\x00\x00" + b"\xff" * 4096  # what the TD's self-check sends
+    ccel = generated_ccel([(2, 4, b"\0" * 4)])  # what the TD's self-check sends
     qemu.behave(console=TD_LINE, channel=channel_text(ccel))
     boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "td.log",
                     host=td_host(tmp_path), event_log=tmp_path / "ccel.dat")

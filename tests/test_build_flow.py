@@ -11,6 +11,7 @@ exchange into --out, OUT.failed, and the phase events.  Passed through a seam: t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,11 +20,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
 
+from imagebuilder.build import provenance
+from imagebuilder.core.paths import SHARED_OVERLAY
 from imagebuilder.host import locks
 from imagebuilder.cli import main
 from imagebuilder.build.kiwi import DONE_PHASE, PHASES
-from tests.conftest import FakeHost, schema_errors
+from tests.conftest import FakeHost, sbom_conformance, schema_errors
 from tests.test_validate_checks import BREAKAGES
 
 IMAGE = "tdx-guest-debian-12.x86_64-12.0.0.raw"
@@ -39,10 +44,22 @@ while [ $# -gt 0 ]; do
         --root) root=$2 ;;
         --target-dir) target=$2 ;;
         --description) description=$2 ;;
+        --shared-cache-dir) cache=$2 ;;
     esac
     shift
 done
 say() { echo "[ INFO    ]: 10:00:00 | $1"; }
+# The build's credentials, where KIWI's zypper backend writes them for an authenticated
+# repository (kiwi/repository/zypper.py add_repo): plain text below the shared cache.
+credentials="$(dirname "$description")/credentials"
+if [ -f "$credentials" ]; then
+    mkdir -p "$cache/zypper/credentials"
+    printf 'username=%s\npassword=%s\n' "$(cut -d: -f1 "$credentials")" \
+        "$(cut -d: -f2- "$credentials")" > "$cache/zypper/credentials/kiwiRepoCredentials"
+    mkdir -p "$cache/apt-get/auth.conf.d"  # and its apt backend (kiwi/repository/apt.py)
+    printf 'machine file:/mirror login %s password %s\n' "$(cut -d: -f1 "$credentials")" \
+        "$(cut -d: -f2- "$credentials")" > "$cache/apt-get/auth.conf.d/bookworm.conf"
+fi
 # What KIWI must never pass on: the repository password, here in its own output.
 cat "$(dirname "$description")/credentials" 2>/dev/null
 say '@PREPARE@'
@@ -58,9 +75,13 @@ if [ -n "$FAKE_KIWI_FAIL" ]; then
     exit 1
 fi
 if [ -n "$root" ]; then
-    mkdir -p "$root/var/lib/dpkg"
-    printf 'Package: dbus\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.14\n' \
+    # What installing dbus leaves: dpkg's record, its copyright file, apt's cached archive.
+    mkdir -p "$root/var/lib/dpkg" "$root/usr/share/doc/dbus" "$cache/apt-get/archives"
+    printf 'Package: dbus\nStatus: install ok installed\nMaintainer: Utopia Maintenance Team <pkg-utopia-maintainers@lists.alioth.debian.org>\nArchitecture: amd64\nVersion: 1.14\n' \
         > "$root/var/lib/dpkg/status"
+    printf 'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: *\nCopyright: 2002-2008 Red Hat, Inc.\nLicense: AFL-2.1 or GPL-2+\n' \
+        > "$root/usr/share/doc/dbus/copyright"
+    echo 'dbus archive' > "$cache/apt-get/archives/dbus_1.14_amd64.deb"
     exit 0
 fi
 @LATER@
@@ -109,6 +130,13 @@ def run_build(out: Path, *options: str):
                                      *options], obj=FakeHost(kiwi_command=str(work / "bin" / "kiwi-ng")))
 
 
+def assert_no_credentials_in_cache(cache: Path) -> None:
+    """KIWI's credentials files are gone and their directories are root's alone."""
+    assert not [path for path in cache.rglob("*") if path.is_file()
+                and SECRET.encode() in path.read_bytes()]
+    assert (cache / "zypper" / "credentials").stat().st_mode & 0o777 == 0o700
+
+
 def events(stderr: str) -> list[dict]:
     """The --progress=json stream: every line one JSON object."""
     return [json.loads(line) for line in stderr.splitlines()]
@@ -142,6 +170,7 @@ def test_a_build_publishes_a_validated_image_and_reports_every_phase(standin):
     # The secret KIWI printed and wrote into its state XML reached no event, log or record.
     assert SECRET not in result.stderr + result.stdout + published_text(standin)
     assert "***" in (standin / "build.log").read_text()
+    assert_no_credentials_in_cache(standin.parent.parent / "cache")
 
     stream = events(result.stderr)
     assert {"status", "phase", "time"} <= set(stream[0])
@@ -167,6 +196,47 @@ def test_a_build_publishes_a_validated_image_and_reports_every_phase(standin):
     assert json.loads(again.stdout)["incremental"] is True
     assert [name for status, name in phase_events(events(again.stderr), "prepared root")
             if status == "started"] == ["copy prepared root"]
+
+
+def test_a_build_publishes_conformant_sboms_and_its_provenance(standin):
+    supplier, builder = "Example Builders <images@example.org>", "https://ci.example.org/runs/1"
+    result = run_build(standin, "--json", "--supplier", supplier, "--builder-id", builder)
+
+    assert result.exit_code == 0, result.output + result.stderr
+    record = json.loads(result.stdout)
+    assert schema_errors("build", record) == []
+    for key in ("sbom", "sbom_spdx3", "sbom_cyclonedx", "provenance"):
+        published = standin / record[key]["file"]
+        assert hashlib.sha256(published.read_bytes()).hexdigest() == record[key]["sha256"] == \
+            record["artifacts"][published.name]["sha256"]
+    # dbus, as the stand-in installs it (maintainer, DEP-5 copyright file, cached archive), is
+    # all a conformant SBOM needs; --supplier names the image's supplier and the SBOMs' author.
+    assert all(finding["unmet"] == [] for finding in sbom_conformance(standin, record).values())
+    cyclonedx = (standin / record["sbom_cyclonedx"]["file"]).read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(cyclonedx) is None
+
+    statement = json.loads((standin / record["provenance"]["file"]).read_text())
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
+    image_sha256 = (standin / f"{IMAGE}.sha256").read_text().split()[0]
+    assert statement["subject"] == [{"name": IMAGE, "digest": {"sha256": image_sha256}}]
+    definition, run = statement["predicate"]["buildDefinition"], statement["predicate"]["runDetails"]
+    assert definition["buildType"] == provenance.BUILD_TYPE
+    assert definition["externalParameters"]["target"] == "debian"
+    assert definition["externalParameters"]["supplier"] == supplier
+    dependencies = {entry["name"]: entry for entry in definition["resolvedDependencies"]}
+    for suite, base in (("bookworm", "debian"), ("bookworm-security", "debian-security")):
+        in_release = standin.parent.parent / "mirror" / base / "dists" / suite / "InRelease"
+        assert dependencies[suite]["digest"] == {"sha256": hashlib.sha256(in_release.read_bytes()).hexdigest()}
+        assert dependencies[suite]["annotations"]["metadata"] == f"dists/{suite}/InRelease"
+    overlay = dependencies[f"overlay:{SHARED_OVERLAY.name}"]["digest"]["sha256"]
+    assert overlay == provenance.tree_digest(SHARED_OVERLAY)  # tests/test_provenance.py: README's line
+    assert dependencies["kiwi"]["uri"] == "pkg:generic/kiwi@11.1.6"
+    assert run["builder"]["id"] == builder
+    assert run["metadata"]["startedOn"] <= run["metadata"]["finishedOn"]
+    assert {entry["name"] for entry in run["byproducts"]} == {
+        record[key]["file"] for key in ("sbom", "sbom_spdx3", "sbom_cyclonedx")}
+    assert SECRET not in json.dumps(statement)
 
 
 def test_an_image_that_fails_validation_is_kept_out_of_out(standin, synthetic_image, tmp_path,
@@ -205,6 +275,8 @@ def test_a_kiwi_failure_shows_which_phase_failed_and_keeps_the_log(standin, monk
     assert "KiwiDiskGeometryError" in (failed / "build.log").read_text()
     assert json.loads((failed / "failure.json").read_text())["exit_code"] == 6
     assert sorted(p.name for p in standin.parent.iterdir()) == ["debian.failed"]
+    assert SECRET not in published_text(failed)
+    assert_no_credentials_in_cache(standin.parent.parent / "cache")
 
 
 def test_an_interrupt_mid_phase_ends_it_as_failed(standin, monkeypatch):
@@ -221,6 +293,8 @@ def test_an_interrupt_mid_phase_ends_it_as_failed(standin, monkeypatch):
     failed = standin.parent / "debian.failed"
     assert json.loads((failed / "failure.json").read_text())["exit_code"] == 130
     assert sorted(p.name for p in standin.parent.iterdir()) == ["debian.failed"]
+    assert SECRET not in published_text(failed)
+    assert_no_credentials_in_cache(standin.parent.parent / "cache")
 
 
 def test_a_wait_for_the_package_cache_is_a_phase_of_its_own(standin, tmp_path):

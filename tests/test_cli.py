@@ -15,8 +15,8 @@ def test_unknown_target_is_one_line_with_choices():
 
 
 @pytest.mark.parametrize("target, profile, repo_host", [
-    ("leap", "Leap", "https://download.opensuse.org/distribution/leap/15.5/repo/oss/"),
-    ("sles", "SLES", "https://rmt.example/repo/SUSE/Products/SLE-Module-Basesystem/15-SP5/"),
+    ("leap", "Leap16", "https://download.opensuse.org/distribution/leap/16.0/repo/oss/x86_64/"),
+    ("sles", "SLES16", "https://rmt.example/repo/SUSE/Products/SLE-Product-SLES/16.0/"),
 ])
 def test_suse_dry_runs_print_description_and_command(target, profile, repo_host, tmp_path):
     env = dict(os.environ, TDX_IMAGE_REPO_USER="SCC_user", TDX_IMAGE_REPO_PASSWORD="hunter2",
@@ -41,7 +41,7 @@ def test_dry_run_adds_user_repositories_after_the_targets(tmp_path):
     result = run_cli("build", "leap", "--dry-run", "--json", "--repo", coco, "--out", tmp_path / "l")
     command = json.loads(result.stdout)["command"]
     repos = [command[i + 1] for i, word in enumerate(command) if word == "--add-repo"]
-    assert repos[-1].startswith(coco + ",rpm-md,") and len(repos) == 5
+    assert repos[-1].startswith(coco + ",rpm-md,") and len(repos) == 2
 
 
 def test_bad_repo_option_is_input_error():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.build import container
-from imagebuilder.host import runner, signals
+from imagebuilder.host import locks, runner, signals
 from imagebuilder.build.pipeline import BuildRequest
 from imagebuilder.build.compose import Customisation
 from imagebuilder.core.errors import Interrupted
@@ -25,11 +25,12 @@ def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, 
     key = tmp_path / "id.pub"
     key.write_text("ssh-ed25519 AAAA test\n")
     request = BuildRequest(target=get_target("leap", "15.6"), out_dir=tmp_path / "out" / "leap",
-                           mirror="https://mirror.example/opensuse",
+                           mirror="https://mirror.example/opensuse", ltss=False,
                            custom=Customisation(packages=("jq", "vim"), size_mib=6144,
                                                 image_format="vmdk", ssh_key=key, ssh_user="admin"),
                            extra_repositories=[parse_repo_option("http://r.example/x,bookworm,main contrib")],
-                           cache_dir=tmp_path / "cache")
+                           cache_dir=tmp_path / "cache", supplier="Builders <b@example.org>",
+                           builder_id="https://ci.example.org/run/7")
     command = container.engine_command("/usr/bin/podman", "builder:tag", request, as_json=True)
     engine_part, inner = command[:command.index("builder:tag")], command[command.index("builder:tag") + 1:]
     volumes = [engine_part[i + 1] for i, word in enumerate(engine_part) if word == "--volume"]
@@ -39,11 +40,21 @@ def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, 
         assert f"{source}:{source}:ro" in volumes
     assert f"{PROJECT_ROOT}:{PROJECT_ROOT}:ro" not in volumes
     assert f"{tmp_path / 'out'}:{tmp_path / 'out'}" in volumes
+    # One package-cache lock for builds inside and outside containers (locks.LOCK_DIR).
+    assert f"{locks.LOCK_DIR}:{locks.LOCK_DIR}" in volumes
+    assert f"{tmp_path / 'cache'}:{tmp_path / 'cache'}" in volumes
     assert f"{key}:{key}:ro" in volumes
     assert inner[:5] == [container.VENV_PYTHON, "-m", "imagebuilder", "build", "leap"]
     assert inner[inner.index("--release") + 1] == "15.6"
+    assert "--ltss" not in inner
+    ltss = BuildRequest(target=get_target("sles", "15-SP6"), out_dir=tmp_path / "s", ltss=True,
+                        mirror="https://rmt.example/repo")
+    assert "--ltss" in container.engine_command("podman", "builder:tag", ltss, as_json=False)
     assert inner[inner.index("--out") + 1] == str(tmp_path / "out" / "leap")
     assert inner[inner.index("--repo") + 1] == "http://r.example/x,bookworm,main contrib"
+    # Who supplies the image and which builder made it are the outer build's.
+    assert inner[inner.index("--supplier") + 1] == "Builders <b@example.org>"
+    assert inner[inner.index("--builder-id") + 1] == "https://ci.example.org/run/7"
     # The customisation goes in as the same options (settings.SETTINGS), paths absolute.
     assert " ".join(inner[inner.index("--package"):inner.index("--ssh-user") + 2]) == (
         f"--package jq --package vim --size 6144M --format vmdk --ssh-key {key} --ssh-user admin")

@@ -11,7 +11,8 @@ from imagebuilder.host import virt
 from imagebuilder.commands import doctor
 from imagebuilder.core.errors import RepositoryError
 from imagebuilder.core.results import FAIL, PASS, WARN, Result
-from tests.conftest import FakeHost
+from tests.conftest import FakeHost, run_cli
+from tests.test_uki_measure import REFERENCE
 
 
 def doctor_check(name: str, host: FakeHost) -> Result:
@@ -51,7 +52,7 @@ def test_an_unreachable_repository_warns_for_that_target(monkeypatch):
 def test_reachable_repositories_are_counted(monkeypatch):
     monkeypatch.setattr(doctor, "check_reachable", lambda repositories, credentials, timeout: None)
     check = doctor.repository_check("leap")
-    assert (check.status, check.detail) == (PASS, "4 reachable")
+    assert (check.status, check.detail) == (PASS, "1 reachable")  # Leap 16.0: repo/oss/x86_64
 
 
 def test_a_host_like_the_ci_machines_is_reported_as_it_is():
@@ -73,11 +74,57 @@ def test_a_tdx_host_passes(tmp_path):
     assert {check.status for check in doctor.tdx_checks(host)} == {PASS}
 
 
+def tdx_host(**facts) -> FakeHost:
+    return FakeHost(cpu_vendor="GenuineIntel", kvm_tdx="Y", kvm_failure=None, qemu_has_tdx_guest=True,
+                    devices={virt.KVM_DEVICE}, **facts)
+
+
+def test_a_tdvf_without_measured_boot_warns_what_a_quote_then_attests(tmp_path):
+    host = tdx_host(tdvf=tmp_path / "OVMF.fd", td_measured_boot=False)
+    check = {check.id: check for check in doctor.tdx_checks(host)}["TDVF firmware"]
+    assert check.status == WARN
+    assert "no TdTcg2Dxe" in check.detail and "attests the firmware (MRTD) alone" in check.detail
+
+
+TRIXIE_OVMF = REFERENCE / "trixie/ovmf/usr/share/ovmf/OVMF.fd"
+BOOKWORM_OVMF = Path("/usr/share/ovmf/OVMF.fd")
+
+
+@pytest.mark.parametrize("firmware, status", [(BOOKWORM_OVMF, WARN), (TRIXIE_OVMF, PASS)],
+                         ids=["bookworm", "trixie"])
+def test_doctor_reads_the_given_tdvfs_firmware_volumes(firmware, status):
+    """Real firmware files: Debian 12's OVMF.fd has no TdTcg2Dxe, Debian 13's has."""
+    if not firmware.exists():
+        pytest.skip(f"{firmware} missing (tests/fetch-reference-packages.sh, the ovmf package)")
+    host = tdx_host(td_measured_boot=None)  # read from the file
+    check = {check.id: check for check in doctor.tdx_checks(host, firmware)}["TDVF firmware"]
+    assert check.status == status, check.detail
+
+
+@pytest.mark.parametrize("firmware, noted", [(BOOKWORM_OVMF, True), (TRIXIE_OVMF, False)],
+                         ids=["bookworm", "trixie"])
+def test_run_tdx_says_when_the_firmware_measures_nothing(synthetic_image, firmware, noted):
+    if not firmware.exists():
+        pytest.skip(f"{firmware} missing")
+    result = run_cli("run", synthetic_image, "--tdx", "--firmware", firmware)
+    assert result.returncode == 0, result.stderr
+    assert ("no TdTcg2Dxe" in result.stderr) is noted, result.stderr
+
+
+def test_the_tdvf_that_measures_the_boot_is_preferred(monkeypatch):
+    if not (TRIXIE_OVMF.exists() and BOOKWORM_OVMF.exists()):
+        pytest.skip("needs bookworm's and trixie's OVMF.fd")
+    monkeypatch.setattr(virt, "TDVF_CANDIDATES", (BOOKWORM_OVMF, TRIXIE_OVMF))
+    assert virt.find_tdvf() == TRIXIE_OVMF
+    monkeypatch.setattr(virt, "TDVF_CANDIDATES", (BOOKWORM_OVMF,))
+    assert virt.find_tdvf() == BOOKWORM_OVMF  # still a TD, with a warning
+
+
 @pytest.fixture
 def canned_checks(monkeypatch):
     def use(build: list[Result], tdx: list[Result]):
         monkeypatch.setattr(doctor, "build_checks", lambda build_dir, host: build)
-        monkeypatch.setattr(doctor, "tdx_checks", lambda host: tdx)
+        monkeypatch.setattr(doctor, "tdx_checks", lambda host, firmware=None: tdx)
     return use
 
 

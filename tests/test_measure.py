@@ -104,7 +104,7 @@ def test_unpredicted_registers_have_no_value_and_go_tdx_guest_leaves_them_unchec
     assert values[0] == values[2] == values[3] == ""
     assert len(values[1]) == 96 and values[1] == prediction.rtmr(1)
     document = prediction.to_dict()
-    assert set(document["pcr_sha384"]) == {"4", "5", "8", "9", "14"}
+    assert set(document["pcr_sha384"]) == {"4", "5", "8", "9", "11", "12", "14"}
     assert set(document["rtmr"]) == {"1", "2"} and document["rtmr"]["2"] is None
     assert schema_errors("measurements", json.loads(json.dumps(document))) == []
     assert schema_errors("measurements", {**document, "rtmr": {"1": "00"}})
@@ -317,6 +317,13 @@ def test_guest_registers_must_equal_the_prediction_and_each_difference_is_named(
     assert "PCR 4" not in message
 
 
+def test_differing_registers_name_where_the_guests_event_log_parts():
+    with pytest.raises(CheckFailed) as raised:
+        boot.compare_measurements({"9": PCR}, {"9": "b" * 96}, "PCR",
+                                  ("PCR 9 event 2: predicted 'Linux initrd', the log has nothing more",))
+    assert "its event log: PCR 9 event 2: predicted 'Linux initrd'" in str(raised.value)
+
+
 @pytest.mark.skipif(not shutil.which("swtpm"), reason="swtpm is not installed (setup.sh installs it)")
 def test_software_tpm_starts_and_is_gone_afterwards(tmp_path):
     with boot.software_tpm(tmp_path) as socket:
@@ -339,7 +346,7 @@ def test_tpm_boot_refuses_a_td_and_needs_swtpm(tmp_path, monkeypatch):
 
 def measurements_file(path: Path) -> Path:
     path.write_text(json.dumps({"rtmr": {"1": "a" * 96, "2": "b" * 96},
-                                "pcr_sha384": {str(i): "c" * 96 for i in (4, 5, 8, 9, 14)}}))
+                                "pcr_sha384": {str(i): "c" * 96 for i in (4, 5, 8, 9, 11, 12, 14)}}))
     return path
 
 

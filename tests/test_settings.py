@@ -71,7 +71,7 @@ def test_a_config_file_elsewhere_resolves_paths_beside_itself(project, tmp_path_
     assert plan["settings"]["out"]["value"] == str(elsewhere / "images")
     assert plan["settings"]["package"]["value"] == ["jq"]  # one string is a list of one
     assert plan["image"]["ssh_login"] == "root (key mine.pub)"
-    assert plan["target"]["profile"] == "Leap"
+    assert plan["target"]["profile"] == "Leap16"
 
 
 def test_a_summary_says_what_the_build_would_refuse_without_failing(project):
@@ -79,8 +79,9 @@ def test_a_summary_says_what_the_build_would_refuse_without_failing(project):
     # says so and still shows the rest.
     code, plan = summary("sles")
     assert code == 0
-    assert "no registered SLES 15-SP5 repositories" in plan["build_would_refuse"]
-    assert plan["image"]["file"] == "tdx-guest-sles-15-SP5.x86_64-15.5.0.qcow2"
+    assert "no registered SLES 16.0 repositories" in plan["build_would_refuse"]
+    assert plan["image"]["file"] == "tdx-guest-sles-16.0.x86_64-16.0.0.qcow2"
+    assert "NetworkManager" in plan["image"]["packages"] and "wicked" not in plan["image"]["packages"]
 
     code, plan = summary("sles", "--mirror", "https://rmt.example.com/repo")
     assert code == 0 and plan["build_would_refuse"] is None
@@ -109,6 +110,8 @@ def test_the_readable_summary_names_settings_and_sources(project):
     ('ssh-user = "Root Admin"\n', ["--ssh-key", "keys/id.pub"], "is not a user name"),
     ('ssh-user = "tester"\n', [], "--ssh-user needs --ssh-key"),
     ('package = [\n', [], "cannot read tdx-image.toml"),
+    ('supplier = "Example Builders"\n', [], "is not 'Name <e-mail>' or 'Name <https://url>'"),
+    ('supplier = "Example <ftp://example.org>"\n', [], "is not 'Name <e-mail>'"),
 ])
 def test_bad_settings_are_refused_before_anything_runs(project, config, args, fragment):
     (project / "tdx-image.toml").write_text(config)

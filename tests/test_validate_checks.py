@@ -84,6 +84,22 @@ def boot_file(raw: Path, prefix: str) -> str:
     return "/boot/" + next(name for name in names if name.startswith(prefix))
 
 
+def module_file(raw: Path, name: str) -> str:
+    """The installed module ``name`` (tdx-guest, tsm) in drivers/virt/coco or its own
+    subdirectory there, for the (single) installed kernel."""
+    def names(directory: str) -> list[str]:
+        listing = sh("debugfs", "-R", f"ls -p {directory}", root_device(raw)).decode()
+        return [line.split("/")[5] for line in listing.splitlines() if line.count("/") == 7]
+
+    version = next(entry for entry in names("/usr/lib/modules") if entry not in (".", ".."))
+    coco = f"/usr/lib/modules/{version}/kernel/drivers/virt/coco"
+    for directory in (coco, f"{coco}/{name}"):
+        found = [entry for entry in names(directory) if entry.startswith(f"{name}.ko")]
+        if found:
+            return f"{directory}/{found[0]}"
+    raise AssertionError(f"no {name}.ko* below {coco}")
+
+
 def without_lines(option: str) -> Callable[[str], str]:
     return lambda text: "".join(line for line in text.splitlines(keepends=True) if not line.startswith(option + "="))
 
@@ -144,6 +160,14 @@ BREAKAGES = [
     Breakage("kernel without TSM reports",
              lambda raw: ext4_edit(raw, boot_file(raw, "config-"), without_lines("CONFIG_TSM_REPORTS")),
              {"kernel.attestation": "warn"}),
+    # SUSE's kernel-default lacks what kernel-default-extra holds: the config says =m, the
+    # module tree has no file.
+    Breakage("TDX guest driver module missing",
+             lambda raw: debugfs_write(raw, f"rm {module_file(raw, 'tdx-guest')}"),
+             {"kernel.attestation-modules": "fail"}),
+    Breakage("configfs-tsm module missing",
+             lambda raw: debugfs_write(raw, f"rm {module_file(raw, 'tsm')}"),
+             {"kernel.attestation-modules": "fail"}),
     Breakage("kernel without lazy memory acceptance",
              lambda raw: ext4_edit(raw, boot_file(raw, "config-"), without_lines("CONFIG_UNACCEPTED_MEMORY")),
              {"kernel.unaccepted-memory": "info"}),
@@ -170,6 +194,9 @@ BREAKAGES = [
              {"secure.machine-id": "fail"}),
     Breakage("apt credentials left",
              lambda raw: ext4_write(raw, "/etc/apt/auth.conf.d/mirror.conf", b"machine mirror login builder password secret\n"),
+             {"secure.repo-credentials": "fail"}),
+    Breakage("zypper's credentials.cat left",  # libzypp's store for a password from a URL
+             lambda raw: ext4_write(raw, "/root/.zypp/credentials.cat", b"[https://rmt.invalid/repo]\nusername=u\npassword=secret\n", 0o600),
              {"secure.repo-credentials": "fail"}),
     Breakage("password in a repository URL",
              lambda raw: ext4_write(raw, "/etc/zypp/repos.d/updates.repo", b"[updates]\nbaseurl=https://builder:secret@mirror.invalid/repo\n"),
@@ -261,6 +288,10 @@ def _root_tree(tree: Path, workdir: Path) -> None:
         (tree / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         (tree / path.lstrip("/")).write_text(text)
     (tree / f"boot/initrd.img-{KERNEL}").write_bytes(_initrd(workdir))
+    for module in ("tdx-guest/tdx-guest.ko.xz", "tsm.ko.xz"):  # the =m attestation drivers
+        path = tree / f"usr/lib/modules/{KERNEL}/kernel/drivers/virt/coco/{module}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"module")
 
 
 def build_synthetic_image(workdir: Path) -> Path:

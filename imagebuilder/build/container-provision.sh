@@ -15,11 +15,18 @@ if command -v apt-get >/dev/null 2>&1; then
     apt-get clean
     python=python3
 elif command -v zypper >/dev/null 2>&1; then
-    # The same tools by their openSUSE/SLE names; zypper and rpm are the image's own.
-    zypper --non-interactive install --no-recommends python311 python311-pip qemu-tools binutils \
-        gptfdisk dosfstools e2fsprogs rsync util-linux mtools zstd xz gzip lz4 bzip2 cpio
+    # The same tools by their openSUSE/SLE names; zypper and rpm are the image's own.  Python:
+    # 3.11 on SUSE 15 (python311), 3.13 on SUSE 16 (python313); wheels for both are here.
+    if zypper --non-interactive search --match-exact python311 >/dev/null 2>&1; then
+        version=311
+    else
+        version=313
+    fi
+    zypper --non-interactive install --no-recommends "python$version" "python$version-pip" \
+        qemu-tools binutils gptfdisk dosfstools e2fsprogs rsync util-linux mtools zstd xz gzip \
+        lz4 bzip2 cpio
     zypper clean --all
-    python=python3.11
+    python=python3.${version#3}
 else
     echo "error: the container image has neither apt-get nor zypper" >&2
     exit 3

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import kiwi, outdir, progress, settings
-from ..host import runner
+from ..host import locks, runner
 from .pipeline import BuildRequest
 from ..core.errors import HostError, InputError, Interrupted, RepositoryError, TdxImageError
 from ..distros.repos import ZYPP_ROOT_ENV, Repository
@@ -34,7 +34,10 @@ ENGINE_ENV = "TDX_IMAGE_CONTAINER_ENGINE"
 ENGINES = ("podman", "docker")
 PROVISION = Path(__file__).resolve().parent / "container-provision.sh"
 VENV_PYTHON = "/opt/tdx-image/bin/python"
-CONTAINER_PYTHON = "3.11"  # Debian 12's python3; python311 on SUSE 15 (container-provision.sh)
+# The builders' Pythons (container-provision.sh): 3.11 is Debian 12's python3 and SUSE 15's
+# python311; SUSE 16 ships 3.13 (python313, as KIWI's build-tests/x86/leap/
+# test-image-aws-isolated-compute installs python313-cbor2).  Wheels are fetched for both.
+CONTAINER_PYTHONS = ("3.11", "3.13")
 GLIBC_MINOR = 31  # the oldest glibc among the builder images: Leap 15.5 / SLE 15 SP5, 2.31
 HOST_ZYPP_MOUNT = "/run/tdx-image/host"  # the host's /etc/zypp appears below this
 # Seconds the build inside gets to stop after SIGINT: KIWI's own grace and the engine's teardown.
@@ -121,14 +124,15 @@ def _fetch_wheels(requirements_file: Path, wheels: Path) -> None:
     pip = [sys.executable, "-m", "pip"]
     platforms = [f"manylinux_2_{minor}_x86_64" for minor in range(17, GLIBC_MINOR + 1)]
     platforms += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64", "any"]
-    abi = "cp" + CONTAINER_PYTHON.replace(".", "")
-    for command in (
-        [*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), "-r", str(requirements_file)],
-        [*pip, "download", "--quiet", "--only-binary=:all:", "--python-version", CONTAINER_PYTHON,
-         "--implementation", "cp", "--abi", abi, "--abi", "abi3", "--abi", "none",
-         *[f"--platform={platform}" for platform in platforms], "--find-links", str(wheels),
-         "--dest", str(wheels), "-r", str(requirements_file)],
-    ):
+    commands = [[*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), "-r",
+                 str(requirements_file)]]
+    for version in CONTAINER_PYTHONS:
+        commands.append(
+            [*pip, "download", "--quiet", "--only-binary=:all:", "--python-version", version,
+             "--implementation", "cp", "--abi", "cp" + version.replace(".", ""), "--abi", "abi3",
+             "--abi", "none", *[f"--platform={platform}" for platform in platforms],
+             "--find-links", str(wheels), "--dest", str(wheels), "-r", str(requirements_file)])
+    for command in commands:
         result = runner.run(command)
         if result.returncode != 0:
             raise RepositoryError("pip could not fetch KIWI and the driver's dependencies for the "
@@ -153,6 +157,9 @@ def engine_command(engine_path: str, image: str, request: BuildRequest, as_json:
                *[word for source in _driver_sources() for word in ("--volume", f"{source}:{source}:ro")],
                "--volume", f"{out_dir.parent}:{out_dir.parent}",
                "--volume", f"{cache_dir}:{cache_dir}",
+               # The host's build locks: the package cache is shared with builds outside (and
+               # in other containers), so its lock must be too, or two apt-gets meet in it.
+               "--volume", f"{locks.LOCK_DIR}:{locks.LOCK_DIR}",
                "--env", f"PYTHONPATH={PACKAGE_DIR.parent}", "--workdir", str(PACKAGE_DIR.parent)]
     inputs = [request.custom.ssh_key, request.credentials_file, *request.signing_keys]
     for path in (Path(p).resolve() for p in inputs if p):
@@ -172,12 +179,18 @@ def engine_command(engine_path: str, image: str, request: BuildRequest, as_json:
         inner += ["--force"]
     if request.mirror:
         inner += ["--mirror", request.mirror]
+    if request.ltss:
+        inner.append("--ltss")
     for repo in request.extra_repositories:
         inner += ["--repo", _repo_option(repo)]
     if request.credentials_file:
         inner += ["--credentials", str(Path(request.credentials_file).resolve())]
     for key in request.signing_keys:
         inner += ["--signing-key", str(Path(key).resolve())]
+    if request.supplier:
+        inner += ["--supplier", request.supplier]
+    if request.builder_id:
+        inner += ["--builder-id", request.builder_id]
     inner += settings.arguments(request.custom)
     if not request.incremental:
         inner.append("--no-incremental")
@@ -207,7 +220,7 @@ def build_in_container(request: BuildRequest, container_image: str | None, as_js
     else:
         image = ensure_builder(engine_path, base, lambda text: print(text, file=sys.stderr),
                                engine_output=sys.stderr)
-    for directory in (request.out_dir.resolve().parent, request.cache_dir.resolve()):
+    for directory in (request.out_dir.resolve().parent, request.cache_dir.resolve(), locks.LOCK_DIR):
         directory.mkdir(parents=True, exist_ok=True)  # the engine mounts only what exists
     try:
         # A signal reaches the engine as SIGINT; it forwards it to the build, which releases its

@@ -66,6 +66,9 @@ class Decision:
     reason: str
     key: str
     invocation: kiwi.KiwiInvocation  # the KIWI build to run now
+    # sha256 of each repository's metadata file by its probe URL, as read before KIWI ran (the
+    # build's provenance names them); empty when it could not be read
+    metadata: dict[str, str]
 
 
 def _canonical(element: ElementTree.Element) -> str:
@@ -215,12 +218,14 @@ class RootCache:
 def prepare(invocation: kiwi.KiwiInvocation, staging: Staging, target: str, credentials: Credentials | None,
             kiwi_version: str, enabled: bool, on_phase: Callable[[str], None], secrets: list[str]) -> Decision:
     """Make ``invocation``'s image root ready, from the cache or freshly prepared; return what to build."""
-    if not enabled:
-        return Decision(False, "--no-incremental: clean build", "", invocation)
     try:
         metadata = metadata_digests(invocation.repositories, credentials)
     except (OSError, urllib.error.URLError) as error:
-        return Decision(False, f"repository metadata unreadable ({error}): clean build", "", invocation)
+        reason = (f"repository metadata unreadable ({error}): clean build" if enabled
+                  else "--no-incremental: clean build")
+        return Decision(False, reason, "", invocation, {})
+    if not enabled:
+        return Decision(False, "--no-incremental: clean build", "", invocation, metadata)
     description, image_root = staging.description, staging.image_root
     key = root_key(description, target, invocation, kiwi_version, metadata)
     cache = RootCache(invocation.cache_dir)
@@ -248,4 +253,5 @@ def prepare(invocation: kiwi.KiwiInvocation, staging: Staging, target: str, cred
     build_description = staging.incremental_description
     _without_bootstrap(description, build_description)
     return Decision(cached is not None, reason, key,
-                    dataclasses.replace(invocation, description=build_description, allow_existing_root=True))
+                    dataclasses.replace(invocation, description=build_description, allow_existing_root=True),
+                    metadata)

@@ -48,6 +48,16 @@ DONE_PHASE = PHASES[-1][1]
 ERROR_LINE = re.compile(r"\[ ERROR\s*\]: [\d:]+ \| (Kiwi\w+): (.*)")
 # Seconds KIWI gets after SIGINT to unwind its mounts before the process group is killed.
 STOP_GRACE = 120
+# Where KIWI writes an authenticated repository's user and password, in plain text, below the
+# shared cache, never removing them: its zypper backend to zypper/credentials/kiwiRepoCredentials
+# (``username=``/``password=``; kiwi/repository/zypper.py ``add_repo``, the name from
+# kiwi/system/uri.py ``credentials_file_name``), its apt backend to apt-get/auth.conf.d/NAME.conf
+# (``machine URI login USER password SECRET``; kiwi/repository/apt.py ``add_repo``).
+# The zypper one is made 0700 before KIWI runs; the apt one is left as KIWI makes it (apt's
+# download methods run as the unprivileged _apt user), and tdx-image passes no credentials to
+# apt repositories.
+ZYPPER_CREDENTIALS_DIR = Path("zypper") / "credentials"
+CREDENTIALS_DIRS = (ZYPPER_CREDENTIALS_DIR, Path("apt-get") / "auth.conf.d")
 
 
 @dataclass
@@ -110,6 +120,31 @@ class KiwiInvocation:
             link = self.esp_fallback_dir / "bin" / name
             if not link.exists():
                 link.symlink_to(HOSTSHIM)
+
+
+def seal_repository_credentials(cache_dir: Path) -> None:
+    """Before KIWI runs: the directory KIWI's zypper writes credentials to exists and is root's
+    alone (0700, whatever the umask made of an earlier one), and KIWI's credentials directories
+    hold nothing a killed build left."""
+    directory = cache_dir / ZYPPER_CREDENTIALS_DIR
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    remove_repository_credentials(cache_dir)
+
+
+def remove_repository_credentials(cache_dir: Path) -> None:
+    """Remove what KIWI wrote into its credentials directories of the shared cache.
+
+    Called while this build holds the package cache (locks.lock_cache), so another build's files
+    are never touched: the directories hold only credentials files KIWI wrote for this build.
+    """
+    for relative in CREDENTIALS_DIRS:
+        directory = cache_dir / relative
+        if not directory.is_dir() or directory.is_symlink():
+            continue
+        for entry in directory.iterdir():
+            if entry.is_file() or entry.is_symlink():
+                entry.unlink()
 
 
 def execute(build: KiwiInvocation, log_path: Path, on_phase: Callable[[str], None],

@@ -25,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .. import __version__
-from . import cleanup, incremental, kiwi, kiwicheck, outdir, publish, sbom, settings
+from . import cleanup, incremental, kiwi, kiwicheck, outdir, provenance, publish, sbom, settings
 from ..host import buildhost, locks, requirements, runner, signals
 from ..host.facts import HostFacts
 from ..vm.boot import boot_image
@@ -54,6 +54,7 @@ class BuildRequest:
     target: Target
     out_dir: Path
     mirror: str | None = None
+    ltss: bool = False  # SLES 15 SPx: the LTSS update repository too
     extra_repositories: tuple[Repository, ...] = ()
     credentials_file: Path | None = None
     signing_keys: tuple[Path, ...] = ()
@@ -63,11 +64,13 @@ class BuildRequest:
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT_S
     incremental: bool = True  # reuse a cached prepared root when its key matches (incremental.py)
     force: bool = False  # replace an --out that holds something other than an earlier output
+    supplier: str | None = None  # "Name <contact>": the image's supplier, its SBOMs' author
+    builder_id: str | None = None  # the provenance's builder.id (default: this host)
 
     @cached_property
     def repositories(self) -> list[Repository]:
         # Target repositories first: KIWI pairs credentials with the leading --add-repo values.
-        return self.target.repositories(self.mirror) + list(self.extra_repositories)
+        return self.target.repositories(self.mirror, self.ltss) + list(self.extra_repositories)
 
     def credentials(self) -> Credentials | None:
         """The user's (--credentials, environment), or those the host's repositories name."""
@@ -125,11 +128,12 @@ class BuildContext:
 
 @dataclass(frozen=True)
 class Published:
-    """What the publish step made: the image, its digest, the SBOM and the overlay manifest."""
+    """What the publish step made: the image, its digest, the SBOMs (by format) and the overlay
+    manifest."""
 
     image: Path
     image_digest: str
-    sbom_file: Path
+    sboms: dict[str, Path]
     manifest: Path
 
 
@@ -186,7 +190,8 @@ def dry_run(request: BuildRequest, host: HostFacts) -> dict:
             "out": str(out_dir), "out_state": state, "staging": str(staging.root),
             "description": str(invocation.description),
             "command": [redact(word) for word in invocation.command()],
-            "esp_fallback": invocation.esp_fallback_dir is not None, "note": note}
+            "esp_fallback": invocation.esp_fallback_dir is not None, "note": note,
+            "warning": request.target.chosen.end_of_life_warning()}
 
 
 def build(request: BuildRequest, on_event: Listener, host: HostFacts) -> dict:
@@ -204,12 +209,20 @@ def build(request: BuildRequest, on_event: Listener, host: HostFacts) -> dict:
         require_regular_file(key, "--signing-key")
     credentials = request.credentials()
     preflight(request, out_dir, host)
+    end_of_life = request.target.chosen.end_of_life_warning()
+    if end_of_life:
+        phases.note(f"warning: {end_of_life}")
     if not host.mounts_vfat:
         phases.note(ESP_FALLBACK_NOTE)
     with locks.lock_out(out_dir):
         outdir.check(out_dir, request.force, request.cache_dir)  # as it is now that it is ours
         with phases.phase("check repositories"):
-            check_reachable(request.repositories, credentials)
+            try:
+                check_reachable(request.repositories, credentials)
+            except RepositoryError as gone:
+                if end_of_life:  # mirrors drop a release some time after its end
+                    raise RepositoryError(gone.message, end_of_life) from None
+                raise
         return _stage_and_publish(request, out_dir, lambda staging: _build_in(
             BuildContext(request, out_dir, staging, host, credentials, phases, durations)))
 
@@ -261,9 +274,10 @@ def _build_in(context: BuildContext) -> dict:
     _validate(context, published)
     _measure(context, published.image)
     boot = _boot_test(context, published.image) if context.request.boot_test else None
+    provenance_file = _provenance(context, composition, decision, published)
     digests = publish.artifact_digests(context.staging.publish,
                                        {published.image.name: published.image_digest})
-    return _record(context, composition, decision, published, digests, boot)
+    return _record(context, composition, decision, published, provenance_file, digests, boot)
 
 
 def _compose(context: BuildContext) -> Composition:
@@ -283,10 +297,10 @@ def _run_kiwi(context: BuildContext) -> incremental.Decision:
     cache until KIWI is done with the package manager.  KIWI's phases are steps of these.
     Returns the incremental decision, whose invocation is the KIWI run that built the image."""
     request, staging = context.request, context.staging
-    with _package_cache(context) as cache:
+    with _package_cache(context) as hand_on:
         def kiwi_step(name: str) -> None:
             if name == kiwi.CACHE_DONE_PHASE:
-                cache.release()  # KIWI is done with the package manager: the next build may go
+                hand_on()  # KIWI is done with the package manager: the next build may go
             context.phases.step(None if name == kiwi.DONE_PHASE else name)
 
         with context.phase("prepared root"):
@@ -305,12 +319,14 @@ def _publish(context: BuildContext, composition: Composition) -> Published:
         artifacts = publish.collect(staging.kiwi_target, staging.publish)
         image = artifacts["image"]
         image_digest = publish.write_checksum(image)
-        sbom_file = sbom.write(artifacts["image_packages"], image, image_digest, request.target,
-                               staging.image_root)
+        sboms = sbom.write(artifacts["image_packages"], sbom.Image(
+            image, image_digest, request.target,
+            sbom.parse_supplier(request.supplier) if request.supplier else None),
+            staging.image_root, request.cache_dir)
         manifest = publish.overlay_manifest(composition.path, staging.publish)
         publish.description(composition.path, staging.kiwi_target, staging.published_description,
                             context.redact)
-    return Published(image, image_digest, sbom_file, manifest)
+    return Published(image, image_digest, sboms, manifest)
 
 
 def _validate(context: BuildContext, published: Published) -> None:
@@ -340,18 +356,56 @@ def _boot_test(context: BuildContext, image: Path) -> dict:
     return boot
 
 
+def _provenance(context: BuildContext, composition: Composition, decision: incremental.Decision,
+                published: Published) -> Path:
+    """The image's build provenance, after everything that ran on it (its finishing time)."""
+    request = context.request
+    statement = provenance.statement(
+        published.image, published.image_digest,
+        external={"target": request.target.name, "release": request.target.chosen.name,
+                  **settings.recorded(request)},
+        internal={"profile": request.target.profile, "incremental": decision.incremental,
+                  "prepared_root_key": decision.key},
+        description=composition.path, overlay=SHARED_OVERLAY, repositories=request.repositories,
+        metadata=decision.metadata, signing_keys=list(request.signing_keys),
+        kiwi_version=context.host.kiwi_version,
+        builder_id=request.builder_id or provenance.default_builder_id(),
+        started=provenance.started(context.durations.record()["total"]),
+        byproducts=list(published.sboms.values()))
+    return provenance.write(published.image, context.final(statement))
+
+
 @contextmanager
-def _package_cache(context: BuildContext) -> Iterator[locks.Lock]:
-    """Hold the package cache; a wait for another build's package manager is a phase of its own."""
+def _package_cache(context: BuildContext) -> Iterator[Callable[[], None]]:
+    """Hold the package cache; a wait for another build's package manager is a phase of its own.
+
+    Yields the call that hands the cache on.  KIWI's zypper leaves the repository password in
+    the cache (kiwi.CREDENTIALS_DIRS): it is removed whenever this build lets go of the
+    cache — when KIWI is done with the package manager, or on failure or signal — and never
+    after, when the file may be the next build's.
+    """
+    cache_dir = context.request.cache_dir
     with ExitStack() as waiting:
-        lock = locks.lock_cache(context.request.cache_dir, lambda message: waiting.enter_context(
+        lock = locks.lock_cache(cache_dir, lambda message: waiting.enter_context(
             context.phase("wait for the package cache", message)))
+
+    def hand_on() -> None:
+        if lock.held:
+            kiwi.remove_repository_credentials(cache_dir)
+            lock.release()
+
     with lock:
-        yield lock
+        try:
+            kiwi.seal_repository_credentials(cache_dir)
+            yield hand_on
+        finally:
+            with signals.deferred():
+                hand_on()
 
 
 def _record(context: BuildContext, composition: Composition, decision: incremental.Decision,
-            published: Published, digests: dict[str, dict], boot: dict | None) -> dict:
+            published: Published, provenance_file: Path, digests: dict[str, dict],
+            boot: dict | None) -> dict:
     """build.json: what was built from what, how long each phase took, what was published."""
     request, target = context.request, context.request.target
     return {
@@ -380,8 +434,12 @@ def _record(context: BuildContext, composition: Composition, decision: increment
         "durations_s": context.durations.record(),
         "artifacts": digests,
         "image": published.image.name,
-        "sbom": {"file": published.sbom_file.name, "format": "SPDX-2.3 JSON",
-                 "sha256": digests[published.sbom_file.name]["sha256"]},
+        **{key: {"file": path.name, "format": format_,
+                 "sha256": digests[path.name]["sha256"]} for key, path, format_ in (
+            ("sbom", published.sboms["spdx"], "SPDX-2.3 JSON"),
+            ("sbom_spdx3", published.sboms["spdx3"], "SPDX-3.0.1 JSON-LD"),
+            ("sbom_cyclonedx", published.sboms["cyclonedx"], "CycloneDX-1.6 JSON"),
+            ("provenance", provenance_file, "in-toto Statement v1, SLSA provenance v1"))},
         "validation": {"ok": True},
         "boot_test": boot,
     }

@@ -20,6 +20,7 @@ from click.core import ParameterSource
 
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S, DEFAULT_CACHE_DIR
 from .compose import Customisation
+from .sbom import parse_supplier
 from ..core.inputs import Seconds
 from ..distros.repos import check_url, parse_repo_option
 from ..distros.targets import TARGETS
@@ -87,6 +88,17 @@ class DiskSize(click.ParamType):
             self.fail(f"{value} is too small: a TDX guest disk needs at least {MIN_SIZE_MIB}M",
                       param, ctx)
         return mib
+
+
+class SupplierOption(click.ParamType):
+    """``Name <e-mail>`` or ``Name <https://url>``, as the SBOMs name the image's supplier."""
+
+    name = "supplier"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str) or parse_supplier(value) is None:
+            self.fail(f"{value!r} is not 'Name <e-mail>' or 'Name <https://url>'", param, ctx)
+        return value
 
 
 class UserName(click.ParamType):
@@ -180,13 +192,16 @@ DIRECTORY = click.Path(file_okay=False, path_type=Path, resolve_path=True)
 
 SETTINGS = (
     Setting("TARGET", "target", "What to build: debian, leap or sles.", TargetName()),
-    Setting("--release", "release", "The distribution release: leap 15.5 (default) or 15.6; "
-            "sles 15-SP5 (default), 15-SP6 or 15-SP7; debian 12.", metavar="RELEASE"),
+    Setting("--release", "release", "The distribution release: leap 16.0 (default), 15.6 or "
+            "15.5; sles 16.0 (default), 15-SP7, 15-SP6 or 15-SP5; debian 12.  A release past "
+            "SUSE's general support builds with a warning.", metavar="RELEASE"),
+    Setting("--ltss", "ltss", "SLES 15-SP5/15-SP6: add the LTSS update repository (an RMT's "
+            "mirror of it, or the registered host's LTSS extension).", flag=True, recorded=True),
     Setting("--container", "container", "Build inside the target's own container image (podman "
             "or docker): how Leap and SLES are built on a non-SUSE host.", part=COMMAND, flag=True),
     Setting("--container-image", "container_image", "The container image for --container.",
-            part=COMMAND, metavar="IMAGE", shown_default="openSUSE Leap or SLE BCI of the "
-            "release; debian: localhost/tdx-image-debian:12 from containers/make-debian-12-image"),
+            part=COMMAND, metavar="IMAGE", shown_default="openSUSE Leap of the release's "
+            "generation (sles too: 15.6 or 16.0); debian: localhost/tdx-image-debian:12 from containers/make-debian-12-image"),
     Setting("--out", "out_dir", "Where the artifacts are published.",
             click.Path(file_okay=False, path_type=Path), metavar="DIR", shown_default="out/TARGET"),
     Setting("--mirror", "mirror", "Base URL of the distribution's repositories (Debian: the "
@@ -221,6 +236,13 @@ SETTINGS = (
     Setting("--config", "config", "Settings file (TOML; keys are option names).", FILE,
             part=COMMAND, metavar="FILE", shown_default=f"./{CONFIG_NAME} if present",
             configurable=False, callback=load_config),
+    Setting("--supplier", "supplier", "Who builds and supplies the image, named as its supplier "
+            "and the author of its SBOMs (BSI TR-03183-2 asks for a contact).", SupplierOption(),
+            metavar="'NAME <E-MAIL|URL>'", recorded=True, envvar="TDX_IMAGE_SUPPLIER",
+            shown_default="none: NOASSERTION"),
+    Setting("--builder-id", "builder_id", "The builder named in the provenance (SLSA's "
+            "builder.id), e.g. the CI workflow's URL.", metavar="URI", recorded=True,
+            envvar="TDX_IMAGE_BUILDER_ID", shown_default="urn:tdx-image:builder:host:HOSTNAME"),
     Setting("--package", "packages", "Add this package to the image (repeatable).", PackageName(),
             part=CUSTOM, metavar="NAME", multiple=True, recorded=True),
     Setting("--size", "size_mib", "Disk size, e.g. 8G or 6144M.", DiskSize(), part=CUSTOM,

@@ -94,8 +94,12 @@ def boot_command(host, image, accel, tdx, firmware, tpm, secure_boot, event_log,
                f"TD: {'yes' if check.get('td') else 'no'}, "
                f"attestation: {'yes' if check.get('attestation') else 'no'}")
     click.echo(f"guest says: {check.get('reason')}")
+    if result.firmware_note:
+        click.echo(f"note: {result.firmware_note}")
     for index, pair in (result.measurements or {}).items():
         click.echo(f"{'PCR' if tpm else 'RTMR'} {index}: {pair['guest']} (as predicted)")
+    if result.event_log:
+        click.echo(f"event log: {result.event_log['events']} events, each as predicted")
     click.echo(f"console log: {result.console_log}")
     if result.event_log:
         click.echo(f"event log: {result.event_log}")

@@ -70,6 +70,8 @@ def build_command(host, dry_run, as_json, container, container_image, progress_f
             click.echo("command: " + shlex.join(plan["command"]))
             if plan["note"]:
                 click.echo(f"note: {plan['note']}", err=True)
+        if plan["warning"]:
+            click.echo(f"warning: {plan['warning']}", err=True)
         return
     if container or container_image:
         from ..build import container as containers  # only this path needs the engine

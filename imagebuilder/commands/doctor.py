@@ -19,7 +19,7 @@ from ..host import requirements
 from ..host.facts import HostFacts
 from ..core.errors import HostError, TdxImageError
 from ..distros.repos import check_reachable, load_credentials
-from ..core.results import FAIL, PASS, WARN, Result, render, wide_console
+from ..core.results import FAIL, INFO, PASS, WARN, Result, render, wide_console
 from ..distros.targets import TARGETS
 from .context import pass_host
 
@@ -32,8 +32,10 @@ SECTIONS = {
 }
 
 
-def host_checks(section: str, build_dir: Path, host: HostFacts) -> list[Result]:
-    purposes, context = SECTIONS[section], requirements.Context(host, build_dir=build_dir)
+def host_checks(section: str, build_dir: Path, host: HostFacts,
+                firmware: Path | None = None) -> list[Result]:
+    purposes = SECTIONS[section]
+    context = requirements.Context(host, build_dir=build_dir, firmware=firmware)
     results = []
     for requirement in requirements.REQUIREMENTS:
         severities = {purposes[purpose] for purpose in requirement.needed_for if purpose in purposes}
@@ -46,11 +48,12 @@ def host_checks(section: str, build_dir: Path, host: HostFacts) -> list[Result]:
 def build_checks(build_dir: Path, host: HostFacts) -> list[Result]:
     with ThreadPoolExecutor(max_workers=len(TARGETS)) as pool:
         repositories = pool.map(repository_check, TARGETS)
-        return host_checks("build", build_dir, host) + list(repositories)
+        return host_checks("build", build_dir, host) + list(repositories) + [
+            release_check(name) for name in TARGETS]
 
 
-def tdx_checks(host: HostFacts) -> list[Result]:
-    return host_checks("tdx", Path("."), host)
+def tdx_checks(host: HostFacts, firmware: Path | None = None) -> list[Result]:
+    return host_checks("tdx", Path("."), host, firmware)
 
 
 def repository_check(target_name: str) -> Result:
@@ -66,6 +69,17 @@ def repository_check(target_name: str) -> Result:
     return Result(name, PASS, f"{len(repositories)} reachable", "", WARN, "build")
 
 
+def release_check(target_name: str) -> Result:
+    """Which of a target's releases are past general support (they still build, with a warning)."""
+    target = TARGETS[target_name]
+    ended = [f"{release.name} ({release.supported_until})" for release in target.releases
+             if release.end_of_life_warning()]
+    detail = f"default {target.releases[0].name}" + (
+        f"; past general support: {', '.join(ended)}" if ended else "")
+    hint = "they build with an end-of-life warning" if ended else ""
+    return Result(f"releases: {target_name}", INFO if ended else PASS, detail, hint, INFO, "build")
+
+
 def record(check: Result) -> dict:
     return {"section": check.group, "name": check.id, "status": check.status,
             "detail": check.detail, "hint": check.hint}
@@ -76,12 +90,15 @@ def record(check: Result) -> dict:
               help="Check only the build host or only the TDX host.")
 @click.option("--build-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Where builds will write (free space is checked there).")
+@click.option("--firmware", "--tdvf", "firmware", type=click.Path(dir_okay=False, path_type=Path),
+              help="The TDVF a TD would boot with: is it TDVF, does it measure the boot into RTMRs?  "
+                   "[default: the host's, preferring one that does]")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 @pass_host
-def doctor_command(host, only, build_dir, as_json):
+def doctor_command(host, only, build_dir, firmware, as_json):
     """Check this machine: can it build images, and can it run them as TDs?"""
     checks = ((build_checks(build_dir, host) if only != "tdx" else [])
-              + (tdx_checks(host) if only != "build" else []))
+              + (tdx_checks(host, firmware) if only != "build" else []))
     failed = [f"{item.group}: {item.id}" for item in checks if item.failed]
     report = {"ok": not failed, "checks": [record(item) for item in checks]}
     if failed and as_json:  # the CLI prints the checks with the error as one document

@@ -79,7 +79,7 @@ def print_shape(values: dict, shape: str) -> None:
 def measure_command(image: Path | None, as_json: bool, show_events: bool, log_file: Path | None,
                     secure_boot: bool, firmware: Path | None, shape: str | None):
     """Predict IMAGE's boot measurements offline: RTMR1/RTMR2 of a TD booted with TDVF, and
-    PCR 4, 5, 8, 9, 14 (SHA-384) of a VM with a software TPM (the `boot --tpm` shape); with
+    PCR 4, 5, 8, 9, 11, 12, 14 (SHA-384) of a VM with a software TPM (the `boot --tpm` shape); with
     --firmware, MRTD and RTMR0's firmware events of a TDVF image."""
     if image is None:
         if firmware is None or log_file or shape:
@@ -120,14 +120,17 @@ def measure_command(image: Path | None, as_json: bool, show_events: bool, log_fi
     else:
         console = Console()
         if show_events:
-            for event in prediction.events:
+            for step in prediction.steps:
+                event, where = step.event, "TD" if step.in_td else "TPM only"
                 console.print(f"PCR {event.pcr:>2} {event.digest.hex()[:16]}… "
-                              f"{event.description.splitlines()[0]}", markup=False, highlight=False)
+                              f"{event.description.splitlines()[0]}  [{step.by}; {where}]",
+                              markup=False, highlight=False, soft_wrap=True)
         render(prediction, console)
         if firmware_report:
             show_firmware(firmware_report, console)
     if log_matches and log is not None:
-        registers = "RTMR1 and RTMR2" if log.kind == CCEL else "PCR 4, 5, 8, 9 and 14"
+        registers = ("RTMR1 and RTMR2" if log.kind == CCEL
+                     else f"PCR {', '.join(map(str, PREDICTED_PCRS))}")
         click.echo(f"{log_file}: every event of {registers} as predicted", err=True)
     if failure:
         raise failure

@@ -58,6 +58,9 @@ def run_command(host, image, tdx, accel, memory_mib, cpus, firmware, ssh_port, p
         for problem in tdx_host_problems(firmware, host):
             click.echo(f"note: this host cannot run it: {problem}", err=True)
         tdvf = firmware or host.tdvf or virt.TDVF_CANDIDATES[0]
+    note = host.td_firmware_note(tdvf) if tdvf and tdvf.exists() else None
+    if note:
+        click.echo(f"note: {note}", err=True)
     launch = Launch(disk=image.resolve(), disk_format=disk_format(image), memory_mib=memory_mib,
                     cpus=cpus, accel=choose_accel(accel, tdx, host)[0], tdx=tdx, tdvf=tdvf,
                     firmware=None if tdx else (require_ovmf(firmware, host) if execute or firmware

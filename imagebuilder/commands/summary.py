@@ -17,7 +17,7 @@ from rich.table import Table
 from ..build.pipeline import BuildRequest, compose_description
 from ..build.compose import described_format
 from ..core.errors import CredentialsError, RepositoryError
-from ..build import settings
+from ..build import provenance, sbom, settings
 from ..build.settings import CUSTOM, SETTINGS, plain
 from .build import build_command, build_request
 
@@ -32,7 +32,8 @@ def plan(request: BuildRequest, values: dict, sources: dict[str, str]) -> dict:
         size = image.find("preferences/type/size")
         packages = [p.get("name") for section in image.iterfind("packages")
                     if section.get("type") == "image"
-                    and section.get("profiles") in (None, target.profile)
+                    and (section.get("profiles") is None
+                         or target.profile in section.get("profiles", "").split(","))
                     for p in section.iterfind("package")]
     version = image.findtext("preferences/version")
     repositories, credentials, refusal = [], None, None
@@ -59,11 +60,14 @@ def plan(request: BuildRequest, values: dict, sources: dict[str, str]) -> dict:
             "size": f"{size.text}{size.get('unit', 'M')}" if size is not None else None,
             "packages": packages,
             "ssh_login": f"{custom.ssh_user} (key {custom.ssh_key.name})" if custom.ssh_key else None,
-            "sbom": f"{image.get('name')}.x86_64-{version}.spdx.json",
+            # The SBOMs (SPDX 2.3, SPDX 3.0.1, CycloneDX 1.6) and the build provenance.
+            "supply_chain": [f"{image.get('name')}.x86_64-{version}{suffix}"
+                             for suffix in (*sbom.SUFFIXES.values(), provenance.SUFFIX)],
         },
         "repositories": repositories,
         "credentials": credentials,
         "build_would_refuse": refusal,
+        "end_of_life": target.chosen.end_of_life_warning(),
     }
 
 
@@ -88,10 +92,12 @@ def show(request: BuildRequest, values: dict, sources: dict[str, str], as_json: 
     console.print(f"packages ({len(image['packages'])} named, dependencies come with them): "
                   + escape(", ".join(image["packages"])))
     console.print(f"SSH login: {escape(image['ssh_login'] or 'none (no key given)')}")
-    console.print(f"SBOM: {escape(image['sbom'])} (SPDX 2.3)")
+    console.print("SBOMs and provenance: " + escape(", ".join(image["supply_chain"])))
     console.print("repositories: " + escape(", ".join(summary["repositories"]) or "-"))
     if summary["credentials"]:
         console.print(f"credentials: {summary['credentials']}")
+    if summary["end_of_life"]:
+        console.print(f"[yellow]warning[/]: {escape(summary['end_of_life'])}")
     if summary["build_would_refuse"]:
         console.print(f"[yellow]the build would refuse[/]: {escape(summary['build_would_refuse'])}")
 

@@ -28,6 +28,9 @@ APT_SOURCES = "/etc/apt/sources.list"
 ZYPP_ROOT_ENV = "TDX_IMAGE_ZYPP_ROOT"
 APT_SOURCES_DIR = "/etc/apt/sources.list.d"
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+# Where a SUSE system keeps the distribution's package signing keys (openSUSE-build-key,
+# suse-build-key: gpg-pubkey-*.asc), on a SUSE build host and in the Leap builder containers.
+SUSE_KEYS_DIR = Path("/usr/lib/rpm/gnupg/keys")
 USER_VARIABLE, PASSWORD_VARIABLE = "TDX_IMAGE_REPO_USER", "TDX_IMAGE_REPO_PASSWORD"
 CREDENTIALS_MAX_BYTES = 64 * 1024
 
@@ -153,9 +156,14 @@ def _deb822_fields(stanza: str) -> dict[str, str]:
     return fields
 
 
-def host_zypper_repositories(release: str, root: str | None = None
+# The release in a SUSE repository URL: /15-SP5/, /15-SP5-LTSS/ (SLE 15) or /16.0/ (SLE 16).
+RELEASE_IN_URL = re.compile(r"/(1\d-SP\d+|1[6-9]\.\d+)(-LTSS)?/")
+
+
+def host_zypper_repositories(release: str, root: str | None = None, ltss: bool = False
                              ) -> tuple[list[Repository], list[str]]:
-    """A registered SUSE host's enabled zypper repositories for ``release`` (e.g. "15-SP5").
+    """A registered SUSE host's enabled zypper repositories for ``release`` (e.g. "15-SP5",
+    "16.0"); its LTSS repositories only when asked for (``ltss``).
 
     Reads ``/etc/zypp/repos.d/*.repo`` (INI: ``[alias]``, ``baseurl=``, ``enabled=``,
     ``type=``) the way ``debian`` reads the host's apt sources.  SUSEConnect writes SCC
@@ -180,10 +188,12 @@ def host_zypper_repositories(release: str, root: str | None = None
             url = urls[0] if urls else ""
             if not url or section.get("enabled", "1").strip() != "1":
                 continue
-            release_match = re.search(r"/(1\d-SP\d+)/", url)
+            release_match = RELEASE_IN_URL.search(url)
             if not release_match or release_match.group(1) != release:
                 if release_match:
                     others.add(release_match.group(1))
+                continue
+            if release_match.group(2) and not ltss:
                 continue
             base, _, query = url.partition("?")
             parts = [part for part in query.split("&") if part]
@@ -197,6 +207,15 @@ def host_zypper_repositories(release: str, root: str | None = None
                 token=token, credentials=credentials, authenticated=credentials is not None))
     matching.sort(key=lambda repo: repo.credentials is None)
     return matching, sorted(others)
+
+
+def suse_signing_keys() -> tuple[str, ...]:
+    """The build host's SUSE package signing keys, to pin for a zypper target's repositories the
+    way Debian's repositories are pinned to the host's archive keyring.  KIWI imports them into
+    the image's rpm database before it installs (kiwi/system/prepare.py, import_trusted_keys);
+    its zypper still runs with --gpg-auto-import-keys (kiwi/repository/zypper.py), so a key
+    not pinned here is trusted on first use.  Empty off a SUSE host."""
+    return tuple(str(key) for key in sorted(SUSE_KEYS_DIR.glob("gpg-pubkey-*.asc")))
 
 
 def load_credentials(path: str | None, environ=os.environ, private: bool = True) -> Credentials | None:

@@ -19,23 +19,28 @@ KIWI_INSTALL = "run ./setup.sh, or pip install 'kiwi==11.1.*'"
 # host's own rpm and zypper, so the host's rpm must write the database format the image's rpm
 # reads.  SUSE 15 (Leap 15.x, SLES/SLED 15) has rpm 4.14 with the ndb backend and no sqlite;
 # rpm >= 4.16 elsewhere (Debian 12: 4.18) writes sqlite only ("invalid %_db_backend: ndb").
-# KIWI's doc/source/troubleshooting/buildhost_constraints.rst: the build host should match
-# the target; OSInside/kiwi#1834 is an Ubuntu host failing on Leap.
-SUSE_15_HOSTS = ("opensuse-leap", "sles", "sled")
+# SUSE 16 moved to a newer rpm with sqlite: a SUSE 16 image is built on a SUSE 16 host, whose
+# rpm and zypper are the image's own.  KIWI's doc/source/troubleshooting/buildhost_constraints.rst:
+# the build host should match the target; OSInside/kiwi#1834 is an Ubuntu host failing on Leap.
+SUSE_HOSTS = ("opensuse-leap", "sles", "sled")
 
 
 def build_host_problem(target, os_release_path: str = os_release.OS_RELEASE) -> str | None:
     """Why this host cannot build ``target`` natively, or None when it can."""
     if target.package_manager != "zypper":
         return None
+    generation = target.chosen.generation
     host = os_release.os_release(os_release_path)
-    if host.get("ID") in SUSE_15_HOSTS and host.get("VERSION_ID", "").split(".")[0] == "15":
+    if host.get("ID") in SUSE_HOSTS and host.get("VERSION_ID", "").split(".")[0] == str(generation):
         return None
     here = tool_version(["rpm", "--version"]).replace("RPM version ", "") if shutil.which("rpm") else ""
-    return (f"{target.title} builds on a SUSE 15 host (Leap 15.x, SLES 15), not on "
-            f"{host.get('PRETTY_NAME', 'this host')}: KIWI installs the image's packages with the "
-            "host's rpm, and SUSE 15's rpm 4.14 reads only ndb databases, which rpm 4.16 and later "
-            f"(Debian 12: 4.18{', here: ' + here if here else ''}) cannot write")
+    why = ("SUSE 15's rpm 4.14 reads only ndb databases, which rpm 4.16 and later "
+           f"(Debian 12: 4.18{', here: ' + here if here else ''}) cannot write"
+           if generation == 15 else
+           "the host's rpm and zypper must be SUSE 16's own (KIWI's build host constraints)")
+    return (f"{target.title} builds on a SUSE {generation} host (Leap {generation}.x, SLES "
+            f"{generation}), not on {host.get('PRETTY_NAME', 'this host')}: KIWI installs the "
+            f"image's packages with the host's rpm, and {why}")
 
 
 def container_command(target) -> str:

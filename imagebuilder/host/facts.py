@@ -96,6 +96,14 @@ class HostFacts:
     def is_tdvf(self, firmware: Path) -> bool:
         return virt.is_tdvf(firmware)
 
+    def td_measured_boot(self, firmware: Path) -> bool | None:
+        """Whether a TD booted with ``firmware`` records its boot in RTMRs (TdTcg2Dxe)."""
+        return virt.td_measured_boot(firmware)
+
+    def td_firmware_note(self, firmware: Path) -> str | None:
+        """What ``firmware`` means for attestation when it records no RTMR events, else None."""
+        return virt.td_firmware_note(firmware, self.td_measured_boot(firmware))
+
     def build_host_problem(self, target) -> str | None:
         """Why this host cannot build ``target`` natively, or None when it can."""
         return buildhost.build_host_problem(target)

@@ -68,6 +68,10 @@ class Lock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)  # closing drops the flock

@@ -107,9 +107,11 @@ def vfat(context: Context) -> Finding:
                    "instead", warning=True)
 
 
-def suse_15_host(context: Context) -> Finding:
-    problem = context.host.build_host_problem(context.target or TARGETS["leap"])
-    return Finding(problem is None, problem or "a SUSE 15 host: leap and sles build natively")
+def suse_host(context: Context) -> Finding:
+    target = context.target or TARGETS["leap"]
+    problem = context.host.build_host_problem(target)
+    return Finding(problem is None, problem or f"a SUSE {target.chosen.generation} host: its "
+                   "leap and sles releases build natively")
 
 
 def container_hint(context: Context) -> str:
@@ -166,14 +168,15 @@ def qemu_tdx_guest(context: Context) -> Finding:
 
 
 def tdvf(context: Context) -> Finding:
-    if context.firmware is not None:
-        if context.host.is_tdvf(context.firmware):
-            return Finding(True, f"{context.firmware} carries TDX metadata")
+    if context.firmware is not None and not context.host.is_tdvf(context.firmware):
         return Finding(False, f"{context.firmware} is not TDVF (no TDX metadata)")
-    found = context.host.tdvf
+    found = context.firmware or context.host.tdvf
     if found is None:
         return Finding(False, "no TDVF firmware in " + ", ".join(map(str, virt.TDVF_CANDIDATES)))
-    return Finding(True, f"{found} carries TDX metadata")
+    note = context.host.td_firmware_note(found)
+    if note:  # a TD still runs: a warning, not a missing requirement
+        return Finding(True, f"TDX metadata, but {note}", warning=True)
+    return Finding(True, f"{found} carries TDX metadata and TdTcg2Dxe (the boot is measured into RTMRs)")
 
 
 def kvm(context: Context) -> Finding:
@@ -193,7 +196,7 @@ REQUIREMENTS = (
     Requirement("vfat (EFI partition)", ("build",), vfat,
                 lambda context: context.host.install_hint(*ESP_FALLBACK_TOOLS)),
     # KIWI bootstraps a zypper image with the host's zypper and rpm: SUSE 15 has both.
-    Requirement("SUSE targets (leap, sles)", ("build:zypper",), suse_15_host, container_hint),
+    Requirement("SUSE targets (leap, sles)", ("build:zypper",), suse_host, container_hint),
     Requirement("free disk", ("build",), free_space, "free some space or choose another --out"),
     on_tools("QEMU", ("boot",), QEMU_TOOLS),
     on_tools("swtpm", ("boot:tpm",), ("swtpm",)),

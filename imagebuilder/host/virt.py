@@ -1,6 +1,7 @@
 """What this host offers for running guests: QEMU and its TDX support, KVM (and whether it
 really starts a guest), the CPU vendor, and the UEFI firmware (OVMF, TDVF) installed where
-distributions put it."""
+distributions put it -- including whether a TDVF records a TD's boot in RTMRs at all, read from
+its firmware volumes (firmware.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from . import runner
+from .firmware import FirmwareError, FirmwareImage
 
 QEMU = "qemu-system-x86_64"
 # Debian's ovmf package: the code is mapped read-only, the variable store template is used
@@ -116,8 +118,33 @@ def is_tdvf(firmware: Path) -> bool:
         return False
 
 
+def td_measured_boot(firmware: Path) -> bool | None:
+    """Whether a TD booted with ``firmware`` records its boot in RTMR0-2 and the CCEL: the
+    firmware has TdTcg2Dxe. None: its firmware volumes could not be read."""
+    try:
+        return FirmwareImage.read(firmware).records_rtmr_events
+    except FirmwareError:
+        return None
+
+
+def td_firmware_note(firmware: Path, measured: bool | None) -> str | None:
+    """What a TDVF without measured boot (``td_measured_boot``) means for attestation; None
+    when it has measured boot."""
+    if measured:
+        return None
+    if measured is None:
+        return (f"{firmware}: its firmware volumes could not be read, so whether a TD records its "
+                "boot in RTMRs is unknown")
+    return (f"{firmware} has no TdTcg2Dxe: a TD booted with it records nothing in RTMR0-2 and "
+            "keeps no CCEL event log, so its quote attests the firmware (MRTD) alone, not the "
+            "boot loader, kernel, command line or root; use a TDVF with TdTcg2Dxe (Debian 13's "
+            "ovmf 2025.02 OVMF.fd has it)")
+
+
 def find_tdvf() -> Path | None:
-    return next((path for path in TDVF_CANDIDATES if is_tdvf(path)), None)
+    """The first TDVF installed, preferring one that records the boot in RTMRs."""
+    found = [path for path in TDVF_CANDIDATES if is_tdvf(path)]
+    return next((path for path in found if td_measured_boot(path)), found[0] if found else None)
 
 
 def qemu_version() -> str:

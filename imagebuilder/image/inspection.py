@@ -124,6 +124,32 @@ class Inspection:
         return parse_kernel_config(text.decode(errors="replace"))
 
     @cached_property
+    def module_tree(self) -> str:
+        """The kernel's module directory in the root file system (merged /usr first)."""
+        for base in ("/usr/lib/modules", "/lib/modules"):
+            path = f"{base}/{self.kernel_version}"
+            if self.root.listdir(path) is not None:
+                return path
+        raise Unavailable(f"no /usr/lib/modules/{self.kernel_version} or "
+                          f"/lib/modules/{self.kernel_version} in the root file system")
+
+    def installed_modules(self, subtree: str) -> dict[str, str]:
+        """Module name (``tdx_guest``) -> path of each ``.ko`` file, compressed or not, below
+        ``subtree`` of the module tree (e.g. ``kernel/drivers/virt``).  SUSE splits one kernel's
+        modules over kernel-default, -extra and -optional (supported.conf), so a ``=m`` in the
+        config does not prove the file was installed; Debian ships them all."""
+        found: dict[str, str] = {}
+        pending = [f"{self.module_tree}/{subtree}"]
+        while pending:
+            directory = pending.pop()
+            for name, entry in sorted((self.root.listdir(directory) or {}).items()):
+                if entry.is_dir:
+                    pending.append(f"{directory}/{name}")
+                elif entry.is_file and ".ko" in name:
+                    found[name.split(".ko")[0].replace("-", "_")] = f"{directory}/{name}"
+        return found
+
+    @cached_property
     def initrd_modules(self) -> set[str]:
         """Module names (``virtio_blk``) the default entry's initrd carries for its kernel."""
         if not self.boot_entry.initrds:

@@ -1,7 +1,7 @@
 """``tdx-image measure``: the boot measurements of an image, predicted offline.
 
 ``predict`` reads the image (GPT, ESP, root file system) and returns the ordered events and the
-registers they produce: PCR 4, 5, 8, 9, 14 (SHA-384) of the reference VM with a software TPM,
+registers they produce: PCR 4, 5, 8, 9, 11, 12, 14 (SHA-384) of the reference VM with a software TPM,
 and RTMR1/RTMR2 of a TD booted with TDVF.
 """
 

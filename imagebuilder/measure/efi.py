@@ -6,7 +6,8 @@
 - ``Shim``: the MOK lists shim logs into PCR 14 / RTMR2 when the MOK variables are empty
   (rhboot/shim ``mok.c`` mirror_one_mok_variable).
 - ``GrubImage``: what the signed grub carries: its embedded config and memdisk, prefix,
-  built-in modules, and whether it measures into TDX RTMRs at all.
+  built-in modules. Whether a loader measures into RTMRs is told from its version
+  (components.py), not from bytes it happens to contain.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ from ..host import signals
 EFI_CERT_X509_GUID = uuid.UUID("a5c059a1-94e4-4aa7-87b5-ab155c2bf072").bytes_le
 EFI_CERT_SHA256_GUID = uuid.UUID("c1c41626-504c-4092-aca9-41f936934328").bytes_le
 SHIM_LOCK_GUID = uuid.UUID("605dab50-e046-4300-abb6-3dd810dd8b23").bytes_le
-# EFI_CC_MEASUREMENT_PROTOCOL (UEFI 2.10 38.2): a loader that knows it can measure into a TD's RTMRs.
-CC_MEASUREMENT_PROTOCOL_GUID = uuid.UUID("96751a3d-72f4-41a6-a794-ed5d0e67ae6b").bytes_le
 # shim's .vendor_cert section starts with struct cert_table (shim.c).
 VENDOR_CERT_TABLE = struct.Struct("<IIII")
 DER_SEQUENCE = b"\x30\x82"
@@ -74,10 +73,6 @@ class PeImage:
             if name == wanted:
                 return self.data[section.offset : section.offset + section.virtual_size]
         return None
-
-    @property
-    def measures_into_rtmrs(self) -> bool:
-        return CC_MEASUREMENT_PROTOCOL_GUID in self.data
 
 
 def gpt_event_data(disk, sector: int = 512) -> bytes:

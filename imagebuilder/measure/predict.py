@@ -1,17 +1,20 @@
 """Predict the boot measurements of an image from the image alone.
 
-The boot path modelled is the one our images take: firmware -> ``\\EFI\\BOOT\\BOOTX64.EFI``
-(shim, or grub directly) -> grub from the same directory -> the kernel grub's default entry
-loads. Two views of the same boot:
+The boot paths modelled are the ones our images take, from ``\\EFI\\BOOT\\BOOTX64.EFI``:
 
-- TPM (reference VM: OVMF + swtpm): PCR 4 (boot action, separator, each EFI application's
-  Authenticode hash), PCR 5 (separator, GPT, ExitBootServices), PCR 8/9 (grub's commands and
-  files), PCR 14 (shim's MOK lists). Verified against a real measured boot (tests/integration).
-- TD (TDVF, edk2 OvmfPkg/Tcg/TdTcg2Dxe): the same events mapped PCR 2-6 -> RTMR1 and
-  PCR 8-15 -> RTMR2, with one RTMR1 separator instead of one per PCR, and only from loaders
-  that measure through EFI_CC_MEASUREMENT_PROTOCOL (shim 16.1 does, Debian 12's grub 2.06
-  does not, so then no grub command, kernel or initrd reaches RTMR2). From the sources only: no
-  TDX host was available to check it.
+- shim (or grub directly) -> grub from the same directory -> the kernel grub's default entry
+  loads: PCR 4 (boot action, separator, each EFI application's Authenticode hash), PCR 5
+  (separator, GPT, ExitBootServices), PCR 8/9 (grub's commands and files), PCR 14 (shim's MOK
+  lists);
+- a UKI started by the firmware itself (systemd-stub 257, uki.py): PCR 4 also holds the UKI and
+  its ``.linux`` (loaded by the stub), PCR 11 the UKI's sections, PCR 9 the kernel EFI stub's
+  LoadOptions and initrd; PCR 12 stays empty (no command line is passed in).
+
+Two views of the same boot: the TPM of the reference VM (OVMF + swtpm; verified against real
+measured boots, tests/integration), and a TD without vTPM (TDVF with TdTcg2Dxe): the events of
+components that measure through EFI_CC_MEASUREMENT_PROTOCOL there (components.py says which, by
+version) mapped PCR 2-6 -> RTMR1 and PCR 8-15 -> RTMR2, with one RTMR1 separator instead of one
+per PCR. The TD view is from the sources only: no TDX host was available to check it.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from ..core.errors import InputError
 from ..core.inputs import read_text
 from ..image.disk import ESP_TYPE, LINUX_ROOT_TYPES, Disk, RawDisk, open_disk
 from ..image.filesystems import Ext4, Fat, FilesystemError
+from ..image.initrd import InitrdError, initrd_members
 from ..image.inspection import Inspection, Unavailable
 from ..schemas import SCHEMA_VERSION
+from . import components
 from . import eventlog as ev
 from .efi import EfiError, GrubImage, PeImage, Shim, gpt_event_data
 from .grubscript import Grub, Unpredictable, Volume
 from .reference import reference_values
+from .uki import INITRD_PHASES, ROOT_PHASES, SYSTEMD_UNITS, Uki, measures_phases
 
 REMOVABLE_LOADER = "/EFI/BOOT/BOOTX64.EFI"
 SHIM_FALLBACK = "/EFI/BOOT/fbx64.efi"
@@ -41,17 +47,25 @@ CALLING_EFI_APPLICATION = b"Calling EFI Application from Boot Option"
 EXIT_BOOT_SERVICES = (b"Exit Boot Services Invocation", b"Exit Boot Services Returned with Success")
 SEPARATOR = b"\0\0\0\0"
 DEBIAN_GRUB_PREFIX = "/EFI/debian"
-PREDICTED_PCRS = (4, 5, 8, 9, 14)
+PREDICTED_PCRS = (4, 5, 8, 9, 11, 12, 14)
+FIRMWARE = "firmware (edk2 Tcg2Dxe; TdTcg2Dxe in a TD)"
+# What systemd-stub would pick up from the ESP next to a UKI started as BOOTX64.EFI (stub.c
+# load_all_addons, generate_sidecar_initrds): addons (PCR 4 and 12), credentials (PCR 12),
+# sysexts (PCR 13), confexts (PCR 12). Not modelled.
+STUB_SIDECARS = ("/loader/addons", "/loader/credentials", REMOVABLE_LOADER + ".extra.d")
 PREDICTED_RTMRS = (1, 2)
 MEASUREMENTS_MAX_BYTES = 1 << 20  # measure --json of one image is a few KiB
 
 
 @dataclass(frozen=True)
 class Step:
-    """One measurement of the boot: the event, and whether it also reaches the TD's RTMRs."""
+    """One measurement of the boot: the event, whether it also reaches the RTMRs of a TD
+    without vTPM, and who measures it (component, version, why)."""
 
     event: ev.Event
     in_td: bool
+    by: str = FIRMWARE
+    after_boot: bool = False  # measured by the running system: in no firmware event log
 
 
 @dataclass
@@ -65,10 +79,19 @@ class Prediction:
     secure_boot: bool = False  # the VM's firmware enforces Secure Boot (see _secure_boot_kernel)
 
     def add(self, pcr: int, event_type: int, description: str, data: bytes,
-            in_td: bool = True, digest: bytes | None = None) -> None:
+            in_td: bool = True, digest: bytes | None = None, by: str = FIRMWARE,
+            after_boot: bool = False) -> None:
         """The next event: ``data`` measured (or its ``digest``); ``in_td``: it also reaches
-        the TD's RTMRs."""
-        self.steps.append(Step(ev.Event(pcr, event_type, description, digest or ev.sha384(data)), in_td))
+        the TD's RTMRs; ``by``: the component that measures it."""
+        event = ev.Event(pcr, event_type, description, digest or ev.sha384(data))
+        self.steps.append(Step(event, in_td, by, after_boot))
+
+    def measured_by(self, component: components.Component, registers: list[str]) -> bool:
+        """Whether ``component``'s events reach the TD's RTMRs; when nobody established it,
+        ``registers`` are unpredicted (never guessed) and the events count as not reaching."""
+        if component.in_td is None:
+            self.unpredicted.update({register: component.why for register in registers})
+        return bool(component.in_td)
 
     @property
     def events(self) -> list[ev.Event]:
@@ -122,7 +145,8 @@ class Prediction:
                          "reference_values": self.reference_values()},
             "notes": self.notes,
             # TPM order; "in_td": whether the loader also measures it into an RTMR
-            "events": [{**step.event.to_dict(), "in_td": step.in_td} for step in self.steps],
+            "events": [{**step.event.to_dict(), "in_td": step.in_td, "by": step.by,
+                        "after_boot": step.after_boot} for step in self.steps],
             "rtmr_events": [{**event.to_dict(), "rtmr": rtmr} for rtmr, event in self.td_events],
             "seconds": round(self.seconds, 2),
         }
@@ -225,64 +249,140 @@ def _predict_into(prediction: Prediction, inspection: Inspection, workdir: Path)
     add(5, ev.EV_SEPARATOR, "separator", SEPARATOR)
     inspection.esp  # no intact GPT or no readable ESP: not an image this boot path applies to
     add(5, ev.EV_EFI_GPT_EVENT, "GPT header and used partition entries", gpt_event_data(inspection.disk))
+    systemd, uki = False, None
     try:
         loader = PeImage(read_esp_file(inspection, REMOVABLE_LOADER), REMOVABLE_LOADER)
         add(4, ev.EV_EFI_BOOT_SERVICES_APPLICATION, f"{REMOVABLE_LOADER} (Authenticode)", b"",
             digest=loader.authenticode_sha384)
-        grub_td = _boot_loaders(prediction, inspection, loader, workdir)
+        systemd = components.systemd_efi_binary(loader) is not None
+        if systemd:
+            uki = _systemd_boot(prediction, inspection, loader)
+        else:
+            _boot_loaders(prediction, inspection, loader, workdir)
     except (Unpredictable, EfiError) as error:
-        # Registers whose events may be missing: grub's always, shim's and grub's application
-        # hash if the chain broke before they were measured.
-        affected = ["pcr 8", "pcr 9", "rtmr 2"]
-        if not any(step.event.pcr == 14 for step in prediction.steps):
+        # Registers whose events may be missing: the later loaders' always, shim's and grub's
+        # application hash if the chain broke before they were measured.
+        affected = ["pcr 9", "pcr 11", "pcr 12", "rtmr 2"] if systemd else ["pcr 8", "pcr 9", "rtmr 2"]
+        if not systemd and not any(step.event.pcr == 14 for step in prediction.steps):
             affected.append("pcr 14")
         applications = [s for s in prediction.steps if s.event.event_type == ev.EV_EFI_BOOT_SERVICES_APPLICATION]
         if len(applications) < 2:
             affected += ["pcr 4", "rtmr 1"]
         prediction.unpredicted.update({register: str(error) for register in affected})
-    else:
-        if not grub_td:
-            prediction.notes.append(
-                "grub does not measure through EFI_CC_MEASUREMENT_PROTOCOL: in a TD its commands, "
-                "the kernel command line, kernel and initrd reach no RTMR (RTMR2 holds shim's MOK "
-                "lists only); the TPM view has them in PCR 8 and 9")
     # grub (or the kernel's EFI stub) calls ExitBootServices; the firmware measures it.
     for action in EXIT_BOOT_SERVICES:
         add(5, ev.EV_EFI_ACTION, action.decode(), action)
+    if uki is not None:
+        _pcr_phases(prediction, inspection, uki)
 
 
 def _boot_loaders(prediction: Prediction, inspection: Inspection, loader: PeImage,
-                  workdir: Path) -> bool:
-    """shim's and grub's measurements; returns whether grub's reach the TD's RTMRs."""
+                  workdir: Path) -> None:
+    """shim's and grub's measurements."""
     add = prediction.add
-    shim_td = loader.measures_into_rtmrs
     if loader.section(".vendor_cert") is not None:
         if inspection.esp.exists(SHIM_FALLBACK):
             raise Unpredictable(f"{SHIM_FALLBACK} exists: shim would start the fallback loader "
                                 "(which writes boot entries and resets) instead of grub")
         shim = Shim(loader.data, REMOVABLE_LOADER)
+        component = components.shim(shim)
+        shim_td = prediction.measured_by(component, ["rtmr 1", "rtmr 2"])
         for mok in shim.mok_events():
-            add(14, ev.EV_IPL, mok.name, mok.data, in_td=shim_td)
+            add(14, ev.EV_IPL, mok.name, mok.data, in_td=shim_td, by=component.label)
         path = REMOVABLE_LOADER.rsplit("/", 1)[0] + "/" + GRUB_LOADER
         grub = GrubImage(read_esp_file(inspection, path), path)
         add(4, ev.EV_EFI_BOOT_SERVICES_APPLICATION, f"{path} (Authenticode, measured by shim)",
-            b"", in_td=shim_td, digest=grub.authenticode_sha384)
-        if not shim_td:
-            prediction.notes.append("shim does not measure through EFI_CC_MEASUREMENT_PROTOCOL: "
-                                    "in a TD, grub and the MOK lists reach no RTMR")
+            b"", in_td=shim_td, digest=grub.authenticode_sha384, by=component.label)
+        if component.in_td is False:
+            prediction.notes.append(f"{component.label}: {component.why}: in a TD, grub and the "
+                                    "MOK lists reach no RTMR")
     else:
         grub = GrubImage(loader.data, REMOVABLE_LOADER)
-    grub_td = grub.measures_into_rtmrs
+    component = components.grub(grub)
+    grub_td = prediction.measured_by(component, ["rtmr 2"])
+    if component.in_td is False:
+        prediction.notes.append(
+            f"{component.label}: {component.why}. In a TD without vTPM its commands, the kernel "
+            "command line, kernel and initrd reach no RTMR (RTMR2 holds shim's MOK lists only); "
+            "the TPM view (and a vTPM) has them in PCR 8 and 9")
     esp = inspection.esp_partition
     interpreter = Grub(grub_volumes(inspection), boot_device=f"hd0,gpt{esp.number}",
                        boot_dir=REMOVABLE_LOADER.rsplit("/", 1)[0], prefix=grub.prefix,
                        memdisk=memdisk_volume(grub, workdir), features=grub.feature_variables,
                        has_module=grub.has_module)
     for event in interpreter.boot(grub.embedded_config):
-        add(event.pcr, ev.EV_IPL, event.description, event.data, in_td=grub_td)
+        add(event.pcr, ev.EV_IPL, event.description, event.data, in_td=grub_td, by=component.label)
     if prediction.secure_boot:
         _secure_boot_kernel(prediction, grub, interpreter)
-    return grub_td
+
+
+def _systemd_boot(prediction: Prediction, inspection: Inspection, loader: PeImage) -> Uki:
+    """A UKI the firmware starts directly: systemd-stub's and the kernel EFI stub's events,
+    and the firmware's measurement of the kernel the stub loads (uki.py)."""
+    if prediction.secure_boot:
+        prediction.unpredicted.update(dict.fromkeys(
+            ["pcr 4", "rtmr 1"], "Secure Boot on: systemd-stub's security override skips the "
+            "firmware's measurement of .linux, which is not modelled"))
+    kind = components.systemd_efi_binary(loader)
+    if kind is None or kind[0] != "systemd-stub":
+        raise Unpredictable(f"{REMOVABLE_LOADER} is {' '.join(kind or ('unknown',))}: only a UKI "
+                            "started by the firmware is modelled among systemd's loaders")
+    uki = Uki(loader.data, REMOVABLE_LOADER)
+    problem = uki.unmodelled() or next(
+        (f"{path} exists on the ESP: systemd-stub would load what it holds (addons, "
+         "credentials, system extensions), which is not modelled"
+         for path in STUB_SIDECARS if inspection.esp.exists(path)), None)
+    if problem:
+        raise Unpredictable(problem)
+    add, stub = prediction.add, uki.stub
+    stub_td = prediction.measured_by(stub, ["rtmr 2"])
+    for measured in uki.stub_events():
+        add(measured.pcr, ev.EV_IPL, measured.description, measured.data, in_td=stub_td,
+            by=f"{stub.label} (stub.c measure_sections)")
+    add(4, ev.EV_EFI_BOOT_SERVICES_APPLICATION,
+        f"{REMOVABLE_LOADER}:.linux (Authenticode; LoadImage by systemd-stub)", b"",
+        digest=uki.kernel.authenticode_sha384,
+        by=f"{FIRMWARE} DxeTpm2MeasureBootLib, for {stub.label} linux.c load_image")
+    linux = uki.linux
+    if linux.in_td is None:  # nothing known about this kernel's measurements, not even the TPM's
+        prediction.unpredicted["pcr 9"] = linux.why
+    kernel_td = prediction.measured_by(linux, ["rtmr 2"])
+    for measured in uki.kernel_events():
+        add(measured.pcr, ev.EV_EVENT_TAG, measured.description, measured.data, in_td=kernel_td,
+            by=f"{linux.label} EFI stub (libstub efi_measure_tagged_event)")
+    prediction.notes.append(
+        f"UKI: {stub.label} measures its sections into PCR 11 (RTMR2 in a TD: {stub.why}); "
+        f"the command line is its .cmdline section (PCR 11); PCR 12 stays empty as the firmware "
+        f"passes no load options; {linux.label}: {linux.why}. Assumes Secure Boot off (the "
+        "reference VM's and TDVF's variable store): with it on, systemd-stub's security override "
+        "skips the firmware's PCR 4 / RTMR1 measurement of .linux")
+    return uki
+
+
+def _pcr_phases(prediction: Prediction, inspection: Inspection, uki: Uki) -> None:
+    """systemd-pcrextend's phase words in PCR 11 up to 'ready' (uki.py ROOT_PHASES): the value
+    the self-check reads (it runs after systemd-pcrphase.service). TPM only, not in the TD."""
+    try:
+        initrd = set(initrd_members(uki.loaded_section(".initrd") or b""))
+        root = inspection.root
+    except (InitrdError, Unavailable, FilesystemError) as error:
+        prediction.unpredicted["pcr 11"] = f"which systemd-pcrphase units run is unknown: {error}"
+        return
+    words: list[str] = []
+    if measures_phases(initrd.__contains__):
+        words += [word for unit, phase in INITRD_PHASES if f"{SYSTEMD_UNITS}/{unit}" in initrd
+                  for word in phase]
+    if measures_phases(lambda path: root.lookup(f"/{path}") is not None):
+        words += [word for unit, phase in ROOT_PHASES if root.lookup(f"/{SYSTEMD_UNITS}/{unit}")
+                  for word in phase]
+    for word in words:
+        prediction.add(11, ev.EV_IPL, word, word.encode(), in_td=False, after_boot=True,
+                       by="systemd-pcrextend 257 (units/systemd-pcrphase*.service.in), TPM only")
+    prediction.notes.append(
+        "PCR 11 is predicted as the running system reads it after systemd-pcrphase.service: the "
+        "UKI's sections" + (f", then the phase words {', '.join(words)} (systemd-pcrextend, TPM "
+                            "only)" if words else "; no phase words: systemd-pcrextend finds no "
+                            "TSS2 libraries (libtss2-esys/-rc/-mu) or no pcrphase unit is wanted"))
 
 
 def _secure_boot_kernel(prediction: Prediction, grub: GrubImage, interpreter: Grub) -> None:
@@ -296,9 +396,10 @@ def _secure_boot_kernel(prediction: Prediction, grub: GrubImage, interpreter: Gr
                             "the kernel is modelled for Debian's grub only")
     path, data = interpreter.kernel
     kernel = PeImage(data, path).authenticode_sha384
-    for measured_by in ("shim's verification", "the firmware's LoadImage"):
+    for measured_by in ("shim's verification hook", f"{FIRMWARE} LoadImage"):
         prediction.add(4, ev.EV_EFI_BOOT_SERVICES_APPLICATION,
-                       f"{path} (Authenticode, Secure Boot: {measured_by})", b"", digest=kernel)
+                       f"{path} (Authenticode, Secure Boot)", b"", digest=kernel,
+                       by=f"{measured_by}, for Debian grub's linuxefi")
 
 
 def load_measurements(path: Path, read=lambda document: document) -> dict:

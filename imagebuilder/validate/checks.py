@@ -100,6 +100,32 @@ def attestation_drivers(image: Inspection) -> Finding:
     return Finding(all(image.kernel_config.get(name) in ("y", "m") for name in names), _options(image, *names))
 
 
+# Attestation drivers built as modules, by the file names their options make: the TDX guest
+# driver (drivers/virt/coco/tdx-guest/tdx-guest.ko) and configfs-tsm (drivers/virt/coco/tsm.ko,
+# tsm-report.ko in later kernels).
+ATTESTATION_MODULES = {"CONFIG_TDX_GUEST_DRIVER": ("tdx_guest",),
+                       "CONFIG_TSM_REPORTS": ("tsm", "tsm_report")}
+
+
+def attestation_modules_installed(image: Inspection) -> Finding:
+    config = image.kernel_config
+    wanted = {option: names for option, names in ATTESTATION_MODULES.items()
+              if config.get(option) == "m"}
+    built_in = [option for option in ATTESTATION_MODULES if config.get(option) == "y"]
+    installed = image.installed_modules("kernel/drivers/virt") if wanted else {}
+    present, missing = [], []
+    for option, names in wanted.items():
+        path = next((installed[name] for name in names if name in installed), None)
+        if path:
+            present.append(path)
+        else:
+            missing.append(f"{option}=m but no {'/'.join(names)}.ko below {image.module_tree}/kernel/drivers/virt")
+    if missing:
+        return Finding(False, "; ".join(missing))
+    seen = present + [f"{option}=y (built in)" for option in built_in]
+    return Finding(True, ", ".join(seen) or "neither driver configured (see kernel.attestation)")
+
+
 def unaccepted_memory(image: Inspection) -> Finding:
     return Finding(image.kernel_config.get("CONFIG_UNACCEPTED_MEMORY") == "y",
                    _options(image, "CONFIG_UNACCEPTED_MEMORY"))
@@ -213,8 +239,12 @@ URL_WITH_PASSWORD = r"\b[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"
 
 
 def no_repository_credentials(image: Inspection) -> Finding:
+    # libzypp keeps a password it finds in a repository URL (KIWI passes --add-repo-credentials
+    # that way) in the user's credentials.cat below the root it works on (zypp
+    # UrlCredentialExtractor -> CredentialManager::addUserCred: ROOT/$HOME/.zypp/credentials.cat).
     credential_files = [path for path, content in
-                        _files(image, "/etc/zypp/credentials.d/", "/etc/apt/auth.conf", "/etc/apt/auth.conf.d/")
+                        _files(image, "/etc/zypp/credentials.d/", "/etc/zypp/credentials.cat",
+                               "/root/.zypp/credentials.cat", "/etc/apt/auth.conf", "/etc/apt/auth.conf.d/")
                         if content.strip()]
     repositories = _files(image, "/etc/apt/sources.list", "/etc/apt/sources.list.d/", "/etc/zypp/repos.d/")
     found = credential_files + [f"user:password@ URL at {where}" for where in _matching_lines(repositories, URL_WITH_PASSWORD)]
@@ -241,6 +271,7 @@ CHECKS = (
     Check("boot.serial-console", FAIL, "a TD has no display (-vga none): the serial console is the only boot log", serial_console),
     Check("kernel.tdx-guest", FAIL, "without CONFIG_INTEL_TDX_GUEST=y the kernel cannot run as a trust domain", tdx_guest_kernel),
     Check("kernel.attestation", WARN, "CONFIG_TDX_GUEST_DRIVER and CONFIG_TSM_REPORTS let the TD produce attestation quotes", attestation_drivers),
+    Check("kernel.attestation-modules", FAIL, "an attestation driver the kernel builds as a module must be installed: SUSE splits modules over kernel-default, -extra and -optional", attestation_modules_installed),
     Check("kernel.unaccepted-memory", INFO, "CONFIG_UNACCEPTED_MEMORY accepts private memory lazily: large TDs boot fast", unaccepted_memory),
     Check("kernel.virtio", FAIL, "a TD has only virtio devices: block, PCI and net drivers must be built in or in the initrd", virtio_drivers),
     Check("overlay.files", FAIL, "the TDX overlay (attestation device access, first-boot host keys, self-check) must be installed unchanged", overlay_files),

@@ -18,7 +18,7 @@ def measurements_check(path: Path) -> Check:
         differ = registers_differ(expected, prediction)
         if differ:
             return Finding(False, f"{path} differs from this image in {', '.join(differ)}")
-        return Finding(True, f"{path}: RTMR1, RTMR2 and PCR 4, 5, 8, 9, 14 are this image's")
+        return Finding(True, f"{path}: RTMR1, RTMR2 and PCR 4, 5, 8, 9, 11, 12, 14 are this image's")
 
     return Check("measurements.match", FAIL,
                  "a verifier trusts the published measurements: they must be what this image "

@@ -66,7 +66,10 @@ class Expected:
                             bytes.fromhex(entry["sha384"]))
 
         return cls([(f"RTMR{entry['rtmr']}", event(entry)) for entry in document["rtmr_events"]],
-                   [(f"PCR {entry['pcr']}", event(entry)) for entry in document["events"]],
+                   # events measured after boot (systemd's PCR 11 phase words) are in no
+                   # firmware log
+                   [(f"PCR {entry['pcr']}", event(entry)) for entry in document["events"]
+                    if not entry.get("after_boot")],
                    [f"RTMR{index}" for index in sorted(document["rtmr"], key=int)],
                    [f"PCR {index}" for index in sorted(document["pcr_sha384"], key=int)],
                    {register_name(key): why for key, why in document["unpredicted"].items()},

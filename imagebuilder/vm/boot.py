@@ -28,11 +28,12 @@ from ..core.inputs import require_regular_file, require_writable_file
 from ..host.virt import KVM_FAILURE, read, running
 from .launch import Launch, choose_accel
 from ..measure import predict
+from ..measure.eventlog import EventLogError
 from ..host.facts import HostFacts
 from ..host.requirements import require_ovmf, require_tdx_host
 from ..schemas import SCHEMA_VERSION
 from ..image.disk import image_format as disk_format
-from ..measure.replay import read_event_log
+from ..measure.replay import EventLog, read_event_log
 from ..verify.checks import Expected, verify
 
 SELFCHECK_PREFIX = "TDX-SELFCHECK "
@@ -73,14 +74,18 @@ class BootResult:
     console_log: Path
     # With --tpm (PCRs) or --tdx (RTMRs): register -> {"predicted", "guest"}, all equal
     measurements: dict | None = None
-    event_log: Path | None = None  # where the guest's event log was written (--event-log)
+    # With --tdx: what the TDVF means for attestation when it records no RTMR events
+    firmware_note: str | None = None
+    # When the guest sent its event log: {"events": N, "differences": [...] (with --tpm),
+    # "file": where --event-log wrote it, or None}
+    event_log: dict | None = None
 
     def to_dict(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "accel": self.accel, "fallback_reason": self.fallback_reason,
                 "seconds_to_selfcheck": round(self.seconds_to_selfcheck, 1),
                 "selfcheck": self.selfcheck, "console_log": str(self.console_log),
-                "measurements": self.measurements,
-                "event_log": str(self.event_log) if self.event_log else None}
+                "measurements": self.measurements, "firmware_note": self.firmware_note,
+                "event_log": self.event_log}
 
 
 def console_text(raw: str) -> str:
@@ -118,9 +123,16 @@ def parse_event_log(channel: str) -> bytes | None:
     return log
 
 
-def log_differences(log: bytes, prediction: dict, image: Path) -> list[str]:
+def read_sent_log(log: bytes) -> EventLog:
+    try:
+        return read_event_log(log)
+    except EventLogError as error:
+        raise CheckFailed(f"the guest sent an event log that cannot be read: {error}")
+
+
+def log_differences(log: EventLog, prediction: dict, image: Path) -> list[str]:
     """Where the guest's own event log parts from the prediction, event by event."""
-    return verify(read_event_log(log), expected=Expected.from_measurements(prediction, str(image))).problems()
+    return verify(log, expected=Expected.from_measurements(prediction, str(image))).problems()
 
 
 def diagnose(console: str) -> tuple[str, bool]:
@@ -204,8 +216,10 @@ def software_tpm(work: Path):
         yield socket
 
 
-def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: str) -> dict:
-    """register -> {"predicted", "guest"}; a CheckFailed naming every register that differs."""
+def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: str,
+                         log_differences: tuple[str, ...] = ()) -> dict:
+    """register -> {"predicted", "guest"}; a CheckFailed naming every register that differs
+    (and where the guest's event log parts from the prediction, when it has one)."""
     compared = {index: {"predicted": value, "guest": guest.get(index)}
                 for index, value in predicted.items()}
     wrong = []
@@ -218,8 +232,9 @@ def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: st
             wrong.append(f"{kind} {index} (guest {pair['guest'][:12]}…, "
                          f"predicted {pair['predicted'][:12]}…)")
     if wrong:
+        where = f"; its event log: {'; '.join(log_differences)}" if log_differences else ""
         raise CheckFailed(f"boot test failed: the guest's {kind}s differ from "
-                          f"`tdx-image measure`: {', '.join(wrong)}",
+                          f"`tdx-image measure`: {', '.join(wrong)}{where}",
                           "compare with tdx-image measure --json IMAGE")
     return compared
 
@@ -233,13 +248,13 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
 
     With ``tdx`` the image is launched as a TD and passes only if the guest says it is one (and,
     where its kernel exposes RTMRs, only if RTMR1/2 equal the prediction). With ``tpm`` it boots
-    in the reference VM with a software TPM and passes only if the guest's PCR 4, 5, 8, 9 and 14
-    equal what ``tdx-image measure`` predicts (where the guest printed its event log, a
-    difference names the first differing events).  ``firmware`` is the UEFI firmware (TDVF
-    with ``tdx``), by default the host's, its Secure Boot build with ``secure_boot``;
-    ``event_log``: where to write the firmware's event log the guest sent (a TD's CCEL with
-    ``tdx``, else the TPM log; the TD path has not run on a TDX host here); ``progress`` is
-    called while waiting with the seconds elapsed and the console's last line.
+    in the reference VM with a software TPM and passes only if the guest's PCR 4, 5, 8, 9, 11, 12, 14
+    equal what ``tdx-image measure`` predicts and its event log, where the guest sent one, has
+    the predicted events.  ``firmware`` is the UEFI firmware (TDVF with ``tdx``), by default the
+    host's, its Secure Boot build with ``secure_boot``; ``event_log``: where to write the
+    firmware's event log the guest sent (a TD's CCEL with ``tdx``, else the TPM log; the TD
+    path has not run on a TDX host here); ``progress`` is called while waiting with the
+    seconds elapsed and the console's last line.
     """
     image, console_log = Path(image), Path(console_log)
     require_regular_file(image, "image")
@@ -253,6 +268,7 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     requirements.require("boot", *(["boot:tpm"] if tpm else []), context=requirements.Context(host))
     image_format = disk_format(image)  # a truncated qcow2 fails here, not after the timeout
     tdvf = require_tdx_host(firmware, host) if tdx else None
+    firmware_note = host.td_firmware_note(tdvf) if tdvf else None
     ovmf = None if tdx else require_ovmf(firmware, host, secure_boot)
     chosen, fallback_reason = choose_accel(accel, tdx, host)
     prediction = predict(image, secure_boot).to_dict() if tpm else None  # offline, before a long boot
@@ -277,6 +293,7 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     if tdx and selfcheck.get("td") is not True:
         raise CheckFailed(f"the guest booted but is not running as a TD: {selfcheck.get('reason')}",
                           f"console log: {console_log}")
+    sent = read_sent_log(log) if log is not None else None
     if event_log is not None:
         if log is None and tdx:
             raise CheckFailed("the TD sent no event log: its kernel shows no CCEL "
@@ -288,18 +305,20 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
                               "which is what hands the firmware's log to Linux)",
                               "boot with --secure-boot")
         event_log.write_bytes(log)
-    measurements = None
+    measurements, differences = None, []
     if prediction is not None:  # with tpm
-        try:
-            measurements = compare_measurements(prediction["pcr_sha384"],
-                                                selfcheck.get("pcr_sha384") or {}, "PCR")
-        except CheckFailed as failure:
-            if log is not None:
-                failure.message += "; the guest's event log: " + "; ".join(
-                    log_differences(log, prediction, image))
-            raise
-    elif tdx and selfcheck.get("rtmr"):  # kernels before 6.16 do not expose RTMRs
+        differences = log_differences(sent, prediction, image) if sent is not None else []
+        measurements = compare_measurements(prediction["pcr_sha384"],
+                                            selfcheck.get("pcr_sha384") or {}, "PCR",
+                                            tuple(differences))
+        if differences:  # equal registers from other events: the prediction's story is wrong
+            raise CheckFailed("boot test failed: the guest's event log differs from `tdx-image "
+                              f"measure`: {'; '.join(differences)}", "compare with tdx-image verify --log")
+    # kernels before 6.16 do not expose RTMRs; a TDVF without TdTcg2Dxe extends none
+    elif tdx and selfcheck.get("rtmr") and firmware_note is None:
         measurements = compare_measurements(predict(image).to_dict()["rtmr"], selfcheck["rtmr"],
                                             "RTMR")
+    received = None if sent is None else {"events": len(sent.measured), "differences": differences,
+                                          "file": str(event_log) if event_log else None}
     return BootResult(chosen, fallback_reason, seconds, selfcheck, console_log, measurements,
-                      event_log)
+                      firmware_note, received)

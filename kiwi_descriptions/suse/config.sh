@@ -12,4 +12,21 @@ suseSetupProduct
 # rpm database, as SUSE's JeOS descriptions do.
 suseImportBuildKey
 
-systemctl enable wicked.service sshd.service
+# KIWI hands zypper an authenticated repository as https://USER:PASSWORD@host (system_build.py,
+# --add-repo-credentials), and libzypp keeps that password in the user's credentials file below
+# the root it installs into (zypp UrlCredentialExtractor -> CredentialManager::addUserCred:
+# ROOT/$HOME/.zypp/credentials.cat).  Every repository was added before this script runs.
+rm -f /root/.zypp/credentials.cat
+
+# SUSE 15 configures the network with wicked (ifcfg-lan0); SUSE 16 has NetworkManager, which
+# brings up a wired NIC with DHCP without a profile.
+if rpm -q --quiet NetworkManager; then
+    systemctl enable NetworkManager.service sshd.service
+else
+    systemctl enable wicked.service sshd.service
+fi
+# suseconnect-ng installs suseconnect-keepalive.timer (SUSE/connect-ng suseconnect-ng.spec,
+# %_unitdir): a daily call from every TD to SCC.  A guest registers when its owner says so.
+if [ -e /usr/lib/systemd/system/suseconnect-keepalive.timer ]; then
+    systemctl mask suseconnect-keepalive.timer
+fi

@@ -1,5 +1,6 @@
 """What users customise and get, on the real debian build of this run (made with `--package jq`
-and a config file authorizing an SSH key for user `tester`): the SBOM, the build record, `run`
+and a config file authorizing an SSH key for user `tester` and naming the supplier): the SBOMs
+and their conformance, the build provenance, the build record, `run`
 with SSH forwarded into the image, `boot` on a terminal with an explicit firmware, and the
 validator on the image converted to vmdk."""
 
@@ -9,13 +10,21 @@ import socket
 import subprocess
 import time
 
+import re
+from contextlib import closing
+
 import pytest
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
 from spdx_tools.spdx.parser.parse_anything import parse_file
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
+from imagebuilder.build import provenance
 from imagebuilder.host import virt
+from imagebuilder.image.disk import open_disk
+from imagebuilder.image.inspection import Inspection
 
-from ..conftest import TDX_IMAGE, run_cli, run_cli_on_terminal
+from ..conftest import TDX_IMAGE, TEST_SUPPLIER, run_cli, run_cli_on_terminal, sbom_conformance
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +50,69 @@ def test_the_build_publishes_a_valid_spdx_sbom_of_its_packages(debian_build, deb
     assert kernel.supplier.name == "Debian Kernel Team"  # from the image's dpkg database
     assert kernel.source_info.startswith("built from source package linux-signed-6.12-amd64 ")
     assert "jq" in packages  # --package jq
+
+
+def test_the_sboms_conform_but_where_the_image_holds_no_machine_readable_licence(debian_build,
+                                                                                debian_image):
+    """NTIA on both SPDX documents; BSI TR-03183-2 and CISA 2024's minimum miss only licences, and
+    only of the image and of packages whose copyright file in the image is prose (read back from
+    the image itself)."""
+    record = json.loads((debian_build / "build.json").read_text())
+    findings = sbom_conformance(debian_build, record)
+
+    assert findings["ntia (SPDX 2.3)"]["unmet"] == findings["ntia"]["unmet"] == []
+    assert set(findings["bsi"]["unmet"]) <= {"Distribution Licenses"}
+    assert set(findings["fsct3-min"]["unmet"]) <= {"All component concluded license provided?"}
+    unlicensed = set(findings["bsi"].get("distribution_licenses", []))
+    assert unlicensed == set(findings["fsct3-min"].get("concluded_license", []))
+    spdx = json.loads((debian_build / record["sbom"]["file"]).read_text())
+    comments = {package["name"]: package["licenseComments"] for package in spdx["packages"]}
+    assert comments[debian_image.name] == "no assertion: not every contained package's licence is known"
+    with closing(open_disk(debian_image)) as disk:
+        root = Inspection(disk).root
+        for name in unlicensed - {debian_image.name}:
+            reason = re.fullmatch(r"no assertion: (/usr/share/doc/[^/]+/copyright).* is not "
+                                  r"machine-readable \(DEP-5\)", comments[name])
+            assert reason, (name, comments[name])
+            text = root.read(reason.group(1))
+            assert text and not text.startswith(b"Format:"), name
+    image = next(p for p in spdx["packages"] if p["SPDXID"] == "SPDXRef-Image")
+    assert image["supplier"] == spdx["creationInfo"]["creators"][0] == \
+        f"Organization: {TEST_SUPPLIER.replace('<', '(').replace('>', ')')}"
+
+    cyclonedx = (debian_build / record["sbom_cyclonedx"]["file"]).read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(cyclonedx) is None
+    assert len(json.loads(cyclonedx)["components"]) == len(spdx["packages"]) - 1
+    # dpkg installed every dependency: each package's list is complete (jq needs libjq1).
+    graph = json.loads((debian_build / record["sbom_spdx3"]["file"]).read_text())["@graph"]
+    depends = [element for element in graph if element.get("relationshipType") == "dependsOn"]
+    assert depends and {element["completeness"] for element in depends} == {"complete"}
+    ids = {p["SPDXID"]: p["name"] for p in spdx["packages"]}
+    assert ("jq", "libjq1") in {(ids[r["spdxElementId"]], ids.get(r["relatedSpdxElement"]))
+                                for r in spdx["relationships"] if r["relationshipType"] == "DEPENDS_ON"}
+
+
+def test_the_provenance_names_the_published_image_and_what_made_it(debian_build, debian_image):
+    record = json.loads((debian_build / "build.json").read_text())
+    statement_file = debian_build / record["provenance"]["file"]
+    assert hashlib.sha256(statement_file.read_bytes()).hexdigest() == record["provenance"]["sha256"]
+    statement = json.loads(statement_file.read_text())
+
+    checksum = (debian_build / f"{debian_image.name}.sha256").read_text().split()
+    assert statement["subject"] == [{"name": checksum[1], "digest": {"sha256": checksum[0]}}]
+    assert checksum[0] == hashlib.sha256(debian_image.read_bytes()).hexdigest()
+    definition = statement["predicate"]["buildDefinition"]
+    assert definition["buildType"] == provenance.BUILD_TYPE
+    assert definition["externalParameters"]["packages"] == ["jq"]
+    repositories = [entry for entry in definition["resolvedDependencies"] if "annotations" in entry]
+    assert [entry["uri"] for entry in repositories] == [r["url"] for r in record["inputs"]["repositories"]]
+    assert all(len(entry["digest"]["sha256"]) == 64 for entry in repositories)  # metadata read
+    kiwi = next(entry for entry in definition["resolvedDependencies"] if entry["name"] == "kiwi")
+    assert kiwi["uri"] == f"pkg:generic/kiwi@{record['tools']['kiwi']}"
+    byproducts = {entry["name"]: entry["digest"]["sha256"]
+                  for entry in statement["predicate"]["runDetails"]["byproducts"]}
+    assert byproducts == {record[key]["file"]: record[key]["sha256"]
+                          for key in ("sbom", "sbom_spdx3", "sbom_cyclonedx")}
 
 
 def test_the_build_record_keeps_the_customisation(debian_build):

@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from imagebuilder.measure import components
 from imagebuilder.measure.efi import EFI_CERT_X509_GUID, GrubImage, PeImage, Shim
 
 from ..conftest import ESP_TYPE_GUID, image_with_grub_cfg, run_cli
@@ -89,7 +90,7 @@ def test_shim_moklist_is_debians_vendor_certificate(efi_binaries, tmp_path):
     subject = subprocess.run(["openssl", "x509", "-inform", "der", "-noout", "-subject", "-in",
                               tmp_path / "vendor.der"], capture_output=True, text=True, check=True)
     assert "Debian" in subject.stdout
-    assert shim.measures_into_rtmrs  # shim 16 logs through EFI_CC_MEASUREMENT_PROTOCOL
+    assert components.shim(shim).in_td  # shim 16.1 logs through EFI_CC_MEASUREMENT_PROTOCOL
 
 
 def test_debian_grub_carries_its_bootstrap_and_no_td_measurement(efi_binaries):
@@ -98,13 +99,14 @@ def test_debian_grub_carries_its_bootstrap_and_no_td_measurement(efi_binaries):
     assert grub.memdisk is not None
     assert grub.has_module("ext2") and grub.has_module("part_gpt") and not grub.has_module("lvm_nonexistent")
     assert "feature_menuentry_id" in grub.feature_variables
-    assert not grub.measures_into_rtmrs  # grub 2.06-13 measures through TCG2 only
+    component = components.grub(grub)
+    assert component.version.startswith("2.06-") and component.in_td is False
 
 
 def test_measure_predicts_every_register_offline(measured, debian_image):
     hexdigit = set("0123456789abcdef")
     assert set(measured["rtmr"]) == {"1", "2"}
-    assert set(measured["pcr_sha384"]) == {"4", "5", "8", "9", "14"}
+    assert set(measured["pcr_sha384"]) == {"4", "5", "8", "9", "11", "12", "14"}
     for value in [*measured["rtmr"].values(), *measured["pcr_sha384"].values()]:
         assert len(value) == 96 and set(value) <= hexdigit
     assert measured["unpredicted"] == {}
