@@ -4,7 +4,7 @@ predicted measurements, offline.
 Checks, each run only when its input is given:
 - log <-> quote: replaying the CCEL gives the quote's RTMR0-3;
 - log <-> image: the log's events of the registers the image decides (RTMR1/RTMR2 of a CCEL,
-  PCR 4, 5, 8, 9, 14 of a TPM log) are the predicted ones, event by event;
+  the predicted PCRs of a TPM log) are the predicted ones, event by event;
 - always: events whose digest is by definition the SHA-384 of their own data (TCG PC Client
   PFP: separators, EFI actions, the GPT, UEFI variables; grub's ``grub_cmd: X`` and
   ``kernel_cmdline: X`` strings, whose digest is X's) carry that digest, so an edited digest
