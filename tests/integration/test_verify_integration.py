@@ -27,7 +27,8 @@ def guest_log(debian_image, tmp_path_factory):
                      env={**os.environ, "TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["event_log"] == str(log)
+    # the boot itself already compared the guest's log with the prediction, event by event
+    assert report["event_log"]["file"] == str(log) and report["event_log"]["differences"] == []
     return log, report
 
 
