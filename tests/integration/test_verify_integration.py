@@ -40,9 +40,9 @@ def test_the_guests_own_log_is_the_images_event_by_event(guest_log, debian_image
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["log"]["kind"] == "tpm" and document["log_matches_image"] is True
-    # the replayed log is what the guest read from its TPM
-    assert {index: document["replayed"][f"pcr{index}"] for index in report["selfcheck"]["pcr_sha384"]} \
-        == report["selfcheck"]["pcr_sha384"]
+    # the replayed log is what the guest read from its TPM (a PCR the log never extends: zeros)
+    guest = report["selfcheck"]["pcr_sha384"]
+    assert {index: document["replayed"].get(f"pcr{index}", "0" * 96) for index in guest} == guest
     measured = run_cli("measure", debian_image, "--log", log, "--json")
     assert measured.returncode == 0, measured.stderr
     assert json.loads(measured.stdout)["secure_boot"] is True  # as the log's SecureBoot variable says
