@@ -10,7 +10,7 @@ import sys
 import click
 
 from . import __version__
-from .commands import boot, build, doctor, measure, run, summary, validate
+from .commands import boot, build, doctor, measure, run, summary, validate, verify
 from .core.errors import HostError, Interrupted, TdxImageError
 from .core.redact import one_line, url_passwords
 from .host import signals
@@ -19,7 +19,7 @@ from .host import signals
 EXIT_CODES = """\b
 Exit codes:
   0    success
-  1    the image failed validation or the boot test
+  1    the image failed validation or the boot test, or verify's log, quote, image disagree
   2    bad input (option, file, target, --out that is not ours), or KIWI rejected the description
   3    the host cannot: not root, a tool missing, too little disk, --out in use by another build,
        another package manager's lock; or the output could not be written (stdout closed)
@@ -97,5 +97,6 @@ def main():
 
 
 for command in (build.build_command, summary.summary_command, validate.validate_command,
-                measure.measure_command, boot.boot_command, run.run_command, doctor.doctor_command):
+                measure.measure_command, verify.verify_command, boot.boot_command, run.run_command,
+                doctor.doctor_command):
     main.add_command(command)

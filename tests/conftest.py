@@ -20,6 +20,8 @@ TDX_IMAGE = [sys.executable, "-m", "imagebuilder"]
 # Developers iterating on validate/boot tests may reuse a published build directory instead of
 # building again; CI never sets this, so there the image is always built for real.
 REUSE_BUILD = "TDX_IMAGE_TEST_BUILD"
+ESP_TYPE_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+GRUB_CFG = "/boot/grub/grub.cfg"
 # Who supplies the integration tier's debian build (its SBOMs' author), from its config file.
 TEST_SUPPLIER = "tdx-image integration tests <tdx-image-tests@example.org>"
 REUSE_BUILD_13 = "TDX_IMAGE_TEST_BUILD_13"
@@ -70,7 +72,8 @@ class FakeHost(HostFacts):
     CAPABLE = {"is_root": True, "family": "debian", "kiwi_command": "/usr/bin/kiwi-ng",
                    "kiwi_version": "11.1.6", "mounts_vfat": True, "cpu_vendor": "GenuineIntel", "kvm_tdx": "",
                    "qemu_version": "7.2.22", "qemu_has_tdx_guest": False,
-                   "kvm_failure": "/dev/kvm is absent", "ovmf": None, "tdvf": None}
+                   "kvm_failure": "/dev/kvm is absent", "ovmf": None, "secure_boot_ovmf": None,
+                   "tdvf": None}
 
     def __init__(self, *, missing=(), devices=("/dev/loop-control",), free_bytes=100 * 2**30,
                  build_host_problem=None, td_measured_boot=True, **facts):
@@ -102,6 +105,25 @@ def users_directory(path: Path) -> Path:
     (path / "notes").mkdir(parents=True)
     (path / "notes" / "thesis.txt").write_text("x\n")
     return path / "notes" / "thesis.txt"
+
+
+def image_with_grub_cfg(image: Path, directory: Path, change) -> Path:
+    """A raw copy of ``image`` in ``directory`` whose /boot/grub/grub.cfg is ``change(old
+    text)``, edited with debugfs (not with the code under test)."""
+    raw = directory / f"{image.stem}.variant.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", image, raw], check=True)
+    table = json.loads(subprocess.run(["sfdisk", "--json", raw], capture_output=True, text=True,
+                                      check=True).stdout)["partitiontable"]
+    root = next(p for p in table["partitions"] if p["type"] != ESP_TYPE_GUID)
+    device = f"{raw}?offset={root['start'] * 512}"
+    config = subprocess.run(["debugfs", "-R", f"cat {GRUB_CFG}", device], capture_output=True,
+                            check=True).stdout.decode()
+    changed = change(config)
+    assert changed != config
+    (directory / "grub.cfg").write_text(changed)
+    for request in (f"rm {GRUB_CFG}", f"write {directory / 'grub.cfg'} {GRUB_CFG}"):
+        subprocess.run(["debugfs", "-w", "-R", request, device], capture_output=True, check=True)
+    return raw
 
 
 def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -251,9 +273,6 @@ def debian_build(tmp_path_factory) -> Path:
     return out
 
 
-ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
-
-
 def esp_files(image: Path, names: list[str], work: Path) -> dict[str, Path]:
     """Files of an image's EFI system partition, copied out with mtools (independently of the
     code under test) into ``work``: ``{name: path}`` for names below ``\\EFI\\BOOT``."""
@@ -261,7 +280,7 @@ def esp_files(image: Path, names: list[str], work: Path) -> dict[str, Path]:
     subprocess.run(["qemu-img", "convert", "-O", "raw", image, raw], check=True)
     table = json.loads(subprocess.run(["sfdisk", "--json", raw], capture_output=True, text=True,
                                       check=True).stdout)["partitiontable"]
-    esp = next(p for p in table["partitions"] if p["type"] == ESP_TYPE)
+    esp = next(p for p in table["partitions"] if p["type"] == ESP_TYPE_GUID)
     copied = {}
     for name in names:
         copied[name] = work / name

@@ -19,6 +19,8 @@ from click.testing import CliRunner
 from imagebuilder import cli
 from imagebuilder.core.paths import DESCRIPTIONS_DIR, OVERLAYS_DIR, PROJECT_ROOT
 from tests.conftest import TDX_IMAGE, error_line, users_directory
+from tests.test_measure import synthetic_log
+from tests.test_verify import ccel
 
 ROOT = os.geteuid() == 0
 HANG_SECONDS = 30
@@ -135,6 +137,21 @@ def vmdk_descriptor(path: Path, extent: str) -> Path:
 
 def deep_json(path: Path, depth: int = 200_000) -> Path:
     return text(path, "[" * depth + "]" * depth)
+
+
+def ccel_log(path: Path) -> Path:
+    path.write_bytes(ccel([(3, 13, b"x" * 100)]))
+    return path
+
+
+def truncated_ccel(path: Path) -> Path:
+    path.write_bytes(ccel([(3, 13, b"x" * 100)], tail=0)[:-20])
+    return path
+
+
+def tpm_log(path: Path) -> Path:
+    path.write_bytes(synthetic_log([(0, 8, b"v"), (4, 4, b"\0" * 4)]))
+    return path
 
 
 PUB = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHv0 user@host\n"
@@ -377,6 +394,23 @@ CASES = [
                                    "--out", d / "o"], 2, "system user"),
     ("ssh-user-service", lambda d: ["build", "debian", "--ssh-key", text(d / "k.pub", PUB), "--ssh-user", "_apt",
                                     "--out", d / "o"], 2, "system user"),
+    ("measure-firmware-not-tdvf", lambda d: ["measure", "--firmware", PROJECT_ROOT / "README.md"], 2,
+     "no OVMF GUID table"),
+    ("measure-nothing", lambda d: ["measure"], 2, "give IMAGE"),
+    # verify
+    ("verify-log-missing", lambda d: ["verify", "--log", d / "none"], 2, "does not exist"),
+    ("verify-log-fifo", lambda d: ["verify", "--log", fifo(d / "p")], 2, "is a FIFO"),
+    ("verify-log-readme", lambda d: ["verify", "--log", PROJECT_ROOT / "README.md"], 2, "Spec ID"),
+    ("verify-log-truncated", lambda d: ["verify", "--log", truncated_ccel(d / "t.dat")], 2, "cut off"),
+    ("verify-quote-readme", lambda d: ["verify", "--log", ccel_log(d / "c.dat"), "--quote",
+                                       PROJECT_ROOT / "README.md"], 2, "quote version"),
+    ("verify-quote-with-tpm-log", lambda d: ["verify", "--log", tpm_log(d / "t.log"), "--quote",
+                                             PROJECT_ROOT / "README.md"], 2, "is a TPM log"),
+    ("verify-image-and-measurements", lambda d: ["verify", "--log", ccel_log(d / "c.dat"), "--image",
+                                                 qcow2(d / "i.qcow2"), "--measurements", d / "m.json"], 2,
+     "--image and --measurements"),
+    ("verify-measurements-readme", lambda d: ["verify", "--log", ccel_log(d / "c.dat"), "--measurements",
+                                              PROJECT_ROOT / "README.md"], 2, "not a measurements file"),
     # doctor
     ("doctor-bad-only", lambda d: ["doctor", "--only", "gpu"], 2, "'gpu' is not one of"),
 ]

@@ -2,6 +2,8 @@
 QEMU never outlives a boot. QEMU is replaced by a script that behaves as the real one did here
 (writes the serial console file, prints "KVM internal error" and stays paused, or exits)."""
 
+import base64
+import hashlib
 import itertools
 import json
 import os
@@ -18,6 +20,8 @@ from imagebuilder.commands import boot as boot_verb
 from imagebuilder.vm import boot, launch
 from imagebuilder.core.errors import CheckFailed, HostError, InputError, Interrupted
 from tests.conftest import FakeHost, firmware_volume, schema_errors
+from tests.test_measure import synthetic_log
+from tests.test_verify import ccel as generated_ccel
 
 # The line as the real debian image printed it, with systemd's colour codes around it.
 REAL_LINE = (
@@ -37,11 +41,14 @@ case "$1" in
 esac
 echo $$ > "$FAKE_QEMU_PID"
 printf '%s\n' "$@" > "$FAKE_QEMU_PID.args"
-previous=""
-for argument in "$@"; do
-    [ "$previous" = -serial ] && serial="${argument#file:}"
+previous="" serial="" channel=""
+for argument in "$@"; do  # the first serial port is the console, a second the self-check's channel
+    if [ "$previous" = -serial ]; then
+        if [ -z "$serial" ]; then serial="${argument#file:}"; else channel="${argument#file:}"; fi
+    fi
     previous="$argument"
 done
+[ -f "$FAKE_QEMU_CHANNEL" ] && [ -n "$channel" ] && cat "$FAKE_QEMU_CHANNEL" > "$channel"
 [ -f "$FAKE_QEMU_CONSOLE" ] && cat "$FAKE_QEMU_CONSOLE" > "$serial"
 [ -f "$FAKE_QEMU_STDERR" ] && cat "$FAKE_QEMU_STDERR" >&2
 [ -n "$FAKE_QEMU_EXIT" ] && exit "$FAKE_QEMU_EXIT"
@@ -57,8 +64,8 @@ class FakeQemu:
         monkeypatch.setenv("FAKE_QEMU_PID", str(self.pid_file))
 
     def behave(self, console: str = "", stderr: str = "", exit_status: int | None = None,
-               signal_parent: str = ""):
-        for name, text in (("CONSOLE", console), ("STDERR", stderr)):
+               signal_parent: str = "", channel: str = ""):
+        for name, text in (("CONSOLE", console), ("STDERR", stderr), ("CHANNEL", channel)):
             path = self.directory / name.lower()
             path.write_text(text)
             self.monkeypatch.setenv(f"FAKE_QEMU_{name}", str(path))
@@ -399,3 +406,53 @@ def test_on_a_terminal_boot_shows_progress_and_ends_with_the_verdict(qemu, image
     assert "Loading Linux 6.12 ..." in output  # the console's last line
     assert "FAIL" in output and "error: boot test failed: no self-check line within 2 s" in output
     qemu.assert_gone()
+
+
+def channel_text(log: bytes) -> str:
+    """What the guest's self-check writes to its second serial port for ``log``."""
+    lines = base64.encodebytes(log).decode()
+    firmware = "\x1b[2JBdsDxe: loading Boot0001\r\nEFI stub: UEFI Secure Boot is enabled.\r\n"
+    return f"{firmware}TDX-EVENTLOG-BEGIN\n{lines}TDX-EVENTLOG-END {hashlib.sha256(log).hexdigest()}\n"
+
+
+def test_the_guests_event_log_is_written_where_asked(qemu, image, tmp_path):
+    log = synthetic_log([(0, 8, b"v"), (4, 4, b"\0" * 4)])  # a TPM log: S-CRTM, separator
+    qemu.behave(console=REAL_LINE, channel=channel_text(log))
+
+    result = boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log",
+                             event_log=tmp_path / "tpm.log")
+
+    assert (tmp_path / "tpm.log").read_bytes() == log
+    assert result.to_dict()["event_log"] == {"events": 2, "differences": [],
+                                             "file": str(tmp_path / "tpm.log")}
+    args = (tmp_path / "pid.args").read_text().splitlines()
+    assert args.count("-serial") == 2  # the console, then the self-check's channel
+
+
+@pytest.mark.parametrize("channel, message", [
+    ("", "printed no event log"),
+    ("BdsDxe\nAAAA\nTDX-EVENTLOG-END " + "0" * 64 + "\n", "printed no event log"),
+    ("TDX-EVENTLOG-BEGIN\nAAAA\nTDX-EVENTLOG-END " + "0" * 64 + "\n", r"damaged \(its SHA-256 differs\)"),
+    ("TDX-EVENTLOG-BEGIN\nAA*A\nTDX-EVENTLOG-END " + "0" * 64 + "\n", "damaged"),
+    (channel_text(b"not a log"), "cannot be read: too short for a TCG event log"),
+])
+def test_a_missing_or_damaged_event_log_fails_the_boot(qemu, image, tmp_path, channel, message):
+    qemu.behave(console=REAL_LINE, channel=channel)
+
+    with pytest.raises(CheckFailed, match=message):
+        boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log",
+                        event_log=tmp_path / "tpm.log")
+    assert not (tmp_path / "tpm.log").exists()
+
+
+def test_a_tds_ccel_is_written_where_asked_and_its_absence_named(qemu, image, tmp_path):
+    ccel = generated_ccel([(2, 4, b"\0" * 4)])  # what the TD's self-check sends
+    qemu.behave(console=TD_LINE, channel=channel_text(ccel))
+    boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "td.log",
+                    host=td_host(tmp_path), event_log=tmp_path / "ccel.dat")
+    assert (tmp_path / "ccel.dat").read_bytes() == ccel
+
+    qemu.behave(console=TD_LINE)
+    with pytest.raises(CheckFailed, match="the TD sent no event log"):
+        boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "td.log",
+                        host=td_host(tmp_path), event_log=tmp_path / "none.dat")

@@ -87,7 +87,7 @@ LAYERS = (
     ("host",),
     ("image",),
     ("measure",),
-    ("validate",),
+    ("validate", "verify"),
     ("vm",),
     ("build",),
     ("commands",),

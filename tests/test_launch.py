@@ -328,3 +328,22 @@ def test_a_firmware_only_libvirt_domain_has_no_disk():
     domain = ET.fromstring(Launch(disk=None, accel="tcg").libvirt_xml("firmware"))
     assert domain.find("devices/disk") is None
     assert domain.find("devices/interface") is not None
+
+
+def test_a_secure_boot_firmware_gets_smm_and_a_secure_flash(tmp_path):
+    firmware = virt.Firmware(tmp_path / "OVMF_CODE_4M.ms.fd", tmp_path / "OVMF_VARS_4M.ms.fd",
+                             secure_boot=True)
+
+    args = Launch(disk=tmp_path / "vm.qcow2", accel="tcg", firmware=firmware).qemu_args()
+
+    machine = args[args.index("-machine") + 1]
+    assert machine == "q35,smm=on"  # edk2 keeps a Secure Boot build's variables behind SMM
+    assert args[args.index("-global") + 1] == "driver=cfi.pflash01,property=secure,value=on"
+    assert f"if=pflash,format=raw,readonly=on,file={firmware.code}" in args
+
+
+def test_secure_boot_without_its_firmware_names_the_package(tmp_path):
+    with pytest.raises(HostError, match="no Secure Boot OVMF.*apt-get install ovmf"):
+        requirements.require_ovmf(None, FakeHost(ovmf=virt.Firmware(tmp_path / "c.fd")), True)
+    with pytest.raises(InputError, match="--secure-boot chooses the firmware itself"):
+        requirements.require_ovmf(tmp_path / "c.fd", FakeHost(), True)

@@ -57,6 +57,11 @@ def verdict(result: BootResult, tdx: bool) -> str:
 @click.option("--tpm", is_flag=True,
               help="Reference VM with a software TPM (swtpm); pass only if the guest's PCRs equal "
                    "`tdx-image measure`.")
+@click.option("--secure-boot", is_flag=True,
+              help="With Secure Boot enforced (the host's OVMF Secure Boot build, Microsoft's keys).")
+@click.option("--event-log", type=UserPath(dir_okay=False, path_type=Path),
+              help="Write the firmware's event log the guest printed to FILE (for `tdx-image "
+                   "verify --log`); fail if it printed none.")
 @click.option("--timeout", type=Seconds(1), default=DEFAULT_BOOT_TIMEOUT_S, show_default=True,
               help="Seconds to wait for the self-check line.")
 @click.option("--console-log", type=UserPath(dir_okay=False, path_type=Path),
@@ -66,8 +71,8 @@ def verdict(result: BootResult, tdx: bool) -> str:
                    "it such an image is refused, as its contents would come from this host.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_host
-def boot_command(host, image, accel, tdx, firmware, tpm, timeout, console_log, allow_backing,
-                 as_json):
+def boot_command(host, image, accel, tdx, firmware, tpm, secure_boot, event_log, timeout,
+                 console_log, allow_backing, as_json):
     """Boot a throwaway copy of IMAGE and report the guest's TDX self-check."""
     console = Console(stderr=True)
     display = BootProgress(console, f"booting {image.name}" + (" as a TD" if tdx else ""), timeout)
@@ -76,7 +81,8 @@ def boot_command(host, image, accel, tdx, firmware, tpm, timeout, console_log, a
         with display if live else nullcontext():
             result = boot_image(image, accel=accel, tdx=tdx, tpm=tpm, timeout=timeout,
                                 firmware=firmware, progress=display if live else None, host=host,
-                                allow_backing=allow_backing,
+                                allow_backing=allow_backing, secure_boot=secure_boot,
+                                event_log=event_log,
                                 console_log=console_log or Path(f"{image.name}.console.log"))
     except CheckFailed:
         if not as_json:
@@ -99,4 +105,6 @@ def boot_command(host, image, accel, tdx, firmware, tpm, timeout, console_log, a
     if result.event_log:
         click.echo(f"event log: {result.event_log['events']} events, each as predicted")
     click.echo(f"console log: {result.console_log}")
+    if result.event_log:
+        click.echo(f"event log: {result.event_log}")
     click.echo(verdict(result, tdx))

@@ -91,7 +91,7 @@ def record(check: Result) -> dict:
               help="Check only the build host or only the TDX host.")
 @click.option("--build-dir", type=UserPath(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Where builds will write (free space is checked there).")
-@click.option("--firmware", "--tdvf", "firmware", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--firmware", "--tdvf", "firmware", type=UserPath(dir_okay=False, path_type=Path),
               help="The TDVF a TD would boot with: is it TDVF, does it measure the boot into RTMRs?  "
                    "[default: the host's, preferring one that does]")
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")

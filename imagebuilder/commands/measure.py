@@ -1,4 +1,5 @@
-"""``tdx-image measure IMAGE``: exit 0 every register predicted, 1 some could not be, 2 unreadable."""
+"""``tdx-image measure IMAGE``: exit 0 every register predicted (and, with --log, every event as
+logged), 1 some could not be (or the log differs), 2 unreadable or foreign input."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ from rich.table import Table
 from rich.text import Text
 
 from ..core.errors import CheckFailed, InputError
-from ..core.inputs import UserPath, require_regular_file
-from ..measure.eventlog import EventLogError, parse_tcg2_log
-from ..measure.predict import PREDICTED_PCRS, PREDICTED_RTMRS, Prediction, compare_with_log, predict
+from ..core.inputs import UserPath, read_bytes
+from ..measure.predict import PREDICTED_PCRS, PREDICTED_RTMRS, Prediction, predict
+from ..measure.reference import FORMATS, reference_values
+from ..measure.replay import CCEL
+from ..measure.tdvf import SINGLE_PASS, TdvfError, measure_firmware
+from ..verify.checks import Expected, read_log, verify
+
+FIRMWARE_MAX_BYTES = 64 << 20  # OVMF images are 2-4 MiB
 
 
 def unpredicted(reason: str) -> Text:
@@ -40,8 +46,29 @@ def render(prediction: Prediction, console: Console) -> None:
                   "[dim](RTMR0 and MRTD come from the platform, see README)[/]")
 
 
+def show_firmware(report: dict, console: Console) -> None:
+    table = Table(title="TDVF firmware")
+    for column in ("measurement", "SHA-384", "who decides it"):
+        table.add_column(column, overflow="fold")
+    for order, mrtd in report["mrtd"].items():
+        table.add_row(f"MRTD ({order})", mrtd["value"], mrtd["qemu"])
+    for event in report["rtmr0_events"]:
+        table.add_row(f"RTMR0: {event['description']}", event["sha384"] or "[yellow]unknown[/]",
+                      event["source"])
+    console.print(table)
+    console.print(f"[yellow]status[/]: {report['status']}; RTMR0 {report['rtmr0_status']}")
+
+
+def print_shape(values: dict, shape: str) -> None:
+    """One reference-value shape on stdout, the registers it leaves empty on stderr."""
+    value = values[shape]
+    click.echo(value if isinstance(value, str) else json.dumps(value, indent=2))
+    for register, why in values["unknown"].items():
+        click.echo(f"not filled: {register.upper()}: {why}", err=True)
+
+
 @click.command("measure")
-@click.argument("image", type=UserPath(path_type=Path))
+@click.argument("image", type=UserPath(path_type=Path), required=False)
 @click.option("--allow-backing-file", "allow_backing", is_flag=True,
               help="Also read the backing files a qcow2 names (regular files, no loop): without "
                    "it such an image is refused, as its contents would come from this host.")
@@ -49,32 +76,55 @@ def render(prediction: Prediction, console: Console) -> None:
               help="Print registers, unpredicted registers and the ordered event list as JSON.")
 @click.option("--events", "show_events", is_flag=True, help="Also list every event (text output).")
 @click.option("--log", "log_file", type=UserPath(dir_okay=False, path_type=Path),
-              help="Compare with a real boot's TPM event log (the guest's "
-                   "/sys/kernel/security/tpm0/binary_bios_measurements): name where they part.")
-def measure_command(image: Path, as_json: bool, show_events: bool, log_file: Path | None,
-                    allow_backing: bool):
+              help="Compare with a real boot's event log, event by event: a TPM log "
+                   "(binary_bios_measurements) or a TD's CCEL (/sys/firmware/acpi/tables/data/CCEL).")
+@click.option("--secure-boot", is_flag=True,
+              help="Predict a VM whose firmware enforces Secure Boot (with --log: as the log says).")
+@click.option("--firmware", "firmware", type=UserPath(dir_okay=False, path_type=Path),
+              help="A TDVF firmware image (OVMF.fd): MRTD and its own RTMR0 events from its metadata.")
+@click.option("--format", "shape", type=click.Choice(FORMATS),
+              help="Print only the reference values in one verifier's shape.")
+def measure_command(image: Path | None, as_json: bool, show_events: bool, log_file: Path | None,
+                    secure_boot: bool, firmware: Path | None, shape: str | None, allow_backing: bool):
     """Predict IMAGE's boot measurements offline: RTMR1/RTMR2 of a TD booted with TDVF, and
-    PCR 4, 5, 8, 9, 11, 12, 14 (SHA-384) of a VM with a software TPM (the `boot --tpm` shape)."""
-    if log_file is not None:  # before the prediction: a FIFO would hang the read after it
-        require_regular_file(log_file, "--log")
-    prediction = predict(image, allow_backing)
+    PCR 4, 5, 8, 9, 11, 12, 14 (SHA-384) of a VM with a software TPM (the `boot --tpm` shape); with
+    --firmware, MRTD and RTMR0's firmware events of a TDVF image."""
+    if image is None:
+        if firmware is None or log_file or shape:
+            raise click.UsageError("give IMAGE (--log and --format need it), --firmware FILE, "
+                                   "or both")
+        report = measure_firmware_file(firmware)
+        if as_json:
+            click.echo(json.dumps({"firmware": report}, indent=2))
+        else:
+            show_firmware(report, Console())
+        return
+    firmware_report = measure_firmware_file(firmware) if firmware else None
+    log = read_log(log_file) if log_file is not None else None  # a FIFO would hang it later
+    prediction = predict(image, secure_boot or bool(log and log.secure_boot), allow_backing)
+    document = prediction.to_dict()
+    if firmware_report:
+        document["firmware"] = firmware_report
+        document["verifier"]["reference_values"] = reference_values(
+            {"mrtd": firmware_report["mrtd"][SINGLE_PASS]["value"],
+             **{f"rtmr{index}": prediction.rtmr(index) for index in PREDICTED_RTMRS}})
     failure, log_matches = None, False
-    if log_file is not None:
-        try:
-            differences = compare_with_log(prediction, parse_tcg2_log(log_file.read_bytes()))
-        except (OSError, EventLogError) as error:
-            raise InputError(f"--log {log_file}: {error}", "give a TCG2 (crypto-agile) event log")
-        if differences:
-            failure = CheckFailed("the event log differs from the prediction: " + "; ".join(differences))
-        log_matches = not differences
+    if log is not None:
+        verdict = verify(log, expected=Expected.from_measurements(document, str(image)))
+        if not verdict.ok:
+            failure = CheckFailed("the event log differs from the prediction: "
+                                  + "; ".join(verdict.problems()))
+        log_matches = verdict.ok
     if prediction.unpredicted and not failure:
         failure = CheckFailed(f"{image}: unpredicted: {', '.join(sorted(prediction.unpredicted))}",
                               "the events named above are outside what measure models")
     if as_json and failure:
-        failure.details = prediction.to_dict()  # the CLI prints it with the error as one document
+        failure.details = document  # the CLI prints it with the error as one document
         raise failure
-    if as_json:
-        click.echo(json.dumps(prediction.to_dict(), indent=2))
+    if shape:
+        print_shape(document["verifier"]["reference_values"], shape)
+    elif as_json:
+        click.echo(json.dumps(document, indent=2))
     else:
         console = Console()
         if show_events:
@@ -84,7 +134,18 @@ def measure_command(image: Path, as_json: bool, show_events: bool, log_file: Pat
                               f"{event.description.splitlines()[0]}  [{step.by}; {where}]",
                               markup=False, highlight=False, soft_wrap=True)
         render(prediction, console)
-    if log_matches:
-        click.echo(f"{log_file}: every event of PCR {', '.join(map(str, PREDICTED_PCRS))} as predicted", err=True)
+        if firmware_report:
+            show_firmware(firmware_report, console)
+    if log_matches and log is not None:
+        registers = ("RTMR1 and RTMR2" if log.kind == CCEL
+                     else f"PCR {', '.join(map(str, PREDICTED_PCRS))}")
+        click.echo(f"{log_file}: every event of {registers} as predicted", err=True)
     if failure:
         raise failure
+
+
+def measure_firmware_file(path: Path) -> dict:
+    try:
+        return measure_firmware(read_bytes(path, "--firmware", FIRMWARE_MAX_BYTES))
+    except TdvfError as error:
+        raise InputError(f"--firmware {path}: {error}", "give a TDVF image such as OVMF.fd")

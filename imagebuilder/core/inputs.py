@@ -59,9 +59,9 @@ def require_regular_file(path: Path, what: str, error: type[TdxImageError] = Inp
                     "" if problem.startswith("does not exist") else "give a regular file")
 
 
-def read_text(path: Path, what: str, max_bytes: int,
-              error: type[TdxImageError] = InputError) -> str:
-    """The UTF-8 text of a small regular file, or ``error`` saying what is wrong with it."""
+def read_bytes(path: Path, what: str, max_bytes: int,
+               error: type[TdxImageError] = InputError) -> bytes:
+    """The content of a regular file of at most ``max_bytes``, or ``error`` saying what is wrong."""
     require_regular_file(path, what, error)
     size = path.stat().st_size
     if size > max_bytes:
@@ -69,11 +69,18 @@ def read_text(path: Path, what: str, max_bytes: int,
                     "is it the right file?")
     try:
         with open(path, "rb") as stream:
-            return stream.read(max_bytes + 1).decode("utf-8")
-    except UnicodeDecodeError:
-        raise error(f"{what} {path} is not text (not UTF-8)", "is it the right file?")
+            return stream.read(max_bytes + 1)
     except OSError as problem:
         raise error(f"cannot read {what} {path}: {problem.strerror}")
+
+
+def read_text(path: Path, what: str, max_bytes: int,
+              error: type[TdxImageError] = InputError) -> str:
+    """The UTF-8 text of a small regular file, or ``error`` saying what is wrong with it."""
+    try:
+        return read_bytes(path, what, max_bytes, error).decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{what} {path} is not text (not UTF-8)", "is it the right file?")
 
 
 def require_writable_file(path: Path, what: str) -> None:

@@ -68,6 +68,11 @@ class HostFacts:
         return virt.find_ovmf()
 
     @cached_property
+    def secure_boot_ovmf(self) -> virt.Firmware | None:
+        """The host's UEFI firmware that enforces Secure Boot (the reference VM's alternative)."""
+        return virt.find_secure_boot_ovmf()
+
+    @cached_property
     def tdvf(self) -> Path | None:
         """The host's TDX firmware."""
         return virt.find_tdvf()

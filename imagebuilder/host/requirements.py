@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import buildhost, virt
 from .facts import HostFacts
-from ..core.errors import HostError
+from ..core.errors import HostError, InputError
 from ..core.results import FAIL, Finding, Result, status_of
 from ..distros.targets import TARGETS, Target
 
@@ -261,9 +261,19 @@ def require_tdx_host(firmware: Path | None, host: HostFacts) -> Path:
     return found
 
 
-def require_ovmf(requested: Path | None, host: HostFacts) -> virt.Firmware | None:
-    """A plain UEFI VM's firmware: the one asked for (--firmware), else the host's OVMF."""
+def require_ovmf(requested: Path | None, host: HostFacts,
+                 secure_boot: bool = False) -> virt.Firmware | None:
+    """A plain UEFI VM's firmware: the one asked for (--firmware), else the host's OVMF (its
+    Secure Boot build with ``secure_boot``)."""
     if requested is not None:
+        if secure_boot:
+            raise InputError("--secure-boot chooses the firmware itself", "drop --firmware")
         return virt.firmware_for(requested)
     require("boot:uefi", context=Context(host))
-    return host.ovmf
+    if not secure_boot:
+        return host.ovmf
+    firmware = host.secure_boot_ovmf
+    if firmware is None:
+        raise HostError(f"no Secure Boot OVMF ({' and '.join(map(str, virt.OVMF_SECURE_BOOT))})",
+                        host.firmware_install_hint())
+    return firmware

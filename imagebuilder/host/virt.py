@@ -34,6 +34,10 @@ OVMF_CANDIDATES = (
     (Path("/usr/share/qemu/ovmf-x86_64-4m-code.bin"), Path("/usr/share/qemu/ovmf-x86_64-4m-vars.bin")),
     (Path("/usr/share/qemu/ovmf-x86_64-code.bin"), Path("/usr/share/qemu/ovmf-x86_64-vars.bin")),
 )
+# Debian's Secure Boot build (SMM, Microsoft's keys enrolled, so Microsoft-signed shim starts):
+# the reference VM of `boot --tpm --secure-boot`.
+OVMF_SECURE_BOOT = (Path("/usr/share/OVMF/OVMF_CODE_4M.ms.fd"),
+                    Path("/usr/share/OVMF/OVMF_VARS_4M.ms.fd"))
 # Where distributions install a TDX-capable OVMF (TDVF): Debian/Ubuntu's unified OVMF.fd (what
 # canonical/tdx run_td passes), Fedora/CentOS, SUSE's TDX demo.
 TDVF_CANDIDATES = (
@@ -63,6 +67,14 @@ class Firmware:
 
     code: Path
     variables: Path | None = None
+    secure_boot: bool = False  # an SMM build that enforces Secure Boot
+
+    def machine_args(self) -> list[str]:
+        """QEMU's machine for this firmware: a Secure Boot build keeps its variables behind SMM,
+        so the machine has SMM and the flash answers only to it (edk2 OvmfPkg/README)."""
+        if not self.secure_boot:
+            return ["-machine", "q35"]
+        return ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"]
 
     def pflash_drives(self) -> list[str]:
         # The code is never written; the variables are written to a throwaway layer (snapshot).
@@ -70,6 +82,11 @@ class Firmware:
             return ["-drive", f"if=pflash,format=raw,snapshot=on,file={self.code}"]
         return ["-drive", f"if=pflash,format=raw,readonly=on,file={self.code}",
                 "-drive", f"if=pflash,format=raw,snapshot=on,file={self.variables}"]
+
+
+def find_secure_boot_ovmf() -> Firmware | None:
+    code, variables = OVMF_SECURE_BOOT
+    return Firmware(code, variables, secure_boot=True) if code.is_file() and variables.is_file() else None
 
 
 def find_ovmf() -> Firmware | None:

@@ -94,12 +94,25 @@ class LoggedEvent:
         return self.digests.get(TPM_ALG_SHA384)
 
 
+UNUSED_CCEL_RECORD = b"\xff" * 8  # MR index and event type of a 0xFF-filled log area
+
+
 class EventLogError(Exception):
     """The bytes are not a TCG crypto-agile event log."""
 
 
 def parse_tcg2_log(log: bytes) -> list[LoggedEvent]:
-    """Events of a TCG2 (crypto-agile) log; the first, SHA-1-format Spec ID event is skipped."""
+    """Events of a TCG2 (crypto-agile) log; the first, SHA-1-format Spec ID event is skipped.
+
+    The log ends at the end of the bytes, at a zero-filled record (a TPM log area) or at an
+    all-ones record (a TD's CCEL log area, which TDVF fills with 0xFF)."""
+    try:
+        return _parse(log)
+    except struct.error:
+        raise EventLogError("cut off: a record runs past the end of the log") from None
+
+
+def _parse(log: bytes) -> list[LoggedEvent]:
     if len(log) < 32:
         raise EventLogError("too short for a TCG event log")
     _, _, _, event_size = struct.unpack_from("<II20sI", log, 0)
@@ -112,22 +125,27 @@ def parse_tcg2_log(log: bytes) -> list[LoggedEvent]:
         algorithm, size = struct.unpack_from("<HH", header, 28 + 4 * index)
         sizes[algorithm] = size
     position, events = 32 + event_size, []
-    while position + 12 <= len(log):
+    while position < len(log):
+        if log[position : position + 8] == UNUSED_CCEL_RECORD:
+            break
         pcr, event_type, digest_count = struct.unpack_from("<III", log, position)
-        if event_type == 0 and digest_count == 0:  # zero-filled tail of the log area
+        if event_type == 0 and digest_count == 0:  # zero-filled tail of a TPM log area
             break
         position += 12
         digests = {}
         for _ in range(digest_count):
             (algorithm,) = struct.unpack_from("<H", log, position)
             if algorithm not in sizes:
-                raise EventLogError(f"digest algorithm 0x{algorithm:x} not in the header")
+                raise EventLogError(f"digest algorithm 0x{algorithm:x} at byte {position} is "
+                                    "not in the header")
             digests[algorithm] = log[position + 2 : position + 2 + sizes[algorithm]]
             position += 2 + sizes[algorithm]
+            if len(digests[algorithm]) != sizes[algorithm]:
+                raise EventLogError("cut off: a digest runs past the end of the log")
         (data_size,) = struct.unpack_from("<I", log, position)
         data = log[position + 4 : position + 4 + data_size]
         if len(data) != data_size:
-            raise EventLogError(f"event at byte {position} runs past the end of the log")
+            raise EventLogError(f"cut off: the event at byte {position} runs past the end of the log")
         position += 4 + data_size
         events.append(LoggedEvent(pcr, event_type, digests, data))
     return events

@@ -358,7 +358,7 @@ class Grub:
                      **{name: "y" for name in features}}
         self.context = ScriptState(variables, set(variables))
         self.positional: list[str] = []
-        self.kernel_loaded = False
+        self.kernel: tuple[str, bytes] | None = None  # (path, content) the default entry loads
 
     # measurement
     def measure_string(self, text: str, prefix: str = "grub_cmd: ") -> None:
@@ -639,16 +639,15 @@ class Grub:
             self.run(parse(entry.body, f"menu entry '{entry.title}'"))
         finally:
             self.positional = saved
-        if not self.kernel_loaded:
+        if self.kernel is None:
             raise Unpredictable(f"grub's default entry '{entry.title}' loads no kernel")
         raise Booted
 
     def cmd_linux(self, args, block) -> int:
         if not args:
             raise Unpredictable("linux without a kernel")
-        self.open_file(args[0])
+        self.kernel = (args[0], self.open_file(args[0]))
         self.measure_string(loader_cmdline(args), prefix="kernel_cmdline: ")
-        self.kernel_loaded = True
         return 0
 
     def cmd_initrd(self, args, block) -> int:

@@ -23,7 +23,6 @@ import tempfile
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
-from itertools import zip_longest
 from pathlib import Path
 
 from ..core.errors import InputError
@@ -37,6 +36,7 @@ from . import components
 from . import eventlog as ev
 from .efi import EfiError, GrubImage, PeImage, Shim, gpt_event_data
 from .grubscript import Grub, Unpredictable, Volume
+from .reference import reference_values
 from .uki import INITRD_PHASES, ROOT_PHASES, SYSTEMD_UNITS, Uki, measures_phases
 
 REMOVABLE_LOADER = "/EFI/BOOT/BOOTX64.EFI"
@@ -45,6 +45,7 @@ GRUB_LOADER = "grubx64.efi"
 CALLING_EFI_APPLICATION = b"Calling EFI Application from Boot Option"
 EXIT_BOOT_SERVICES = (b"Exit Boot Services Invocation", b"Exit Boot Services Returned with Success")
 SEPARATOR = b"\0\0\0\0"
+DEBIAN_GRUB_PREFIX = "/EFI/debian"
 PREDICTED_PCRS = (4, 5, 8, 9, 11, 12, 14)
 FIRMWARE = "firmware (edk2 Tcg2Dxe; TdTcg2Dxe in a TD)"
 # What systemd-stub would pick up from the ESP next to a UKI started as BOOTX64.EFI (stub.c
@@ -74,6 +75,7 @@ class Prediction:
     unpredicted: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    secure_boot: bool = False  # the VM's firmware enforces Secure Boot (see _secure_boot_kernel)
 
     def add(self, pcr: int, event_type: int, description: str, data: bytes,
             in_td: bool = True, digest: bytes | None = None, by: str = FIRMWARE,
@@ -119,22 +121,27 @@ class Prediction:
             return None
         return ev.replay(e.digest for rtmr, e in self.td_events if rtmr == index).hex()
 
+    def reference_values(self) -> dict:
+        """The image's registers in verifiers' shapes (measure/reference.py)."""
+        return reference_values({f"rtmr{index}": self.rtmr(index) for index in PREDICTED_RTMRS})
+
     def go_tdx_guest_flags(self) -> str:
         """go-tdx-guest ``check -rtmrs``: four comma-separated values, empty = unchecked
         (RTMR0 depends on the firmware and VM shape, RTMR3 is for the running system)."""
-        values = ["", self.rtmr(1) or "", self.rtmr(2) or "", ""]
-        return f"-rtmrs {','.join(values)}"
+        return self.reference_values()["go-tdx-guest"]
 
     def to_dict(self) -> dict:
         return {
             "schema_version": SCHEMA_VERSION,
             "image": self.image,
+            "secure_boot": self.secure_boot,
             "rtmr": {str(i): self.rtmr(i) for i in PREDICTED_RTMRS},
             "pcr_sha384": {str(i): self.pcr(i) for i in PREDICTED_PCRS},
             "unpredicted": self.unpredicted,
             "verifier": {"go_tdx_guest_check": self.go_tdx_guest_flags(),
                          "not_covered": "MRTD and RTMR0 depend on the TDVF build and the VM "
-                                        "shape, not on the image: the verifier supplies them"},
+                                        "shape, not on the image: the verifier supplies them",
+                         "reference_values": self.reference_values()},
             "notes": self.notes,
             # TPM order; "in_td": whether the loader also measures it into an RTMR
             "events": [{**step.event.to_dict(), "in_td": step.in_td, "by": step.by,
@@ -212,20 +219,22 @@ def read_esp_file(inspection: Inspection, path: str) -> bytes:
     return data
 
 
-def predict(image: Path, allow_backing: bool = False) -> Prediction:
-    """The measurements a boot of ``image`` produces; InputError if it cannot be read at all."""
+def predict(image: Path, secure_boot: bool = False, allow_backing: bool = False) -> Prediction:
+    """The measurements a boot of ``image`` produces (in a VM whose firmware enforces Secure
+    Boot with ``secure_boot``); InputError if it cannot be read at all.  ``allow_backing``:
+    the user named the image's backing files as theirs (--allow-backing-file)."""
     with closing(open_disk(Path(image), allow_backing)) as disk:
         try:
-            return predict_inspected(str(image), Inspection(disk))
+            return predict_inspected(str(image), Inspection(disk), secure_boot)
         except Unavailable as missing:
             raise InputError(f"{image}: {missing}", "is it a UEFI disk image built by tdx-image?")
 
 
-def predict_inspected(name: str, inspection: Inspection) -> Prediction:
+def predict_inspected(name: str, inspection: Inspection, secure_boot: bool = False) -> Prediction:
     """The same, for an image the validator is already reading: Unavailable (the validator
     skips the check) when the image has no boot path to predict."""
     started = time.monotonic()
-    prediction = Prediction(name)
+    prediction = Prediction(name, secure_boot=secure_boot)
     with tempfile.TemporaryDirectory(prefix="tdx-measure-") as workdir:
         _predict_into(prediction, inspection, Path(workdir))
     prediction.seconds = time.monotonic() - started
@@ -303,11 +312,17 @@ def _boot_loaders(prediction: Prediction, inspection: Inspection, loader: PeImag
                        has_module=grub.has_module)
     for event in interpreter.boot(grub.embedded_config):
         add(event.pcr, ev.EV_IPL, event.description, event.data, in_td=grub_td, by=component.label)
+    if prediction.secure_boot:
+        _secure_boot_kernel(prediction, grub, interpreter)
 
 
 def _systemd_boot(prediction: Prediction, inspection: Inspection, loader: PeImage) -> Uki:
     """A UKI the firmware starts directly: systemd-stub's and the kernel EFI stub's events,
     and the firmware's measurement of the kernel the stub loads (uki.py)."""
+    if prediction.secure_boot:
+        prediction.unpredicted.update(dict.fromkeys(
+            ["pcr 4", "rtmr 1"], "Secure Boot on: systemd-stub's security override skips the "
+            "firmware's measurement of .linux, which is not modelled"))
     kind = components.systemd_efi_binary(loader)
     if kind is None or kind[0] != "systemd-stub":
         raise Unpredictable(f"{REMOVABLE_LOADER} is {' '.join(kind or ('unknown',))}: only a UKI "
@@ -370,16 +385,39 @@ def _pcr_phases(prediction: Prediction, inspection: Inspection, uki: Uki) -> Non
                             "TSS2 libraries (libtss2-esys/-rc/-mu) or no pcrphase unit is wanted"))
 
 
-def load_registers(path: Path) -> dict:
-    """``rtmr`` and ``pcr_sha384`` of a measurements file (``measure --json``, measurements.json)."""
+def _secure_boot_kernel(prediction: Prediction, grub: GrubImage, interpreter: Grub) -> None:
+    """With Secure Boot enforced, Debian's grub 2.06 starts the kernel through LoadImage
+    (its ``linux`` becomes ``linuxefi``), and PCR 4 gets the kernel's Authenticode SHA-384
+    twice: seen in the guest's own event log of a swtpm boot (`boot --tpm --secure-boot`),
+    one from shim's verification hook and one from the firmware's LoadImage. Other grubs'
+    Secure Boot paths are not modelled."""
+    if grub.prefix != DEBIAN_GRUB_PREFIX or interpreter.kernel is None:
+        raise Unpredictable(f"grub with prefix {grub.prefix!r} under Secure Boot: how it starts "
+                            "the kernel is modelled for Debian's grub only")
+    path, data = interpreter.kernel
+    kernel = PeImage(data, path).authenticode_sha384
+    for measured_by in ("shim's verification hook", f"{FIRMWARE} LoadImage"):
+        prediction.add(4, ev.EV_EFI_BOOT_SERVICES_APPLICATION,
+                       f"{path} (Authenticode, Secure Boot)", b"", digest=kernel,
+                       by=f"{measured_by}, for Debian grub's linuxefi")
+
+
+def load_measurements(path: Path, read=lambda document: document) -> dict:
+    """A measurements file (``measure --json``, measurements.json) as ``read`` takes it apart;
+    InputError when it is not one (``read`` raises KeyError, ValueError or TypeError)."""
     text = read_text(path, "--measurements", MEASUREMENTS_MAX_BYTES)
     try:
-        document = parse_json(text)
-        return {"rtmr": {str(i): document["rtmr"][str(i)] for i in PREDICTED_RTMRS},
-                "pcr_sha384": {str(i): document["pcr_sha384"][str(i)] for i in PREDICTED_PCRS}}
+        return read(parse_json(text))
     except (ValueError, KeyError, TypeError) as error:
         raise InputError(f"--measurements {path}: not a measurements file ({error!r})",
                          "give the output of tdx-image measure --json or a build's measurements.json")
+
+
+def load_registers(path: Path) -> dict:
+    """``rtmr`` and ``pcr_sha384`` of a measurements file."""
+    return load_measurements(path, lambda document: {
+        "rtmr": {str(i): document["rtmr"][str(i)] for i in PREDICTED_RTMRS},
+        "pcr_sha384": {str(i): document["pcr_sha384"][str(i)] for i in PREDICTED_PCRS}})
 
 
 def registers_differ(expected: dict, prediction: Prediction) -> list[str]:
@@ -388,21 +426,3 @@ def registers_differ(expected: dict, prediction: Prediction) -> list[str]:
     return [f"{'RTMR' if kind == 'rtmr' else 'PCR'} {index}"
             for kind in ("rtmr", "pcr_sha384") for index, value in expected[kind].items()
             if value is None or value != actual[kind][index]]
-
-
-def compare_with_log(prediction: Prediction, log: list[ev.LoggedEvent]) -> list[str]:
-    """Per predicted PCR, the first event where a real TPM event log (the guest's
-    ``binary_bios_measurements``) and the prediction part ways; empty when they agree."""
-    differences = []
-    for pcr in PREDICTED_PCRS:
-        predicted = [step.event for step in prediction.steps if step.event.pcr == pcr and not step.after_boot]
-        logged = [event for event in log if event.pcr == pcr and event.event_type != ev.EV_NO_ACTION]
-        for number, (mine, real) in enumerate(zip_longest(predicted, logged), start=1):
-            if mine is None or real is None or mine.digest != real.sha384:
-                ours = repr(mine.description[:80]) if mine else "nothing more"
-                theirs = (f"{ev.event_type_name(real.event_type)} "
-                          f"{real.data[:80].decode(errors='replace').rstrip(chr(0))!r}"
-                          if real else "nothing more")
-                differences.append(f"PCR {pcr} event {number}: predicted {ours}, the log has {theirs}")
-                break
-    return differences

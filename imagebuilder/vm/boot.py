@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
-import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,21 +24,24 @@ from pathlib import Path
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
 from ..host import requirements, runner, signals
 from ..core.errors import CheckFailed, HostError, InputError, Interrupted
-from ..core.inputs import require_regular_file
+from ..core.inputs import require_regular_file, require_writable_file
 from ..host.virt import KVM_FAILURE, read, running
 from .launch import Launch, choose_accel
 from ..measure import predict
-from ..measure.eventlog import EventLogError, LoggedEvent, parse_tcg2_log
-from ..measure.predict import compare_with_log
+from ..measure.eventlog import EventLogError
 from ..host.facts import HostFacts
 from ..host.requirements import require_ovmf, require_tdx_host
 from ..schemas import SCHEMA_VERSION
 from ..image.disk import image_format as disk_format
+from ..measure.replay import EventLog, read_event_log
+from ..verify.checks import Expected, verify
 
 SELFCHECK_PREFIX = "TDX-SELFCHECK "
-# The self-check's copy of the firmware's TPM event log, base64 on one line (where the kernel
-# has it: a UKI boot; grub's legacy loader does not hand it over).
-EVENT_LOG_LINE = re.compile(r"TDX-EVENTLOG ([A-Za-z0-9+/]+=*)$", re.MULTILINE)  # after systemd's prefix
+# The self-check writes the firmware's event log, where the kernel has one, to the VM's second
+# serial port, framed (the firmware and grub write there too): base64 lines between these, the
+# end line carrying the log's SHA-256.
+EVENT_LOG = re.compile(r"^TDX-EVENTLOG-BEGIN\s*$(.*?)^TDX-EVENTLOG-END ([0-9a-f]{64})\s*$",
+                       re.MULTILINE | re.DOTALL)
 # CSI sequences (colours, cursor moves) and charset switches that systemd and GRUB print.
 ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-9;?=]*[A-Za-z]|[()][A-Za-z0-9])")
 POLL_SECONDS = 0.5
@@ -76,7 +79,8 @@ class BootResult:
     measurements: dict | None = None
     # With --tdx: what the TDVF means for attestation when it records no RTMR events
     firmware_note: str | None = None
-    # With --tpm, when the guest printed its event log: {"events": N, "differences": [...]}
+    # When the guest sent its event log: {"events": N, "differences": [...] (with --tpm),
+    # "file": where --event-log wrote it, or None}
     event_log: dict | None = None
 
     def to_dict(self) -> dict:
@@ -107,16 +111,31 @@ def parse_selfcheck(console: str) -> dict | None:
     return None
 
 
-def parse_event_log(console: str) -> list[LoggedEvent] | None:
-    """The guest's TCG2 event log from its TDX-EVENTLOG line; None when it printed none or
-    the line arrived damaged (kernel messages can interleave on the console)."""
-    match = EVENT_LOG_LINE.search(console_text(console))
-    if match is None:
+def parse_event_log(channel: str) -> bytes | None:
+    """The firmware's event log the guest's self-check sent; None when it sent none."""
+    framed = EVENT_LOG.search(channel)
+    if framed is None:
         return None
+    encoded, digest = framed.groups()
     try:
-        return parse_tcg2_log(base64.b64decode(match.group(1), validate=True))
-    except (binascii.Error, EventLogError, struct.error):
-        return None
+        log = base64.b64decode("".join(encoded.split()), validate=True)
+    except binascii.Error as error:
+        raise CheckFailed(f"the guest's event log arrived damaged ({error})")
+    if hashlib.sha256(log).hexdigest() != digest:
+        raise CheckFailed("the guest's event log arrived damaged (its SHA-256 differs)")
+    return log
+
+
+def read_sent_log(log: bytes) -> EventLog:
+    try:
+        return read_event_log(log)
+    except EventLogError as error:
+        raise CheckFailed(f"the guest sent an event log that cannot be read: {error}")
+
+
+def log_differences(log: EventLog, prediction: dict, image: Path) -> list[str]:
+    """Where the guest's own event log parts from the prediction, event by event."""
+    return verify(log, expected=Expected.from_measurements(prediction, str(image))).problems()
 
 
 def diagnose(console: str) -> tuple[str, bool]:
@@ -226,28 +245,37 @@ def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: st
 def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool = False,
                timeout: float = DEFAULT_BOOT_TIMEOUT_S, console_log: Path, firmware: Path | None = None,
                progress: Callable[[float, str], None] | None = None,
-               host: HostFacts | None = None, allow_backing: bool = False) -> BootResult:
+               host: HostFacts | None = None, allow_backing: bool = False, secure_boot: bool = False,
+               event_log: Path | None = None) -> BootResult:
     """Boot a throwaway copy of ``image`` and return the guest's self-check report.
 
     With ``tdx`` the image is launched as a TD and passes only if the guest says it is one (and,
     where its kernel exposes RTMRs, only if RTMR1/2 equal the prediction). With ``tpm`` it boots
     in the reference VM with a software TPM and passes only if the guest's PCR 4, 5, 8, 9, 11, 12, 14
-    equal what ``tdx-image measure`` predicts.  ``firmware`` is the UEFI firmware (TDVF with
-    ``tdx``), by default the host's; ``progress`` is called while waiting with the seconds
-    elapsed and the console's last line.
+    equal what ``tdx-image measure`` predicts and its event log, where the guest sent one, has
+    the predicted events.  ``firmware`` is the UEFI firmware (TDVF with ``tdx``), by default the
+    host's, its Secure Boot build with ``secure_boot``; ``event_log``: where to write the
+    firmware's event log the guest sent (a TD's CCEL with ``tdx``, else the TPM log; the TD
+    path has not run on a TDX host here); ``progress`` is called while waiting with the
+    seconds elapsed and the console's last line.
     """
     image, console_log = Path(image), Path(console_log)
     require_regular_file(image, "image")
     if tpm and tdx:
         raise InputError("--tpm and --tdx are different VMs", "boot once with each")
+    if secure_boot and tdx:
+        raise InputError("--secure-boot is a plain VM's firmware", "drop it with --tdx")
+    if event_log is not None:
+        require_writable_file(event_log, "--event-log")
     host = host or HostFacts()
     requirements.require("boot", *(["boot:tpm"] if tpm else []), context=requirements.Context(host))
     image_format = disk_format(image, allow_backing)  # a truncated qcow2 fails here, not after the timeout
     tdvf = require_tdx_host(firmware, host) if tdx else None
     firmware_note = host.td_firmware_note(tdvf) if tdvf else None
-    ovmf = None if tdx else require_ovmf(firmware, host)
+    ovmf = None if tdx else require_ovmf(firmware, host, secure_boot)
     chosen, fallback_reason = choose_accel(accel, tdx, host)
-    predicted = predict(image) if tpm else None  # offline, before a long boot
+    prediction = (predict(image, secure_boot, allow_backing).to_dict() if tpm
+                  else None)  # offline, before a long boot
     console_log.parent.mkdir(parents=True, exist_ok=True)
     console_log.unlink(missing_ok=True)
     try:
@@ -256,32 +284,45 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
             overlay = Path(work) / "overlay.qcow2"
             create_overlay(image, image_format, overlay)
             socket = stack.enter_context(software_tpm(Path(work))) if tpm else None
+            channel = Path(work) / "channel"
             launch = Launch(disk=overlay, accel=chosen, tdx=tdx, tdvf=tdvf, firmware=ovmf,
-                            serial=f"file:{console_log}", tpm_socket=socket)
+                            serial=f"file:{console_log}", tpm_socket=socket, channel=channel)
             with running(launch.qemu_args(), Path(work) / "qemu.out") as process:
                 selfcheck, seconds = wait_for_selfcheck(process, console_log,
                                                         Path(work) / "qemu.out", timeout, chosen,
                                                         progress)
+            log = parse_event_log(read(channel))
     except KeyboardInterrupt:
         raise Interrupted(f"boot test interrupted by {signals.received_name()}; QEMU was stopped") from None
     if tdx and selfcheck.get("td") is not True:
         raise CheckFailed(f"the guest booted but is not running as a TD: {selfcheck.get('reason')}",
                           f"console log: {console_log}")
-    measurements, event_log = None, None
-    if predicted is not None:  # with tpm
-        log = parse_event_log(read(console_log))
-        differences = compare_with_log(predicted, log) if log is not None else []
-        if log is not None:
-            event_log = {"events": len(log), "differences": differences}
-        measurements = compare_measurements(predicted.to_dict()["pcr_sha384"],
+    sent = read_sent_log(log) if log is not None else None
+    if event_log is not None:
+        if log is None and tdx:
+            raise CheckFailed("the TD sent no event log: its kernel shows no CCEL "
+                              "(/sys/firmware/acpi/tables/data/CCEL)",
+                              "is the firmware TDVF with TdTcg2Dxe, and ACPI on?")
+        if log is None:
+            raise CheckFailed("the guest printed no event log: its kernel has none (with Secure "
+                              "Boot off Debian's grub starts the kernel without its EFI stub, "
+                              "which is what hands the firmware's log to Linux)",
+                              "boot with --secure-boot")
+        event_log.write_bytes(log)
+    measurements, differences = None, []
+    if prediction is not None:  # with tpm
+        differences = log_differences(sent, prediction, image) if sent is not None else []
+        measurements = compare_measurements(prediction["pcr_sha384"],
                                             selfcheck.get("pcr_sha384") or {}, "PCR",
                                             tuple(differences))
         if differences:  # equal registers from other events: the prediction's story is wrong
             raise CheckFailed("boot test failed: the guest's event log differs from `tdx-image "
-                              f"measure`: {'; '.join(differences)}", "compare with tdx-image measure --log")
+                              f"measure`: {'; '.join(differences)}", "compare with tdx-image verify --log")
     # kernels before 6.16 do not expose RTMRs; a TDVF without TdTcg2Dxe extends none
     elif tdx and selfcheck.get("rtmr") and firmware_note is None:
-        measurements = compare_measurements(predict(image).to_dict()["rtmr"], selfcheck["rtmr"],
+        measurements = compare_measurements(predict(image, allow_backing=allow_backing).to_dict()["rtmr"], selfcheck["rtmr"],
                                             "RTMR")
+    received = None if sent is None else {"events": len(sent.measured), "differences": differences,
+                                          "file": str(event_log) if event_log else None}
     return BootResult(chosen, fallback_reason, seconds, selfcheck, console_log, measurements,
-                      firmware_note, event_log)
+                      firmware_note, received)

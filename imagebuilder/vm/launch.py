@@ -57,6 +57,9 @@ class Launch:
     tdvf: Path | None = None  # the firmware of a TD; plain VMs use OVMF_CODE/OVMF_VARS
     firmware: virt.Firmware | None = None  # a plain VM's; None: the host's OVMF (else Debian's paths)
     serial: str = "mon:stdio"  # QEMU -serial backend: the console, or file:LOG for a boot test
+    # A second serial port (the guest's ttyS1) written to this file: the self-check's channel
+    # for the firmware's event log, apart from the console that kernel messages cut into.
+    channel: Path | None = None
     snapshot: bool = False  # write to a temporary layer instead of the disk
     # A software TPM 2.0 (swtpm's control socket) on tpm-tis: the reference VM for measured
     # boot, which also has no NIC, so the image is the only boot device.
@@ -76,6 +79,8 @@ class Launch:
         # -no-reboot: a guest reset ends QEMU (TDs cannot be reset; a boot test must not loop).
         args = [virt.QEMU, "-accel", self.accel, "-m", str(self.memory_mib), "-smp", str(self.cpus),
                 "-nodefaults", "-display", "none", "-no-reboot", "-serial", self.serial]
+        if self.channel is not None:
+            args += ["-serial", f"file:{self.channel}"]
         if self.accel == "kvm":
             args += ["-cpu", "host"]
         if self.tdx:
@@ -88,7 +93,7 @@ class Launch:
                      "-bios", str(self.tdvf)]
         else:
             firmware = self.firmware or virt.find_ovmf() or virt.Firmware(virt.OVMF_CODE, virt.OVMF_VARS)
-            args += ["-machine", "q35", *firmware.pflash_drives()]
+            args += [*firmware.machine_args(), *firmware.pflash_drives()]
         if self.tpm_socket is not None:
             args += ["-chardev", f"socket,id=chrtpm,path={self.tpm_socket}",
                      "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]

@@ -13,7 +13,7 @@ import pytest
 from imagebuilder.measure import components
 from imagebuilder.measure.efi import EFI_CERT_X509_GUID, GrubImage, PeImage, Shim
 
-from ..conftest import ESP_TYPE, esp_files, run_cli
+from ..conftest import esp_files, image_with_grub_cfg, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -137,17 +137,8 @@ def test_build_publishes_measurements_that_validate_checks(debian_build, debian_
 
 
 def test_a_menu_that_waits_makes_grubs_registers_unpredicted_not_wrong(debian_image, measured, tmp_path):
-    raw = tmp_path / "waits.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", debian_image, raw], check=True)
-    table = json.loads(subprocess.run(["sfdisk", "--json", raw], capture_output=True, text=True,
-                                      check=True).stdout)["partitiontable"]
-    root = next(p for p in table["partitions"] if p["type"] != ESP_TYPE)
-    device = f"{raw}?offset={root['start'] * 512}"
-    config = subprocess.run(["debugfs", "-R", "cat /boot/grub/grub.cfg", device], capture_output=True,
-                            check=True).stdout
-    (tmp_path / "grub.cfg").write_bytes(config.replace(b"set timeout=", b"set timeout=-1 ignored="))
-    for request in ("rm /boot/grub/grub.cfg", f"write {tmp_path / 'grub.cfg'} /boot/grub/grub.cfg"):
-        subprocess.run(["debugfs", "-w", "-R", request, device], capture_output=True, check=True)
+    raw = image_with_grub_cfg(debian_image, tmp_path,
+                              lambda text: text.replace("set timeout=", "set timeout=-1 ignored="))
 
     result = run_cli("measure", raw, "--json")
 
