@@ -242,6 +242,31 @@ def compare_measurements(predicted: dict[str, str | None], guest: dict, kind: st
     return compared
 
 
+def _keep_event_log(log: bytes | None, destination: Path, tdx: bool) -> None:
+    """``--event-log``: write the log the guest sent, or say why there is none."""
+    if log is None and tdx:
+        raise CheckFailed("the TD sent no event log: its kernel shows no CCEL "
+                          "(/sys/firmware/acpi/tables/data/CCEL)",
+                          "is the firmware TDVF with TdTcg2Dxe, and ACPI on?")
+    if log is None:
+        raise CheckFailed("the guest printed no event log: its kernel has none (with Secure "
+                          "Boot off Debian's grub starts the kernel without its EFI stub, "
+                          "which is what hands the firmware's log to Linux)",
+                          "boot with --secure-boot")
+    destination.write_bytes(log)
+
+
+def _refuse_what_cannot_go_together(image: Path, tdx: bool, tpm: bool, secure_boot: bool,
+                                    event_log: Path | None) -> None:
+    require_regular_file(image, "image")
+    if tpm and tdx:
+        raise InputError("--tpm and --tdx are different VMs", "boot once with each")
+    if secure_boot and tdx:
+        raise InputError("--secure-boot is a plain VM's firmware", "drop it with --tdx")
+    if event_log is not None:
+        require_writable_file(event_log, "--event-log")
+
+
 def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool = False,
                timeout: float = DEFAULT_BOOT_TIMEOUT_S, console_log: Path, firmware: Path | None = None,
                progress: Callable[[float, str], None] | None = None,
@@ -260,13 +285,7 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     seconds elapsed and the console's last line.
     """
     image, console_log = Path(image), Path(console_log)
-    require_regular_file(image, "image")
-    if tpm and tdx:
-        raise InputError("--tpm and --tdx are different VMs", "boot once with each")
-    if secure_boot and tdx:
-        raise InputError("--secure-boot is a plain VM's firmware", "drop it with --tdx")
-    if event_log is not None:
-        require_writable_file(event_log, "--event-log")
+    _refuse_what_cannot_go_together(image, tdx, tpm, secure_boot, event_log)
     host = host or HostFacts()
     requirements.require("boot", *(["boot:tpm"] if tpm else []), context=requirements.Context(host))
     image_format = disk_format(image, allow_backing)  # a truncated qcow2 fails here, not after the timeout
@@ -299,16 +318,7 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
                           f"console log: {console_log}")
     sent = read_sent_log(log) if log is not None else None
     if event_log is not None:
-        if log is None and tdx:
-            raise CheckFailed("the TD sent no event log: its kernel shows no CCEL "
-                              "(/sys/firmware/acpi/tables/data/CCEL)",
-                              "is the firmware TDVF with TdTcg2Dxe, and ACPI on?")
-        if log is None:
-            raise CheckFailed("the guest printed no event log: its kernel has none (with Secure "
-                              "Boot off Debian's grub starts the kernel without its EFI stub, "
-                              "which is what hands the firmware's log to Linux)",
-                              "boot with --secure-boot")
-        event_log.write_bytes(log)
+        _keep_event_log(log, event_log, tdx)
     measurements, differences = None, []
     if prediction is not None:  # with tpm
         differences = log_differences(sent, prediction, image) if sent is not None else []
@@ -320,8 +330,8 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
                               f"measure`: {'; '.join(differences)}", "compare with tdx-image verify --log")
     # kernels before 6.16 do not expose RTMRs; a TDVF without TdTcg2Dxe extends none
     elif tdx and selfcheck.get("rtmr") and firmware_note is None:
-        measurements = compare_measurements(predict(image, allow_backing=allow_backing).to_dict()["rtmr"], selfcheck["rtmr"],
-                                            "RTMR")
+        predicted = predict(image, allow_backing=allow_backing).to_dict()["rtmr"]
+        measurements = compare_measurements(predicted, selfcheck["rtmr"], "RTMR")
     received = None if sent is None else {"events": len(sent.measured), "differences": differences,
                                           "file": str(event_log) if event_log else None}
     return BootResult(chosen, fallback_reason, seconds, selfcheck, console_log, measurements,
