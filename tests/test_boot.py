@@ -21,6 +21,7 @@ from imagebuilder.vm import boot, launch
 from imagebuilder.core.errors import CheckFailed, HostError, InputError, Interrupted
 from imagebuilder.distros.clouds import GCP
 from tests.conftest import FakeHost, firmware_volume, schema_errors
+from tests.test_cloud_checks import fixed_vhd, gce_tar
 from tests.test_measure import synthetic_log
 from tests.test_verify import ccel as generated_ccel
 
@@ -476,3 +477,28 @@ def test_an_azure_image_is_refused_with_the_reason_before_qemu(qemu, image, tmp_
     assert "VMBus devices (storvsc disk, netvsc NIC) cannot be emulated by QEMU" in str(result.exception)
     assert f"tdx-image validate --cloud azure {image}" in str(result.exception)
     assert not qemu.started
+
+
+@pytest.mark.parametrize("packing", ["gce-tar", "vpc"])
+def test_an_overlay_on_a_gce_tar_or_a_fixed_vhd_shows_the_guest_its_disk(synthetic_image, tmp_path, packing):
+    image = gce_tar(synthetic_image, tmp_path) if packing == "gce-tar" else fixed_vhd(synthetic_image, tmp_path)
+    (tmp_path / "work").mkdir()
+    overlay = tmp_path / "work" / "overlay.qcow2"
+    boot.create_overlay(image, boot.disk_format(image), overlay)
+    same = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "raw", overlay, synthetic_image],
+                          capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout + same.stderr
+    if packing == "gce-tar":  # unpacked beside the overlay, removed with it
+        assert sorted(path.name for path in overlay.parent.iterdir()) == ["disk.raw", "overlay.qcow2"]
+
+
+def test_booting_a_gce_tar_leaves_nothing_behind(qemu, synthetic_image, tmp_path, monkeypatch):
+    image = gce_tar(synthetic_image, tmp_path)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temporary))
+    qemu.behave(console=REAL_LINE)
+    result = boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log", cloud=GCP)
+    assert result.selfcheck["kernel"] and list(temporary.iterdir()) == []
+    args = (tmp_path / "pid.args").read_text().splitlines()
+    assert any("overlay.qcow2,if=none,id=disk0,format=qcow2" in arg for arg in args)

@@ -31,6 +31,7 @@ from imagebuilder.commands import run
 from imagebuilder.core.errors import HostError, InputError
 from imagebuilder.vm.launch import Launch
 from tests.conftest import FakeHost, firmware_volume
+from tests.test_cloud_checks import fixed_vhd, gce_tar
 from tests.test_uki_measure import volume
 
 TDVF = Path("/fw/tdvf.fd")
@@ -365,3 +366,11 @@ def test_an_nvme_disk_is_a_namespace_of_an_emulated_nvme_controller():
 def test_a_disk_interface_qemu_cannot_attach_is_refused():
     with pytest.raises(InputError, match="cannot attach the disk over vmbus"):
         Launch(disk=Path("/img/azure.vhd"), accel="tcg", disk_interface="vmbus")
+
+
+def test_run_takes_a_fixed_vhd_in_place_and_sends_a_gce_tar_to_boot(synthetic_image, tmp_path):
+    vhd, tar = fixed_vhd(synthetic_image, tmp_path), gce_tar(synthetic_image, tmp_path)
+    ran = CliRunner().invoke(run.run_command, [str(vhd), "--accel", "tcg"], obj=FakeHost())
+    assert f"file={vhd.resolve()},if=virtio,format=vpc,snapshot=on" in option_values(ran.stdout.split(), "-drive")
+    refused = CliRunner().invoke(run.run_command, [str(tar), "--accel", "tcg"], obj=FakeHost())
+    assert isinstance(refused.exception, InputError) and "boot --cloud gcp" in refused.exception.hint

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import click
 
+from ..core.errors import InputError
 from ..host import runner
 from ..core.inputs import UserPath, require_writable_file, write_text
 from ..host import virt
 from ..vm.launch import DEFAULT_QGS, Launch, choose_accel
 from ..host.requirements import require_ovmf, require_tdx_host, tdx_host_problems
 # qcow2 or raw for a readable image; a truncated qcow2 or a text file is an InputError.
+from ..image.disk import GCE_TAR
 from ..image.disk import image_format as disk_format
 from .context import pass_host
 
@@ -71,7 +73,12 @@ def run_command(host, image, tdx, accel, memory_mib, cpus, firmware, ssh_port, p
     note = host.td_firmware_note(tdvf) if tdvf and tdvf.exists() else None
     if note:
         click.echo(f"note: {note}", err=True)
-    launch = Launch(disk=image.resolve(), disk_format=disk_format(image, allow_backing),
+    image_format = disk_format(image, allow_backing)
+    if image_format == GCE_TAR:
+        raise InputError(f"{image}: QEMU cannot run a gzipped tar in place",
+                         f"boot a throwaway copy (tdx-image boot --cloud gcp {image}) or unpack its "
+                         "disk.raw (tar -xSzf) and run that")
+    launch = Launch(disk=image.resolve(), disk_format=image_format,
                     memory_mib=memory_mib, cpus=cpus, accel=choose_accel(accel, tdx, host)[0],
                     tdx=tdx, tdvf=tdvf,
                     firmware=None if tdx else (require_ovmf(firmware, host) if execute or firmware

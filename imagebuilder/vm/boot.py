@@ -33,6 +33,8 @@ from ..measure.eventlog import EventLogError
 from ..host.facts import HostFacts
 from ..host.requirements import require_ovmf, require_tdx_host
 from ..schemas import SCHEMA_VERSION
+from ..image.cloudformats import unpack_gce_tar
+from ..image.disk import GCE_TAR
 from ..image.disk import image_format as disk_format
 from ..measure.replay import EventLog, read_event_log
 from ..verify.checks import Expected, verify
@@ -153,6 +155,13 @@ def last_lines(console: str, count: int = TAIL_LINES) -> list[str]:
 
 
 def create_overlay(image: Path, image_format: str, overlay: Path) -> None:
+    """A qcow2 ``overlay`` backed by ``image`` (a fixed VHD through qemu's vpc driver); a GCE
+    tar's disk.raw is unpacked beside the overlay first (a sparse file, removed with the
+    overlay's directory) and backs it as raw."""
+    if image_format == GCE_TAR:
+        unpacked = overlay.with_name("disk.raw")
+        unpack_gce_tar(image, unpacked)
+        image, image_format = unpacked, "raw"
     result = runner.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", image_format,
                          "-b", str(image.resolve()), str(overlay)], text=True)
     if result.returncode != 0:
