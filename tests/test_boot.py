@@ -19,6 +19,7 @@ from imagebuilder.host import virt
 from imagebuilder.commands import boot as boot_verb
 from imagebuilder.vm import boot, launch
 from imagebuilder.core.errors import CheckFailed, HostError, InputError, Interrupted
+from imagebuilder.distros.clouds import GCP
 from tests.conftest import FakeHost, firmware_volume, schema_errors
 from tests.test_measure import synthetic_log
 from tests.test_verify import ccel as generated_ccel
@@ -456,3 +457,22 @@ def test_a_tds_ccel_is_written_where_asked_and_its_absence_named(qemu, image, tm
     with pytest.raises(CheckFailed, match="the TD sent no event log"):
         boot.boot_image(image, tdx=True, timeout=30, console_log=tmp_path / "td.log",
                         host=td_host(tmp_path), event_log=tmp_path / "none.dat")
+
+
+def test_a_gcp_image_boots_with_its_disk_on_an_emulated_nvme_controller(qemu, image, tmp_path):
+    qemu.behave(console=REAL_LINE)
+    boot.boot_image(image, accel="tcg", timeout=30, console_log=tmp_path / "c.log", cloud=GCP)
+    args = (tmp_path / "pid.args").read_text().splitlines()
+    drive = next(arg for arg in args if "overlay.qcow2" in arg)
+    assert ",if=none,id=disk0," in drive and "if=virtio" not in drive
+    assert args[args.index(drive) + 1:args.index(drive) + 3] == ["-device", "nvme,serial=tdx-image-disk0,drive=disk0"]
+    qemu.assert_gone()
+
+
+def test_an_azure_image_is_refused_with_the_reason_before_qemu(qemu, image, tmp_path):
+    result = CliRunner().invoke(boot_verb.boot_command, [str(image), "--cloud", "azure",
+                                                         "--console-log", str(tmp_path / "c.log")])
+    assert isinstance(result.exception, InputError)  # exit 2 through the CLI
+    assert "VMBus devices (storvsc disk, netvsc NIC) cannot be emulated by QEMU" in str(result.exception)
+    assert f"tdx-image validate --cloud azure {image}" in str(result.exception)
+    assert not qemu.started

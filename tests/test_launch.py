@@ -347,3 +347,21 @@ def test_secure_boot_without_its_firmware_names_the_package(tmp_path):
         requirements.require_ovmf(None, FakeHost(ovmf=virt.Firmware(tmp_path / "c.fd")), True)
     with pytest.raises(InputError, match="--secure-boot chooses the firmware itself"):
         requirements.require_ovmf(tmp_path / "c.fd", FakeHost(), True)
+
+
+def test_an_nvme_disk_is_a_namespace_of_an_emulated_nvme_controller():
+    """QEMU docs/system/devices/nvme.rst: -drive if=none + -device nvme,serial=,drive=; libvirt:
+    a disk on target bus nvme with a serial."""
+    vm = Launch(disk=Path("/img/gce.raw"), disk_format="raw", accel="tcg", snapshot=True,
+                disk_interface="nvme")
+    args = vm.qemu_args()
+    assert "file=/img/gce.raw,if=none,id=disk0,format=raw,snapshot=on" in option_values(args, "-drive")
+    assert option_values(args, "-device")[0] == "nvme,serial=tdx-image-disk0,drive=disk0"
+    disk = ET.fromstring(vm.libvirt_xml("vm")).find("devices/disk")
+    assert disk.find("target").attrib == {"dev": "nvme0n1", "bus": "nvme"}
+    assert disk.findtext("serial") == "tdx-image-disk0"
+
+
+def test_a_disk_interface_qemu_cannot_attach_is_refused():
+    with pytest.raises(InputError, match="cannot attach the disk over vmbus"):
+        Launch(disk=Path("/img/azure.vhd"), accel="tcg", disk_interface="vmbus")

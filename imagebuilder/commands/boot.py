@@ -14,7 +14,7 @@ from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
 from ..core.errors import CheckFailed
 from ..core.inputs import Seconds, UserPath
 from ..vm.boot import BootResult, boot_image
-from .context import pass_host
+from .context import cloud_option, pass_host
 
 
 class BootProgress:
@@ -70,9 +70,11 @@ def verdict(result: BootResult, tdx: bool) -> str:
               help="Also read the backing files a qcow2 names (regular files, no loop): without "
                    "it such an image is refused, as its contents would come from this host.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@cloud_option("Attach the disk as that cloud does (gcp: an emulated NVMe controller); azure's "
+              "VMBus devices cannot be emulated, so an azure image is refused.")
 @pass_host
 def boot_command(host, image, accel, tdx, firmware, tpm, secure_boot, event_log, timeout,
-                 console_log, allow_backing, as_json):
+                 console_log, allow_backing, as_json, cloud):
     """Boot a throwaway copy of IMAGE and report the guest's TDX self-check."""
     console = Console(stderr=True)
     display = BootProgress(console, f"booting {image.name}" + (" as a TD" if tdx else ""), timeout)
@@ -82,7 +84,7 @@ def boot_command(host, image, accel, tdx, firmware, tpm, secure_boot, event_log,
             result = boot_image(image, accel=accel, tdx=tdx, tpm=tpm, timeout=timeout,
                                 firmware=firmware, progress=display if live else None, host=host,
                                 allow_backing=allow_backing, secure_boot=secure_boot,
-                                event_log=event_log,
+                                event_log=event_log, cloud=cloud,
                                 console_log=console_log or Path(f"{image.name}.console.log"))
     except CheckFailed:
         if not as_json:
@@ -93,7 +95,8 @@ def boot_command(host, image, accel, tdx, firmware, tpm, secure_boot, event_log,
         return
     check = result.selfcheck
     accel_note = f" ({result.fallback_reason})" if result.fallback_reason else ""
-    click.echo(f"boot: {image} under {result.accel}{accel_note}")
+    click.echo(f"boot: {image} under {result.accel}{accel_note}, disk on {cloud.disk_interface} "
+               f"as --cloud {cloud.name} attaches it")
     click.echo(f"self-check after {result.seconds_to_selfcheck:.1f} s: kernel {check.get('kernel')}, "
                f"TD: {'yes' if check.get('td') else 'no'}, "
                f"attestation: {'yes' if check.get('attestation') else 'no'}")

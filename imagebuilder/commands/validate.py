@@ -10,8 +10,10 @@ from ..core.console import Console
 
 from ..core.errors import CheckFailed, InputError
 from ..core.inputs import UserPath, require_writable_file
+from ..distros.clouds import Cloud
 from ..validate.measurements import measurements_check
 from ..validate.validator import validate_image
+from .context import cloud_option
 
 
 @click.command("validate")
@@ -26,20 +28,24 @@ from ..validate.validator import validate_image
 @click.option("--measurements", type=UserPath(path_type=Path),
               help="Also check that this measurements file (a build's measurements.json or "
                    "`measure --json`) holds the registers the image measures.")
+@cloud_option("Where IMAGE is to boot: also check what that cloud needs (its initrd drivers, "
+              "its disk format) and skip what only another needs.")
 def validate_command(image: Path, as_json: bool, junit: Path | None, manifest: Path | None,
-                     measurements: Path | None, allow_backing: bool):
+                     measurements: Path | None, allow_backing: bool, cloud: Cloud):
     """Check, without booting, that IMAGE will boot as an Intel TDX guest and is safe to ship."""
     if junit:
         require_writable_file(junit, "--junit")
     more = [measurements_check(measurements)] if measurements is not None else []
-    report = validate_image(image, manifest=manifest, more=more, allow_backing=allow_backing)
+    report = validate_image(image, manifest=manifest, more=more, allow_backing=allow_backing,
+                            cloud=cloud)
     if junit:
         try:
             report.write_junit(junit)
         except OSError as error:
             raise InputError(f"cannot write --junit {junit}: {error.strerror}")
     failed = None if report.ok else CheckFailed(
-        f"{image}: {len(report.failed)} check(s) failed: {', '.join(c.id for c in report.failed)}",
+        f"{image}: {len(report.failed)} check(s) failed (--cloud {cloud.name}): "
+        f"{', '.join(c.id for c in report.failed)}",
         details=report.to_dict())
     if as_json and failed:
         raise failed  # the CLI prints the report with the error as one document

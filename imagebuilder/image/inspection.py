@@ -197,8 +197,8 @@ class Inspection:
 
     @cached_property
     def initrd_modules(self) -> set[str]:
-        """Module names (``virtio_blk``) the initrd carries for its kernel: the UKI's .initrd, or
-        the default grub entry's initrd files."""
+        """Module names (``virtio_blk``; ``-`` read as ``_``, as the kernel does) the initrd
+        carries for its kernel: the UKI's .initrd, or the default grub entry's initrd files."""
         modules = set()
         for path, data in self._initrds():
             try:
@@ -206,9 +206,19 @@ class Inspection:
             except InitrdError as error:
                 raise Unavailable(f"initrd {path} cannot be read: {error}")
             marker = f"lib/modules/{self.kernel_version}/"
-            modules |= {member.rsplit("/", 1)[-1].split(".ko")[0] for member in members
+            modules |= {member.rsplit("/", 1)[-1].split(".ko")[0].replace("-", "_") for member in members
                         if marker in member and ".ko" in member}
         return modules
+
+    @cached_property
+    def builtin_modules(self) -> set[str]:
+        """Module names built into the kernel, from its module tree's ``modules.builtin`` (one
+        ``kernel/drivers/.../name.ko`` a line, written by the kernel's build)."""
+        text = self.root.read(f"{self.module_tree}/modules.builtin")
+        if text is None:
+            raise Unavailable(f"no {self.module_tree}/modules.builtin")
+        return {line.rsplit("/", 1)[-1].removesuffix(".ko").replace("-", "_")
+                for line in text.decode(errors="replace").split()}
 
     def _initrds(self) -> list[tuple[str, bytes]]:
         if self.uki is not None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.results import FAIL, INFO, WARN, Finding
+from ..distros.clouds import AZURE, GCP, QEMU, Cloud
 from ..image.disk import BIOS_BOOT_TYPE, ESP_TYPE, LINUX_ROOT_TYPES
 from ..image.inspection import MANIFEST_IN_IMAGE, Inspection, Unavailable
 from .sealing import uki_sections, verity_root, verity_root_read_only
@@ -23,6 +24,10 @@ class Check:
     severity: str
     reason: str
     probe: Callable[[Inspection], Finding]
+    clouds: tuple[str, ...] = ()  # the clouds (--cloud) it applies to; empty: every one
+
+    def applies_to(self, cloud: Cloud) -> bool:
+        return not self.clouds or cloud.name in self.clouds
 
 
 def gpt_valid(image: Inspection) -> Finding:
@@ -157,6 +162,41 @@ def virtio_drivers(image: Inspection) -> Finding:
     return Finding(True, "; ".join(found))
 
 
+# The option that builds each driver a cloud needs, from the kernel's Makefiles (obj-$(OPTION)
+# += name.o), for a kernel whose module tree has no modules.builtin.
+DRIVER_OPTIONS = {"virtio_blk": "CONFIG_VIRTIO_BLK", "virtio_net": "CONFIG_VIRTIO_NET",
+                  "nvme": "CONFIG_BLK_DEV_NVME", "gve": "CONFIG_GVE", "hv_vmbus": "CONFIG_HYPERV",
+                  "hv_storvsc": "CONFIG_HYPERV_STORAGE", "hv_netvsc": "CONFIG_HYPERV_NET"}
+
+
+def _built_in(image: Inspection, driver: str) -> str | None:
+    """Where the kernel says it has ``driver`` built in (modules.builtin, else its config)."""
+    try:
+        return "built in (modules.builtin)" if driver in image.builtin_modules else None
+    except Unavailable:
+        option = DRIVER_OPTIONS.get(driver)
+        return f"built in ({option}=y)" if option and image.kernel_config.get(option) == "y" else None
+
+
+def cloud_drivers(cloud: Cloud) -> Callable[[Inspection], Finding]:
+    """The probe of ``cloud``'s initrd drivers: each in the initrd the loader hands the kernel
+    (the UKI's, else grub's) or built into the kernel; a module only in the root file system
+    comes too late, as the root is on the disk the driver reaches."""
+
+    def probe(image: Inspection) -> Finding:
+        found: list[str] = []
+        missing: list[str] = []
+        for driver in cloud.initrd_drivers:
+            where = "in the initrd" if driver in image.initrd_modules else _built_in(image, driver)
+            (found if where else missing).append(f"{driver} {where}" if where else driver)
+        if missing:
+            return Finding(False, f"not in the initrd nor built into the kernel: {', '.join(missing)}"
+                           + (f"; {', '.join(found)}" if found else ""))
+        return Finding(True, ", ".join(found))
+
+    return probe
+
+
 def overlay_files(image: Inspection) -> Finding:
     manifest = image.manifest
     if manifest is None:
@@ -281,7 +321,14 @@ CHECKS = (
     Check("kernel.attestation", WARN, "CONFIG_TDX_GUEST_DRIVER and CONFIG_TSM_REPORTS let the TD produce attestation quotes", attestation_drivers),
     Check("kernel.attestation-modules", FAIL, "an attestation driver the kernel builds as a module must be installed: SUSE splits modules over kernel-default, -extra and -optional", attestation_modules_installed),
     Check("kernel.unaccepted-memory", INFO, "CONFIG_UNACCEPTED_MEMORY accepts private memory lazily: large TDs boot fast", unaccepted_memory),
-    Check("kernel.virtio", FAIL, "a TD has only virtio devices: block, PCI and net drivers must be built in or in the initrd", virtio_drivers),
+    Check("kernel.virtio", FAIL, "a TD under QEMU/KVM has only virtio devices: block, PCI and net drivers must be built in or in the initrd", virtio_drivers,
+          clouds=(QEMU.name,)),
+    Check("gcp.initrd-drivers", FAIL, "Google Cloud's Confidential VMs attach the boot disk over NVMe and the NIC as gVNIC: "
+          f"without {' and '.join(GCP.initrd_drivers)} in the initrd (or built in) the kernel finds neither its root nor "
+          "the network", cloud_drivers(GCP), clouds=(GCP.name,)),
+    Check("azure.initrd-drivers", FAIL, "Azure attaches disk and NIC over VMBus behind the paravisor: without "
+          f"{', '.join(AZURE.initrd_drivers)} in the initrd (or built in) the kernel finds neither its root nor the network",
+          cloud_drivers(AZURE), clouds=(AZURE.name,)),
     Check("overlay.files", FAIL, "the TDX overlay (attestation device access, first-boot host keys, self-check) must be installed unchanged", overlay_files),
     Check("secure.passwords", FAIL, "an image shared by many TDs must not carry a usable or empty password", no_passwords),
     Check("secure.ssh-host-keys", FAIL, "baked-in SSH host keys would be shared by every TD started from the image", no_ssh_host_keys),

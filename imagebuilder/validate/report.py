@@ -23,6 +23,7 @@ class Report:
     image: str
     checks: list[Result]
     duration_s: float
+    cloud: str = "qemu"  # the cloud (--cloud) the image was checked for
 
     @property
     def ok(self) -> bool:
@@ -34,12 +35,12 @@ class Report:
         return [check for check in self.checks if check.failed]
 
     def to_dict(self) -> dict:
-        return {"schema_version": SCHEMA_VERSION, "image": self.image, "ok": self.ok,
+        return {"schema_version": SCHEMA_VERSION, "image": self.image, "cloud": self.cloud, "ok": self.ok,
                 "checks": [check_record(check) for check in self.checks],
                 "duration_s": round(self.duration_s, 3)}
 
     def render(self, console: Console) -> None:
-        render(console, self.checks, title=f"tdx-image validate {self.image}")
+        render(console, self.checks, title=f"tdx-image validate --cloud {self.cloud} {self.image}")
         verdict = "[green]ok[/]" if self.ok else f"[bold red]not ok[/]: {len(self.failed)} check(s) failed"
         console.print(f"{verdict} ({self.duration_s:.1f} s)")
 
@@ -49,7 +50,9 @@ class Report:
                                     failures=str(len(self.failed)), errors="0",
                                     skipped=str(sum(check.status == SKIP for check in self.checks)),
                                     time=f"{self.duration_s:.3f}")
-        ElementTree.SubElement(ElementTree.SubElement(suite, "properties"), "property", name="image", value=self.image)
+        properties = ElementTree.SubElement(suite, "properties")
+        ElementTree.SubElement(properties, "property", name="image", value=self.image)
+        ElementTree.SubElement(properties, "property", name="cloud", value=self.cloud)
         for check in self.checks:
             case = ElementTree.SubElement(suite, "testcase", classname=f"validate.{check.id.split('.')[0]}",
                                           name=check.id, time="0")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
+from ..distros.clouds import QEMU, Cloud
 from ..host import requirements, runner, signals
 from ..core.errors import CheckFailed, HostError, InputError, Interrupted
 from ..core.inputs import require_regular_file, require_writable_file
@@ -256,8 +257,16 @@ def _keep_event_log(log: bytes | None, destination: Path, tdx: bool) -> None:
     destination.write_bytes(log)
 
 
+# Why QEMU cannot attach a disk the way a cloud does, by the cloud's disk interface.
+NOT_EMULATED = {"vmbus": "its VMBus devices (storvsc disk, netvsc NIC) cannot be emulated by QEMU"}
+
+
 def _refuse_what_cannot_go_together(image: Path, tdx: bool, tpm: bool, secure_boot: bool,
-                                    event_log: Path | None) -> None:
+                                    event_log: Path | None, cloud: Cloud) -> None:
+    if not cloud.emulated:
+        why = NOT_EMULATED.get(cloud.disk_interface, f"QEMU cannot attach {cloud.disk_interface} devices")
+        raise InputError(f"an image for {cloud.title} cannot be booted here: {why}; it is checked "
+                         "offline only", f"tdx-image validate --cloud {cloud.name} {image}")
     require_regular_file(image, "image")
     if tpm and tdx:
         raise InputError("--tpm and --tdx are different VMs", "boot once with each")
@@ -271,7 +280,7 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
                timeout: float = DEFAULT_BOOT_TIMEOUT_S, console_log: Path, firmware: Path | None = None,
                progress: Callable[[float, str], None] | None = None,
                host: HostFacts | None = None, allow_backing: bool = False, secure_boot: bool = False,
-               event_log: Path | None = None) -> BootResult:
+               event_log: Path | None = None, cloud: Cloud = QEMU) -> BootResult:
     """Boot a throwaway copy of ``image`` and return the guest's self-check report.
 
     With ``tdx`` the image is launched as a TD and passes only if the guest says it is one (and,
@@ -282,10 +291,12 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
     host's, its Secure Boot build with ``secure_boot``; ``event_log``: where to write the
     firmware's event log the guest sent (a TD's CCEL with ``tdx``, else the TPM log; the TD
     path has not run on a TDX host here); ``progress`` is called while waiting with the
-    seconds elapsed and the console's last line.
+    seconds elapsed and the console's last line.  ``cloud``: the disk is attached as that cloud
+    attaches it (Google Cloud: an emulated NVMe controller); a cloud whose devices QEMU cannot
+    emulate (Azure's VMBus) is refused.
     """
     image, console_log = Path(image), Path(console_log)
-    _refuse_what_cannot_go_together(image, tdx, tpm, secure_boot, event_log)
+    _refuse_what_cannot_go_together(image, tdx, tpm, secure_boot, event_log, cloud)
     host = host or HostFacts()
     requirements.require("boot", *(["boot:tpm"] if tpm else []), context=requirements.Context(host))
     image_format = disk_format(image, allow_backing)  # a truncated qcow2 fails here, not after the timeout
@@ -305,7 +316,8 @@ def boot_image(image: Path, *, accel: str = "auto", tdx: bool = False, tpm: bool
             socket = stack.enter_context(software_tpm(Path(work))) if tpm else None
             channel = Path(work) / "channel"
             launch = Launch(disk=overlay, accel=chosen, tdx=tdx, tdvf=tdvf, firmware=ovmf,
-                            serial=f"file:{console_log}", tpm_socket=socket, channel=channel)
+                            serial=f"file:{console_log}", tpm_socket=socket, channel=channel,
+                            disk_interface=cloud.disk_interface)
             with running(launch.qemu_args(), Path(work) / "qemu.out") as process:
                 selfcheck, seconds = wait_for_selfcheck(process, console_log,
                                                         Path(work) / "qemu.out", timeout, chosen,
