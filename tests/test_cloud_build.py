@@ -1,6 +1,7 @@
 """``build --cloud``: the setting, what the composition carries for each cloud, the published
 name and the commands printed for what comes next (issue 19's build half)."""
 
+import io
 import json
 import re
 import xml.etree.ElementTree as ET
@@ -8,12 +9,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from jsonschema import Draft202012Validator
 
 from imagebuilder.build import cloudcommands, publish, settings
 from imagebuilder.build.compose import (CLOUD_DRACUT_CONF, CLOUD_INIT_DATASOURCE, Customisation,
                                         compose)
 from imagebuilder.build.kiwicheck import check_description
-from imagebuilder.build.pipeline import BuildRequest
+from imagebuilder.build.pipeline import BuildRequest, cloud_record
+from imagebuilder.commands.build import show_next_steps
+from imagebuilder.core.console import Console
+from imagebuilder.schemas import schema
 from imagebuilder.build.staging import kiwi_image_file, published_image_file
 from imagebuilder.cli import main
 from imagebuilder.core.errors import InputError
@@ -200,6 +205,34 @@ def test_the_azure_commands_make_a_confidential_gallery_image_from_a_page_blob()
                   "--size Standard_DC2es_v5", "--enable-vtpm true",
                   "galleries/GALLERY/images/tdx-guest-sles-16-0/versions/16.0.0"):
         assert words in launch.command
+
+
+@pytest.mark.parametrize("cloud, boot_test, not_run", [
+    ("azure", True, True), ("azure", False, False), ("gcp", True, False), ("qemu", True, False)])
+def test_build_json_says_why_no_boot_test_ran_and_what_to_run_next(tmp_path, cloud, boot_test, not_run):
+    request = BuildRequest(target=get_target("debian"), out_dir=tmp_path, boot_test=boot_test,
+                           custom=Customisation(cloud=cloud))
+    record = cloud_record(request, "img.vhd")
+    assert record["name"] == cloud
+    assert (record["boot_test_not_run"] is not None) == not_run
+    if not_run:
+        assert "VMBus devices (storvsc disk, netvsc NIC) cannot be emulated by QEMU" in record["boot_test_not_run"]
+    assert [step["command"] for step in record["next_steps"]] == [
+        step.command for step in cloudcommands.next_steps(CLOUDS[cloud], "img.vhd", "13.0.0")]
+    build_schema = schema("build")
+    assert not list(Draft202012Validator(build_schema["properties"]["cloud"]).iter_errors(record))
+
+
+def test_the_build_prints_the_next_steps_and_says_it_runs_none():
+    console = Console(file=io.StringIO(), width=100)
+    request = BuildRequest(target=get_target("debian"), out_dir=Path("out"), custom=Customisation(cloud="gcp"))
+    show_next_steps(console, cloud_record(request, "img.tar.gz"))
+    printed = console.file.getvalue()
+    assert "not run by tdx-image" in printed
+    assert "gcloud storage cp img.tar.gz gs://BUCKET/img.tar.gz\n" in printed
+    show_next_steps(console := Console(file=io.StringIO()), cloud_record(
+        BuildRequest(target=get_target("debian"), out_dir=Path("out")), "img.qcow2"))
+    assert console.file.getvalue() == ""
 
 
 def test_qemu_has_no_cloud_commands():
