@@ -86,8 +86,8 @@ def next_steps(cloud: Cloud, image_file: str, version: str) -> list[Step]:
                  ("az", "sig", "image-version", "create", *gallery,
                   "--gallery-image-version", version, "--os-vhd-uri", blob,
                   "--os-vhd-storage-account", "STORAGE_ACCOUNT")),
-            Step("launch a TDX confidential VM with the paravisor's vTPM (the UKI is unsigned: "
-                 "no Secure Boot)",
+            Step("launch a TDX confidential VM with the paravisor's vTPM (Secure Boot off: "
+                 "debian 13's UKI is signed by no key Azure trusts)",
                  ("az", "vm", "create", "--resource-group", "RESOURCE_GROUP", "--name", "VM_NAME",
                   "--image", f"/subscriptions/SUBSCRIPTION/resourceGroups/RESOURCE_GROUP/providers/"
                   f"Microsoft.Compute/galleries/GALLERY/images/{definition}/versions/{version}",

@@ -29,9 +29,9 @@ from ..distros.clouds import GIB, MIB, QEMU, Cloud, get_cloud
 MANIFEST_PATH = "usr/lib/tdx-image/overlay-manifest.json"
 SSH_KEY_MAX_BYTES = 256 * 1024  # an authorized_keys file of a few hundred keys
 SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519@", "sk-ecdsa-sha2-")
-# A cloud's files in the composed root.  dracut reads its conf.d in name order; add_drivers is
-# installed beside the descriptions' exclusive drivers= list (debian's 80-tdx-guest-initrd.conf),
-# and dracut fails the build when one of them is not in the kernel's module tree (instmods -c).
+# A cloud's files in the composed root.  dracut installs add_drivers beside the descriptions'
+# exclusive drivers= list (debian's 80-tdx-guest-initrd.conf); a module the kernel lacks is only
+# logged by dracut (instmods -c, its status unchecked): the build's validation fails the image.
 CLOUD_DRACUT_CONF = "etc/dracut.conf.d/85-tdx-image-cloud.conf"
 # After Debian's 90_dpkg.cfg (debconf's datasource_list: every datasource cloud-init has):
 # cloud-init merges cloud.cfg.d in name order and a later list replaces an earlier one.
