@@ -20,6 +20,8 @@ import zstandard
 from ..host import runner
 from ..core.errors import InputError
 from ..core.inputs import PATH_MAX, require_regular_file
+from .cloudformats import (GZIP_MAGIC, VHD_COOKIE, VHD_FOOTER_SIZE, GceTar, VhdFooter, read_vhd_footer,
+                           unpack_gce_tar)
 
 SECTOR = 512
 GPT_SIGNATURE = b"EFI PART"
@@ -35,10 +37,20 @@ LINUX_ROOT_TYPES = {
 }
 
 
+# image_format's names of the clouds' upload formats: Google Cloud's gzipped tar (qemu would
+# call it raw) and a fixed VHD (qemu's vpc driver; its probe sees only a VHD's leading copy of
+# the footer, which a fixed one does not have).
+GCE_TAR = "gce-tar"
+VHD = "vpc"
+
+
 class Disk(Protocol):
     """Random access to the guest's disk bytes."""
 
     size: int
+    # What the disk came packed in, for the checks of a cloud's format: the tar's members, the
+    # VHD's footer; None for a qcow2, raw or vmdk image.
+    packing: GceTar | VhdFooter | None
 
     def read(self, offset: int, length: int) -> bytes: ...
 
@@ -46,9 +58,12 @@ class Disk(Protocol):
 
 
 class RawDisk:
-    def __init__(self, path: Path):
+    """A raw file's bytes; with ``size``, only its first ``size`` bytes (a fixed VHD's data)."""
+
+    def __init__(self, path: Path, size: int | None = None, packing: GceTar | VhdFooter | None = None):
         self.file = path.open("rb")
-        self.size = path.stat().st_size
+        self.size = path.stat().st_size if size is None else size
+        self.packing = packing
 
     def read(self, offset: int, length: int) -> bytes:
         if offset >= self.size or length <= 0:
@@ -81,6 +96,8 @@ class Qcow2Disk:
     a time (cached), reads unallocated clusters from the backing file (or as zeros).  Encrypted
     images and features a reader must understand but this one does not are refused.
     """
+
+    packing: GceTar | VhdFooter | None = None
 
     def __init__(self, path: Path):
         self.path = path
@@ -191,13 +208,21 @@ def _backing(path: Path, name: str, format_name: bytes | None) -> Disk:
 
 
 def open_disk(image: Path, allow_backing: bool = False) -> Disk:
-    """The disk bytes of a raw or qcow2 image, read in place: nothing is unpacked or written.
+    """The disk bytes of a raw, qcow2 or fixed VHD image, read in place; a vmdk converted and a
+    GCE tar's disk.raw unpacked to a temporary sparse file, removed when the disk is closed.
 
     qemu-img (which everyone trusts to read qcow2) first tells the format and checks the metadata.
     """
     kind = image_format(image, allow_backing)
-    disk: Disk = _converted_vmdk(image) if kind == "vmdk" else RawDisk(image) if kind == "raw" \
-        else Qcow2Disk(image)
+    disk: Disk
+    if kind == GCE_TAR:
+        disk = _unpacked_gce_tar(image)
+    elif kind == VHD:
+        footer = read_vhd_footer(image)
+        disk = RawDisk(image, size=image.stat().st_size - VHD_FOOTER_SIZE, packing=footer)
+    else:
+        disk = _converted_vmdk(image) if kind == "vmdk" else RawDisk(image) if kind == "raw" \
+            else Qcow2Disk(image)
     if not _has_partition_table(disk):  # a qcow2 of anything: as unreadable as such a raw file
         disk.close()
         raise InputError(f"{image}: not a disk image (no partition table in its {kind} contents)",
@@ -212,7 +237,8 @@ def _has_partition_table(disk: Disk) -> bool:
 
 
 def image_format(image: Path, allow_backing: bool = False) -> str:
-    """"qcow2", "raw" or "vmdk" for a readable disk image; an InputError saying what else it is.
+    """"qcow2", "raw", "vmdk", GCE_TAR or VHD for a readable disk image; an InputError saying
+    what else it is.
 
     A raw image must look like a partitioned disk (a whole number of sectors, an MBR or GPT
     signature): qemu-img calls any file raw, a text file included.  A qcow2 is checked whole.
@@ -221,6 +247,9 @@ def image_format(image: Path, allow_backing: bool = False) -> str:
     if image.stat().st_size == 0:
         raise InputError(f"{image}: empty file, not a disk image")
     _refuse_other_files(image, allow_backing)
+    packed = _cloud_format(image)
+    if packed:
+        return packed
     # Absolute: qemu reads "proto:..." and "json:{...}" names as instructions, not files.
     info = runner.run(["qemu-img", "info", "--output=json", str(image.absolute())])
     if info.returncode != 0:
@@ -250,6 +279,30 @@ def image_format(image: Path, allow_backing: bool = False) -> str:
                          "give a qcow2, vmdk or raw image")
     _check_qcow2(image, details["cluster-size"])
     return "qcow2"
+
+
+def _cloud_format(image: Path) -> str | None:
+    """GCE_TAR or VHD by their magic (a gzip stream; a VHD footer at the end), else None."""
+    head = _head(image)
+    if head.startswith(GZIP_MAGIC):
+        return GCE_TAR
+    if head.startswith(VHD_COOKIE):  # a dynamic or differencing VHD starts with its footer's copy
+        raise InputError(f"{image}: a dynamic VHD: its disk is in blocks this reader does not follow",
+                         "Azure takes fixed VHDs: qemu-img convert -O vpc -o subformat=fixed,force_size")
+    # A footer at the end alone: the layout of a fixed VHD, the disk's bytes before it (what its
+    # footer says, the disk type included, is validate's to judge).
+    return VHD if read_vhd_footer(image) is not None else None
+
+
+def _unpacked_gce_tar(image: Path) -> Disk:
+    """The tar's disk.raw unpacked to a sparse file in a temporary directory, read from there."""
+    workdir = Path(tempfile.mkdtemp(prefix="tdx-image-gce-"))
+    try:
+        tar = unpack_gce_tar(image, workdir / "disk.raw")
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    return _TemporaryRawDisk(workdir / "disk.raw", workdir, tar)
 
 
 def _refuse_other_files(image: Path, allow_backing: bool) -> None:
@@ -315,8 +368,8 @@ def _partitioned(image: Path) -> bool:
 class _TemporaryRawDisk(RawDisk):
     """A raw copy made for reading; removed when closed."""
 
-    def __init__(self, path: Path, workdir: Path):
-        super().__init__(path)
+    def __init__(self, path: Path, workdir: Path, packing: GceTar | None = None):
+        super().__init__(path, packing=packing)
         self.workdir = workdir
 
     def close(self) -> None:

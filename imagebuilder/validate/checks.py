@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..core.results import FAIL, INFO, WARN, Finding
 from ..distros.clouds import AZURE, GCP, QEMU, Cloud
+from ..image.cloudformats import GCE_DISK, VHD_FIXED, VHD_FOOTER_SIZE, GceTar, VhdFooter
 from ..image.disk import BIOS_BOOT_TYPE, ESP_TYPE, LINUX_ROOT_TYPES
 from ..image.inspection import MANIFEST_IN_IMAGE, Inspection, Unavailable
 from .sealing import uki_sections, verity_root, verity_root_read_only
@@ -197,6 +198,78 @@ def cloud_drivers(cloud: Cloud) -> Callable[[Inspection], Finding]:
     return probe
 
 
+# What KIWI's gce format may put beside disk.raw: its manifest.json (a licence tag).
+GCE_OPTIONAL_MEMBERS = ("manifest.json",)
+NOT_A_GCE_TAR = "not a gzipped tar: Google Cloud imports a .tar.gz holding disk.raw"
+
+
+def _gce_tar(image: Inspection) -> GceTar | None:
+    return image.disk.packing if isinstance(image.disk.packing, GceTar) else None
+
+
+def gce_tar_members(image: Inspection) -> Finding:
+    tar = _gce_tar(image)
+    if tar is None:
+        return Finding(False, NOT_A_GCE_TAR)
+    listed = ", ".join(member.describe() for member in tar.members)
+    names = [member.name for member in tar.members]
+    unexpected = [name for name in names if name not in (GCE_DISK, *GCE_OPTIONAL_MEMBERS)]
+    problems = [f"unexpected member {name!r}" for name in unexpected]
+    if names.count(GCE_DISK) != 1:
+        problems.append(f"{names.count(GCE_DISK)} members named {GCE_DISK}")
+    problems += [f"{member.name} is a {member.kind}" for member in tar.members
+                 if member.kind not in ("file", "GNU sparse file")]
+    return Finding(not problems, "; ".join([*problems, f"members: {listed}"]))
+
+
+def gce_tar_format(image: Inspection) -> Finding:
+    tar = _gce_tar(image)
+    if tar is None:
+        raise Unavailable(NOT_A_GCE_TAR)
+    other = [f"{member.name}: {member.format}" for member in tar.members if member.format != "gnu"]
+    if other:
+        return Finding(False, "not GNU tar headers: " + ", ".join(other))
+    return Finding(True, f"GNU tar headers ({len(tar.members)} members), gzip-compressed")
+
+
+def _size_in_units(size: int) -> str:
+    return f"{size} bytes ({size / 2**30:.3f} GiB, {size / 2**20:.1f} MiB)"
+
+
+def disk_size(cloud: Cloud) -> Callable[[Inspection], Finding]:
+    """The probe of ``cloud``'s size rule: the disk's size (a VHD's: its footer's current size)
+    a multiple of ``cloud.size_multiple``."""
+    unit = "GiB" if cloud.size_multiple == 2**30 else "MiB" if cloud.size_multiple == 2**20 else \
+        f"{cloud.size_multiple} bytes"
+
+    def probe(image: Inspection) -> Finding:
+        packing = image.disk.packing
+        size = packing.current_size if isinstance(packing, VhdFooter) else image.disk.size
+        what = "the VHD's current size" if isinstance(packing, VhdFooter) else "the raw disk"
+        whole = size % cloud.size_multiple == 0
+        return Finding(whole, f"{what}: {_size_in_units(size)}"
+                       + ("" if whole else f", not a whole number of {unit}"))
+
+    return probe
+
+
+def vhd_footer(image: Inspection) -> Finding:
+    footer = image.disk.packing
+    if not isinstance(footer, VhdFooter):
+        return Finding(False, "no VHD footer at the end: Azure takes a fixed VHD")
+    problems = []
+    if footer.disk_type != VHD_FIXED:
+        problems.append(f"disk type {footer.type_name}, not fixed")
+    if not footer.checksum_ok:
+        problems.append(f"checksum {footer.checksum:#010x}, the footer sums to {footer.computed_checksum:#010x}")
+    if footer.file_size != footer.current_size + VHD_FOOTER_SIZE:
+        problems.append(f"the file is {footer.file_size} bytes, not the current size {footer.current_size} + "
+                        f"the {VHD_FOOTER_SIZE}-byte footer")
+    seen = f"footer: {footer.type_name}, creator {footer.creator!r}, current size {footer.current_size}, " \
+           f"checksum {footer.checksum:#010x}"
+    return Finding(not problems, "; ".join([*problems, seen]))
+
+
 def overlay_files(image: Inspection) -> Finding:
     manifest = image.manifest
     if manifest is None:
@@ -329,6 +402,16 @@ CHECKS = (
     Check("azure.initrd-drivers", FAIL, "Azure attaches disk and NIC over VMBus behind the paravisor: without "
           f"{', '.join(AZURE.initrd_drivers)} in the initrd (or built in) the kernel finds neither its root nor the network",
           cloud_drivers(AZURE), clouds=(AZURE.name,)),
+    Check("gcp.tar-members", FAIL, f"Google Cloud imports a gzipped tar whose disk is the file {GCE_DISK} (beside it at most "
+          "KIWI's manifest.json); any other name or member is refused at import", gce_tar_members, clouds=(GCP.name,)),
+    Check("gcp.tar-format", FAIL, "Google Cloud's import instructions make the tar with GNU tar (tar --format=oldgnu -S): "
+          "GNU headers, the sparse disk as a GNU sparse member", gce_tar_format, clouds=(GCP.name,)),
+    Check("gcp.disk-size", FAIL, "Google Cloud imports a disk.raw whose size is a whole number of GiB", disk_size(GCP),
+          clouds=(GCP.name,)),
+    Check("azure.vhd-footer", FAIL, "Azure takes a fixed VHD: the raw disk then a 512-byte footer of disk type fixed "
+          "with a valid checksum, the file exactly the disk's current size + 512 bytes", vhd_footer, clouds=(AZURE.name,)),
+    Check("azure.disk-size", FAIL, "Azure refuses a VHD whose virtual size is not a whole number of MiB (qemu-img's vpc "
+          "without force_size rounds to a CHS geometry)", disk_size(AZURE), clouds=(AZURE.name,)),
     Check("overlay.files", FAIL, "the TDX overlay (attestation device access, first-boot host keys, self-check) must be installed unchanged", overlay_files),
     Check("secure.passwords", FAIL, "an image shared by many TDs must not carry a usable or empty password", no_passwords),
     Check("secure.ssh-host-keys", FAIL, "baked-in SSH host keys would be shared by every TD started from the image", no_ssh_host_keys),
