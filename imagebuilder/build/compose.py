@@ -7,7 +7,8 @@ overlay's files are recorded with their digests inside the image
 (``/usr/lib/tdx-image/overlay-manifest.json``) so a validator can prove they are there.
 The user's customisations (extra packages, disk size and format, an SSH key for a named user)
 are applied to the composed ``config.xml`` with KIWI's own elements; the repository's
-description is never changed.
+description is never changed.  A cloud (``--cloud``, distros/clouds.py) adds its disk format,
+its initrd drivers, cloud-init with its datasource alone, and its disk size rule.
 """
 
 from __future__ import annotations
@@ -23,10 +24,21 @@ from pathlib import Path
 
 from ..core.errors import InputError
 from ..core.inputs import read_text
+from ..distros.clouds import GIB, MIB, QEMU, Cloud, get_cloud
 
 MANIFEST_PATH = "usr/lib/tdx-image/overlay-manifest.json"
 SSH_KEY_MAX_BYTES = 256 * 1024  # an authorized_keys file of a few hundred keys
 SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519@", "sk-ecdsa-sha2-")
+# A cloud's files in the composed root.  dracut installs add_drivers beside the descriptions'
+# exclusive drivers= list (debian's 80-tdx-guest-initrd.conf); a module the kernel lacks is only
+# logged by dracut (instmods -c, its status unchecked): the build's validation fails the image.
+CLOUD_DRACUT_CONF = "etc/dracut.conf.d/85-tdx-image-cloud.conf"
+# After Debian's 90_dpkg.cfg (debconf's datasource_list: every datasource cloud-init has):
+# cloud-init merges cloud.cfg.d in name order and a later list replaces an earlier one.
+CLOUD_INIT_DATASOURCE = "etc/cloud/cloud.cfg.d/99-tdx-image-datasource.cfg"
+# The distribution's own first-boot agent: Debian 12/13 and openSUSE Leap / SLES 16.0 all ship it
+# under this name (SLES 15: in the Public Cloud module).
+CLOUD_INIT_PACKAGE = "cloud-init"
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,16 @@ class Customisation:
     # hook (debian's uki.sh) fills and whose root hash it puts on the UKI's command line;
     # "writable" or None: the description's plain root (distros.targets says which a release has).
     root: str | None = None
+    cloud: str = QEMU.name  # where the image runs (distros/clouds.py); qemu changes nothing
+
+    def __post_init__(self):
+        cloud = get_cloud(self.cloud)
+        if cloud.kiwi_format and self.image_format:
+            raise InputError(f"--format {self.image_format} contradicts --cloud {cloud.name}: "
+                             f"{cloud.title} imports KIWI's {cloud.kiwi_format} format",
+                             "leave out --format (or the config file's format) with --cloud")
+        if self.size_mib:
+            check_cloud_size(self.size_mib, cloud)
 
 
 @dataclass(frozen=True)
@@ -69,6 +91,9 @@ def compose(description: Path, overlay: Path, destination: Path,
         fragments.append(("--ssh-user", f'chown -R "{custom.ssh_user}:" '
                           f'"{home(custom.ssh_user)}/.ssh"'))
     _compose_config_sh(destination / "config.sh", fragments)
+    cloud = get_cloud(custom.cloud)
+    if cloud is not QEMU:
+        _add_cloud_files(destination / "root", cloud)
     if custom.ssh_key:
         _authorize_ssh_key(custom.ssh_key, destination / "root" / home(custom.ssh_user).lstrip("/")
                            / ".ssh")
@@ -96,16 +121,20 @@ def _customise_config_xml(config_xml: Path, custom: Customisation) -> None:
     original = config_xml.read_text()
     tree = ET.parse(config_xml, ET.XMLParser(target=ET.TreeBuilder(insert_comments=True)))
     image = tree.getroot()
-    if custom.packages:
+    cloud = get_cloud(custom.cloud)
+    packages = (*custom.packages, *((CLOUD_INIT_PACKAGE,) if cloud.datasource else ()))
+    if packages:
         shared = next((p for p in image.iterfind("packages") if p.get("type") == "image"
                        and not p.get("profiles")), None)
         if shared is None:
             shared = ET.SubElement(image, "packages", type="image")
         present = {p.get("name") for p in shared.iterfind("package")}
-        for name in custom.packages:
+        for name in dict.fromkeys(packages):
             if name not in present:
                 ET.SubElement(shared, "package", name=name)
     for image_type in image.iterfind("preferences/type"):
+        if cloud is not QEMU:
+            _fit_type_to_cloud(image_type, custom.size_mib, cloud)
         if custom.root == VERITY:
             _add_verity_partition(image_type, custom.size_mib)
         if custom.size_mib:
@@ -140,15 +169,60 @@ def verity_hash_mib(data_mib: int) -> int:
 
 def _add_verity_partition(image_type: ET.Element, size_mib: int | None) -> None:
     """KIWI's spare partition (GPT label p.spare), last on the disk and without a file system: a
-    <partitions> entry would need a mount point (KIWI 11.1 mounts every custom partition)."""
-    if size_mib is None:
-        size = image_type.find("size")
-        if size is None or not (size.text or "").strip().isdigit():
-            raise InputError("the description's <type> has no <size> to size a verity hash tree by",
-                             "give --size")
-        size_mib = int((size.text or "").strip()) * (1024 if size.get("unit", "M") == "G" else 1)
+    <partitions> entry would need a mount point (KIWI 11.1 mounts every custom partition).  It is
+    carved out of <size> (KIWI adds partitions to a size only when it is additive), so the disk
+    stays the size asked for."""
+    size_mib = size_mib or _described_size_mib(image_type, "to size a verity hash tree by")
     image_type.set("spare_part", str(verity_hash_mib(size_mib)))
     image_type.set("spare_part_is_last", "true")
+
+
+def _described_size_mib(image_type: ET.Element, purpose: str) -> int:
+    size = image_type.find("size")
+    if size is None or not (size.text or "").strip().isdigit():
+        raise InputError(f"the description's <type> has no <size> {purpose}", "give --size")
+    return int((size.text or "").strip()) * (1024 if size.get("unit", "M") == "G" else 1)
+
+
+def check_cloud_size(size_mib: int, cloud: Cloud) -> None:
+    """The disk KIWI writes is <size> exactly: it must be what the cloud imports (Google Cloud: a
+    whole number of GiB; Azure: of MiB, which every --size is)."""
+    if size_mib * MIB % cloud.size_multiple:
+        unit = {MIB: "MiB", GIB: "GiB"}[cloud.size_multiple]
+        raise InputError(f"--cloud {cloud.name}: {cloud.title} imports a disk of a whole number of "
+                         f"{unit}; {size_mib}M is not",
+                         f"give --size {-(-size_mib * MIB // GIB)}G")
+
+
+def _fit_type_to_cloud(image_type: ET.Element, size_mib: int | None, cloud: Cloud) -> None:
+    """The cloud's KIWI format (with its qemu-img options), its disk size rule and its console."""
+    if cloud.kiwi_format:
+        image_type.set("format", cloud.kiwi_format)
+    if cloud.kiwi_format_options:
+        image_type.set("formatoptions", cloud.kiwi_format_options)
+    check_cloud_size(size_mib or _described_size_mib(image_type, "to check the cloud's disk size by"),
+                     cloud)
+    cmdline = image_type.get("kernelcmdline", "").split()
+    if not any(word.split(",")[0] == f"console={cloud.console}" for word in cmdline):
+        # The last console= is /dev/console, where systemd and the self-check write.
+        image_type.set("kernelcmdline", " ".join([*cmdline, f"console={cloud.console},115200"]))
+
+
+def _add_cloud_files(root: Path, cloud: Cloud) -> None:
+    """The cloud's initrd drivers and cloud-init's datasource, as files in the composed root."""
+    dracut = root / CLOUD_DRACUT_CONF
+    dracut.parent.mkdir(parents=True, exist_ok=True)
+    dracut.write_text(
+        f"# tdx-image --cloud {cloud.name}: {cloud.title} attaches the boot disk over "
+        f"{cloud.disk_interface};\n# the initrd needs these to find the root and the network.\n"
+        f'add_drivers+=" {" ".join(cloud.initrd_drivers)} "\n')
+    if cloud.datasource:
+        datasource = root / CLOUD_INIT_DATASOURCE
+        datasource.parent.mkdir(parents=True, exist_ok=True)
+        datasource.write_text(
+            f"# tdx-image --cloud {cloud.name}: ask this cloud's metadata service only (cloud-init "
+            "would otherwise probe every datasource it knows).\n"
+            f"datasource_list: [ {cloud.datasource} ]\n")
 
 
 def _overlay_manifest(overlay_root: Path) -> dict[str, dict]:

@@ -24,10 +24,11 @@ from functools import cached_property
 from pathlib import Path
 
 from .. import __version__
-from . import cleanup, incremental, kiwi, kiwicheck, outdir, provenance, publish, recover, sbom, settings
+from . import (cleanup, cloudcommands, incremental, kiwi, kiwicheck, outdir, provenance, publish,
+               recover, sbom, settings)
 from ..host import buildhost, locks, requirements, runner, signals
 from ..host.facts import HostFacts
-from ..vm.boot import boot_image
+from ..vm.boot import NOT_EMULATED, boot_image
 from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S
 from .compose import VERITY, WRITABLE, Composition, Customisation, compose, read_ssh_keys
 from ..core.errors import CheckFailed, CredentialsError, InputError, Interrupted, RepositoryError, TdxImageError
@@ -35,6 +36,7 @@ from ..core.inputs import require_regular_file, require_writable_dir
 from ..measure import predict
 from .progress import Durations, Listener, Phases
 from .staging import FAILURE_RECORD, PUBLISHED_DESCRIPTION, Staging
+from ..distros.clouds import Cloud, get_cloud
 from ..distros.repos import Credentials, Repository, check_reachable, load_credentials
 from ..schemas import SCHEMA_VERSION
 from ..core.defaults import DEFAULT_CACHE_DIR
@@ -45,6 +47,14 @@ from ..validate import validate_image
 WRITABLE_ROOT_NOTE = ("--root writable: the host can modify this image's root file system between "
                       "boots, and no measurement shows it (--root verity seals it where the release "
                       "can: debian 13)")
+
+def boot_test_not_run(cloud: Cloud) -> str:
+    """Why --boot-test cannot boot an image for ``cloud`` here (one QEMU cannot attach as the
+    cloud does)."""
+    return (f"--boot-test not run: on {cloud.title} {NOT_EMULATED[cloud.disk_interface]}; the "
+            f"image was checked offline only (validate --cloud {cloud.name})")
+
+
 ESP_FALLBACK_NOTE = ("this kernel cannot mount vfat; the EFI partition is written with mtools "
                      "instead (ESP fallback)")
 
@@ -68,6 +78,10 @@ class BuildRequest:
     force: bool = False  # replace an --out that holds something other than an earlier output
     supplier: str | None = None  # "Name <contact>": the image's supplier, its SBOMs' author
     builder_id: str | None = None  # the provenance's builder.id (default: this host)
+
+    @property
+    def cloud(self) -> Cloud:
+        return get_cloud(self.custom.cloud)
 
     @cached_property
     def repositories(self) -> list[Repository]:
@@ -219,6 +233,8 @@ def build(request: BuildRequest, on_event: Listener, host: HostFacts) -> dict:
         phases.note(ESP_FALLBACK_NOTE)
     if request.custom.root == WRITABLE:
         phases.note(WRITABLE_ROOT_NOTE)
+    if request.boot_test and not request.cloud.emulated:
+        phases.note(boot_test_not_run(request.cloud))
     with locks.lock_out(out_dir):
         outdir.check(out_dir, request.force, request.cache_dir)  # as it is now that it is ours
         for stale in recover.remove_stale_staging(out_dir):
@@ -284,7 +300,8 @@ def _build_in(context: BuildContext) -> dict:
     published = _publish(context, composition)
     _validate(context, published)
     _measure(context, published.image)
-    boot = _boot_test(context, published.image) if context.request.boot_test else None
+    boot = (_boot_test(context, published.image)
+            if context.request.boot_test and context.request.cloud.emulated else None)
     provenance_file = _provenance(context, composition, decision, published)
     digests = publish.artifact_digests(context.staging.publish,
                                        {published.image.name: published.image_digest})
@@ -327,7 +344,7 @@ def _run_kiwi(context: BuildContext) -> incremental.Decision:
 def _publish(context: BuildContext, composition: Composition) -> Published:
     request, staging = context.request, context.staging
     with context.phase("publish"):
-        artifacts = publish.collect(staging.kiwi_target, staging.publish)
+        artifacts = publish.collect(staging.kiwi_target, staging.publish, request.cloud)
         image = artifacts["image"]
         image_digest = publish.write_checksum(image)
         sboms = sbom.write(artifacts["image_packages"], sbom.Image(
@@ -343,7 +360,8 @@ def _publish(context: BuildContext, composition: Composition) -> Published:
 def _validate(context: BuildContext, published: Published) -> None:
     staging = context.staging
     with context.phase("validate"):
-        report = validate_image(published.image, manifest=published.manifest)
+        report = validate_image(published.image, manifest=published.manifest,
+                                cloud=context.request.cloud)
         publish.write_json(staging.validation, context.final(report.to_dict()))
         report.write_junit(staging.validation_junit)
         if not report.ok:
@@ -362,7 +380,8 @@ def _boot_test(context: BuildContext, image: Path) -> dict:
     staging = context.staging
     with context.phase("boot test"):
         boot = context.final(boot_image(image, console_log=staging.boot_console,
-                                        timeout=context.request.boot_timeout).to_dict())
+                                        timeout=context.request.boot_timeout,
+                                        cloud=context.request.cloud).to_dict())
         publish.write_json(staging.boot_record, boot)
     return boot
 
@@ -454,7 +473,19 @@ def _record(context: BuildContext, composition: Composition, decision: increment
             ("provenance", provenance_file, "in-toto Statement v1, SLSA provenance v1"))},
         "validation": {"ok": True},
         "boot_test": boot,
+        "cloud": cloud_record(request, published.image.name),
     }
+
+
+def cloud_record(request: BuildRequest, image_file: str) -> dict:
+    """build.json's ``cloud``: where the image runs, why a boot test asked for was not run, and
+    the commands that take it there (printed, never run)."""
+    cloud = request.cloud
+    return {"name": cloud.name, "title": cloud.title,
+            "boot_test_not_run": boot_test_not_run(cloud)
+            if request.boot_test and not cloud.emulated else None,
+            "next_steps": [step.to_dict() for step in cloudcommands.next_steps(
+                cloud, image_file, request.target.chosen.version)]}
 
 
 def _keep_failure_evidence(staging: Staging, failed_dir: Path,

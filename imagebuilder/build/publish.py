@@ -23,7 +23,8 @@ from .compose import MANIFEST_PATH
 from ..core.errors import BuildError
 from ..core.redact import url_passwords
 from .kiwi import IMAGE_ROOT
-from .staging import BUILD_RECORD
+from .staging import BUILD_RECORD, published_image_file
+from ..distros.clouds import QEMU, Cloud
 
 # kiwi.result.json keys we publish, under KIWI's own file names.  The raw disk is left out when
 # there is a disk_format_image (qcow2, vmdk): that holds the same disk in a fraction of the space.
@@ -43,9 +44,10 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def collect(kiwi_target: Path, publish_dir: Path) -> dict[str, Path]:
+def collect(kiwi_target: Path, publish_dir: Path, cloud: Cloud = QEMU) -> dict[str, Path]:
     """Move KIWI's results (per kiwi.result.json) into ``publish_dir``; return key -> path,
-    with the disk image (formatted, or raw when the description asks for no format) as "image"."""
+    with the disk image (formatted, or raw when the description asks for no format) as "image",
+    named as ``cloud``'s tools expect (KIWI's gce tar.gz as it is, its .vhdfixed as .vhd)."""
     try:
         results = json.loads((kiwi_target / "kiwi.result.json").read_text())
     except (OSError, ValueError) as error:
@@ -59,7 +61,8 @@ def collect(kiwi_target: Path, publish_dir: Path) -> dict[str, Path]:
     for key in dict.fromkeys((image_key, *PUBLISHED_RESULTS)):
         if key in results:
             source = Path(results[key]["filename"])
-            target = publish_dir / source.name
+            target = publish_dir / (published_image_file(source.name, cloud) if key == image_key
+                                    else source.name)
             shutil.move(source, target)
             published[key] = target
     # Keep KIWI's result file, pointing at the published names.

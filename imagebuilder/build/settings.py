@@ -22,6 +22,7 @@ from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S, DEFAULT_CACHE_DIR
 from .compose import VERITY, WRITABLE, Customisation
 from .sbom import parse_supplier
 from ..core.inputs import Seconds, UserPath, read_text
+from ..distros.clouds import CLOUDS, QEMU
 from ..distros.repos import check_url, parse_repo_option
 from ..distros.targets import TARGETS, Target
 
@@ -280,6 +281,11 @@ SETTINGS = (
             metavar="SIZE", shown_default="the description's: 4G", recorded=True),
     Setting("--format", "image_format", "Disk image format.", click.Choice(IMAGE_FORMATS),
             part=CUSTOM, metavar="|".join(IMAGE_FORMATS), shown_default="qcow2", recorded=True),
+    Setting("--cloud", "cloud", "Where the image runs: qemu (a TDX host of your own), gcp (a "
+            "Google Cloud Confidential VM: gce tar.gz, NVMe and gVNIC drivers) or azure (an Azure "
+            "confidential VM: fixed VHD, Hyper-V drivers); gcp and azure add cloud-init with the "
+            "cloud's datasource alone and decide the format.", click.Choice(tuple(CLOUDS)),
+            part=CUSTOM, metavar="|".join(CLOUDS), default=QEMU.name, recorded=True),
     Setting("--ssh-key", "ssh_key", "Authorize this OpenSSH public key (for --ssh-user).", FILE,
             part=CUSTOM, metavar="FILE", recorded=True),
     Setting("--ssh-user", "ssh_user", "The user --ssh-key is for, created in the image without a "

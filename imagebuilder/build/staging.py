@@ -7,12 +7,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..distros.clouds import Cloud
 from .kiwi import IMAGE_ROOT
 
 BUILD_RECORD = "build.json"  # the record of what was built from what; lists every published file
 FAILURE_RECORD = "failure.json"  # in OUT.failed: why the build failed
 PUBLISHED_DESCRIPTION = "description"  # the only directory a build publishes
 OWNER = "tdx-image-build.json"  # in a staging directory: which build made it
+# KIWI's file name suffix for a disk format, where it is not the format's name
+# (kiwi/storage/subformat: gce writes NAME.tar.gz, vhd-fixed NAME.vhdfixed).
+KIWI_SUFFIXES = {"gce": "tar.gz", "vhd-fixed": "vhdfixed"}
+
+
+def kiwi_image_file(name: str, version: str, disk_format: str) -> str:
+    """The disk image KIWI writes for ``<image name=...>``, its <version> and format."""
+    return f"{name}.x86_64-{version}.{KIWI_SUFFIXES.get(disk_format, disk_format)}"
+
+
+def published_image_file(kiwi_file: str, cloud: Cloud) -> str:
+    """The name the disk image is published under: KIWI's, ending as the cloud's tools expect
+    (``.vhdfixed`` becomes ``.vhd``)."""
+    suffix = cloud.artifact_suffix
+    if suffix is None or kiwi_file.endswith(suffix):
+        return kiwi_file
+    return kiwi_file.rsplit(".", 1)[0] + suffix
 
 
 @dataclass(frozen=True)

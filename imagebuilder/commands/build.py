@@ -88,8 +88,21 @@ def build_command(host, dry_run, as_json, container, container_image, progress_f
             console.print(f"[green]built[/] {escape(str(request.out_dir / record['image']))} in "
                           f"{record['durations_s']['total']}s (KIWI {record['durations_s']['kiwi']}s, "
                           f"validation passed); SBOM {record['sbom']['file']}")
+            show_next_steps(console, record["cloud"])
     if as_json:
         click.echo(json.dumps(record, indent=2))
+
+
+def show_next_steps(console: Console, cloud: dict) -> None:
+    """The commands that take a cloud image there (build.json's cloud.next_steps), printed for
+    the user to run: tdx-image runs none of them."""
+    if not cloud["next_steps"]:
+        return
+    console.print(f"next, for {escape(cloud['title'])} (not run by tdx-image; replace the "
+                  "words in capitals):")
+    for step in cloud["next_steps"]:
+        console.print(f"  # {escape(step['purpose'])}", soft_wrap=True)
+        console.print(f"  {escape(step['command'])}", soft_wrap=True, highlight=False)
 
 
 def build_request(values: dict) -> BuildRequest:

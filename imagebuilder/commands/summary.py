@@ -18,6 +18,8 @@ from ..build.pipeline import BuildRequest, compose_description
 from ..build.compose import described_format
 from ..core.errors import CredentialsError, RepositoryError
 from ..build import provenance, sbom, settings
+from ..build.staging import kiwi_image_file, published_image_file
+from ..distros.clouds import get_cloud
 from ..build.settings import CUSTOM, SETTINGS, plain
 from .build import build_command, build_request
 
@@ -55,7 +57,8 @@ def plan(request: BuildRequest, values: dict, sources: dict[str, str]) -> dict:
                     "from": sources.get(s.field, "default")}
             for s in SETTINGS if s.configurable and s.field != "target"},
         "image": {
-            "file": f"{image.get('name')}.x86_64-{version}.{disk_format}",
+            "file": published_image_file(kiwi_image_file(image.get("name", ""), version or "",
+                                                         disk_format), get_cloud(custom.cloud)),
             "format": disk_format,
             "size": f"{size.text}{size.get('unit', 'M')}" if size is not None else None,
             "packages": packages,

@@ -42,6 +42,9 @@ class Cloud:
     # Google Cloud's --guest-os-features for the image (set at `gcloud compute images create`).
     guest_os_features: tuple[str, ...] = ()
     emulated: bool = True  # QEMU can attach the disk and NIC the way the cloud does
+    # The serial port the cloud shows as the VM's console (Google Cloud's serial port 1 and
+    # Azure's serial console are both the first UART): the kernel command line's console=.
+    console: str = "ttyS0"
 
 
 QEMU = Cloud("qemu", "QEMU/KVM on a TDX host (libvirt or plain QEMU)", None, None, None,
