@@ -10,8 +10,9 @@ from ..host.facts import HostFacts
 pass_host = click.make_pass_decorator(HostFacts, ensure=True)
 
 
-def cloud_option(help_text: str):
-    """``--cloud qemu|gcp|azure`` (default qemu), handed to the verb as its ``Cloud`` profile."""
-    return click.option("--cloud", type=click.Choice(list(CLOUDS)), default=QEMU.name,
+def cloud_option(help_text: str, names: tuple[str, ...] = tuple(CLOUDS)):
+    """``--cloud qemu|gcp|azure`` (or the ``names`` a verb knows; default qemu), handed to the
+    verb as its ``Cloud`` profile."""
+    return click.option("--cloud", type=click.Choice(list(names)), default=QEMU.name,
                         show_default=True, callback=lambda ctx, param, name: get_cloud(name),
                         help=help_text)

@@ -13,11 +13,14 @@ from rich.text import Text
 
 from ..core.errors import CheckFailed, InputError
 from ..core.inputs import UserPath, read_bytes
+from ..distros.clouds import AZURE, QEMU, Cloud
+from ..measure.azure import PREDICTED, Register, azure_registers
 from ..measure.predict import PREDICTED_PCRS, PREDICTED_RTMRS, Prediction, predict
 from ..measure.reference import FORMATS, reference_values
 from ..measure.replay import CCEL
 from ..measure.tdvf import SINGLE_PASS, TdvfError, measure_firmware
 from ..verify.checks import Expected, read_log, verify
+from .context import cloud_option
 
 FIRMWARE_MAX_BYTES = 64 << 20  # OVMF images are 2-4 MiB
 
@@ -44,6 +47,16 @@ def render(prediction: Prediction, console: Console) -> None:
         console.print(Text.assemble(("note", "yellow"), ": ", note))
     console.print(f"go-tdx-guest check {prediction.go_tdx_guest_flags()}  "
                   "[dim](RTMR0 and MRTD come from the platform, see README)[/]")
+
+
+def show_azure(registers: list[Register], console: Console) -> None:
+    table = Table(title=Text("on Azure: the vTPM behind the paravisor (Azure's firmware, not OVMF)"))
+    for column in ("register", "on Azure", "made by", "why"):
+        table.add_column(column, overflow="fold")
+    for row in registers:
+        status = Text(row.value or row.status, style="" if row.status == PREDICTED else "yellow")
+        table.add_row(row.name, status, "; ".join(row.made_by), row.why)
+    console.print(table)
 
 
 def show_firmware(report: dict, console: Console) -> None:
@@ -84,8 +97,12 @@ def print_shape(values: dict, shape: str) -> None:
               help="A TDVF firmware image (OVMF.fd): MRTD and its own RTMR0 events from its metadata.")
 @click.option("--format", "shape", type=click.Choice(FORMATS),
               help="Print only the reference values in one verifier's shape.")
+@cloud_option("azure: also say which predicted registers apply on an Azure confidential VM, "
+              "whose own firmware measures the early boot into the paravisor's vTPM.",
+              names=(QEMU.name, AZURE.name))
 def measure_command(image: Path | None, as_json: bool, show_events: bool, log_file: Path | None,
-                    secure_boot: bool, firmware: Path | None, shape: str | None, allow_backing: bool):
+                    secure_boot: bool, firmware: Path | None, shape: str | None, allow_backing: bool,
+                    cloud: Cloud):
     """Predict IMAGE's boot measurements offline: RTMR1/RTMR2 of a TD booted with TDVF, and
     PCR 4, 5, 8, 9, 11, 12, 14 (SHA-384) of a VM with a software TPM (the `boot --tpm` shape); with
     --firmware, MRTD and RTMR0's firmware events of a TDVF image."""
@@ -103,6 +120,9 @@ def measure_command(image: Path | None, as_json: bool, show_events: bool, log_fi
     log = read_log(log_file) if log_file is not None else None  # a FIFO would hang it later
     prediction = predict(image, secure_boot or bool(log and log.secure_boot), allow_backing)
     document = prediction.to_dict()
+    azure = azure_registers(prediction) if cloud is AZURE else None
+    if azure is not None:
+        document["cloud"] = {"name": cloud.name, "registers": [row.to_dict() for row in azure]}
     if firmware_report:
         document["firmware"] = firmware_report
         document["verifier"]["reference_values"] = reference_values(
@@ -134,6 +154,8 @@ def measure_command(image: Path | None, as_json: bool, show_events: bool, log_fi
                               f"{event.description.splitlines()[0]}  [{step.by}; {where}]",
                               markup=False, highlight=False, soft_wrap=True)
         render(prediction, console)
+        if azure is not None:
+            show_azure(azure, console)
         if firmware_report:
             show_firmware(firmware_report, console)
     if log_matches and log is not None:
