@@ -391,23 +391,24 @@ def _package_cache(context: BuildContext) -> Iterator[Callable[[], None]]:
     """Hold the package cache; a wait for another build's package manager is a phase of its own.
 
     Yields the call that hands the cache on.  KIWI's zypper leaves the repository password in
-    the cache (kiwi.CREDENTIALS_DIRS): it is removed whenever this build lets go of the
+    the cache (kiwi.repository_credentials_files): it is removed whenever this build lets go of the
     cache — when KIWI is done with the package manager, or on failure or signal — and never
     after, when the file may be the next build's.
     """
     cache_dir = context.request.cache_dir
+    aliases = [repository.alias for repository in context.request.repositories]
     with ExitStack() as waiting:
         lock = locks.lock_cache(cache_dir, lambda message: waiting.enter_context(
             context.phase("wait for the package cache", message)))
 
     def hand_on() -> None:
         if lock.held:
-            kiwi.remove_repository_credentials(cache_dir)
+            kiwi.remove_repository_credentials(cache_dir, aliases)
             lock.release()
 
     with lock:
         try:
-            kiwi.seal_repository_credentials(cache_dir)
+            kiwi.seal_repository_credentials(cache_dir, aliases)
             yield hand_on
         finally:
             with signals.deferred():
