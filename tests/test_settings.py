@@ -98,6 +98,14 @@ def test_the_readable_summary_names_settings_and_sources(project):
     assert "would build: tdx-guest-debian-13.x86_64-13.0.0.qcow2" in result.output
 
 
+def test_a_summary_never_shows_a_password_in_a_url(project):
+    args = ["summary", "debian", "--mirror", "https://u:s3cret@mirror.example/debian",
+            "--repo", "https://u:s3cret@r.example/x,bookworm,main"]
+    for output in (CliRunner().invoke(main, args).output,
+                   CliRunner().invoke(main, [*args, "--json"]).stdout):
+        assert "s3cret" not in output and "u:***@mirror.example/debian" in output
+
+
 @pytest.mark.parametrize("config, args, fragment", [
     ('bogus = 1\n', [], "unknown setting 'bogus'"),
     ('json = true\n', [], "unknown setting 'json'"),  # how to print is not a build setting

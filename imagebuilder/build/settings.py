@@ -57,6 +57,8 @@ class RepositoryOption(click.ParamType):
     """``URL`` (rpm-md) or ``URL,SUITE[,COMPONENTS]`` (apt), to a Repository."""
 
     name = "repository"
+    # TDX_IMAGE_REPOS holds one value per line (a value may hold spaces: 'main contrib').
+    envvar_list_splitter = "\n"
 
     def convert(self, value, param, ctx):
         return value if not isinstance(value, str) else parse_repo_option(value)
@@ -236,12 +238,14 @@ SETTINGS = (
             UserPath(file_okay=False, path_type=Path), metavar="DIR", shown_default="out/TARGET"),
     Setting("--mirror", "mirror", "Base URL of the distribution's repositories (Debian: the "
             "archive, its -security twin is used too; Leap: a download.opensuse.org mirror; SLES: "
-            "an RMT/SMT or SCC base).", MirrorURL(), metavar="URL", recorded=True,
+            "an RMT/SMT or SCC base).  Or set TDX_IMAGE_MIRROR, which keeps a login in the URL off "
+            "the command line.", MirrorURL(), metavar="URL", recorded=True, envvar="TDX_IMAGE_MIRROR",
             shown_default="Debian from the host's apt sources, Leap download.opensuse.org, SLES "
             "the registered host's repositories"),
     Setting("--repo", "extra_repositories", "Add a repository: URL alone is rpm-md; with SUITE it "
-            "is an apt repository (repeatable).", RepositoryOption(),
-            metavar="URL[,SUITE[,COMPONENTS]]", multiple=True),
+            "is an apt repository (repeatable).  Or set TDX_IMAGE_REPOS, one value per line.",
+            RepositoryOption(), metavar="URL[,SUITE[,COMPONENTS]]", multiple=True,
+            envvar="TDX_IMAGE_REPOS"),
     Setting("--credentials", "credentials_file", "Repository credentials file (username=/password= "
             "lines, as SUSEConnect's SCCcredentials, mode 0600); or set TDX_IMAGE_REPO_USER and "
             "TDX_IMAGE_REPO_PASSWORD.", FILE, metavar="FILE"),
