@@ -184,6 +184,10 @@ def test_one_list_makes_the_options_the_config_keys_and_the_recorded_inputs(proj
     recorded = settings.recorded(BuildRequest(target=get_target("debian"), out_dir=project / "o"))
     assert set(recorded) == {s.field for s in settings.SETTINGS if s.recorded}
     assert set(recorded) <= set(schema_inputs["required"])
+    # A login in the mirror's URL is recorded as *** (build.json and the provenance take these).
+    with_login = BuildRequest(target=get_target("debian"), out_dir=project / "o",
+                              mirror="https://u:s3cret@mirror.example/debian")
+    assert settings.recorded(with_login)["mirror"] == "https://u:***@mirror.example/debian"
 
 
 def test_the_boot_timeout_has_one_default_and_an_option(project):

@@ -22,6 +22,7 @@ from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S, DEFAULT_CACHE_DIR
 from .compose import VERITY, WRITABLE, Customisation
 from .sbom import parse_supplier
 from ..core.inputs import Seconds, UserPath, read_text
+from ..core.redact import url_passwords
 from ..distros.repos import check_url, parse_repo_option
 from ..distros.targets import TARGETS, Target
 
@@ -331,9 +332,12 @@ def plain(value):
 
 
 def recorded(request) -> dict:
-    """build.json's inputs from ``request`` (a BuildRequest): each recorded setting's value."""
-    return {s.field: plain(getattr(request.custom if s.part == CUSTOM else request, s.field))
-            for s in SETTINGS if s.recorded}
+    """build.json's and the provenance's inputs from ``request`` (a BuildRequest): each recorded
+    setting's value, a password in a URL (--mirror) shown as ***."""
+    values = {s.field: plain(getattr(request.custom if s.part == CUSTOM else request, s.field))
+              for s in SETTINGS if s.recorded}
+    return {field: url_passwords(value) if isinstance(value, str) else value
+            for field, value in values.items()}
 
 
 def arguments(custom: Customisation) -> list[str]:
