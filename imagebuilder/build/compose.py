@@ -94,6 +94,18 @@ def described_format(config_xml: Path) -> str:
     return image_type.get("format", "raw")
 
 
+def _add_uki_chain(destination: Path, overlay: Path) -> None:
+    """For each <preferences> whose <type> runs the UKI hook: the hook beside config.xml and its
+    image files in the KIWI profile overlay (``<description>/<profile>/``) of each of its profiles,
+    or in ``root/`` when the preferences name none; so no description carries a copy."""
+    for preferences in ET.parse(destination / "config.xml").getroot().iterfind("preferences"):
+        if not any(t.get("editbootinstall") == UKI_HOOK for t in preferences.iterfind("type")):
+            continue
+        shutil.copy2(overlay / UKI_HOOK, destination / UKI_HOOK)
+        for profile in (preferences.get("profiles") or "root").split(","):
+            shutil.copytree(overlay / UKI_ROOT, destination / profile.strip(), dirs_exist_ok=True)
+
+
 def _customise_config_xml(config_xml: Path, custom: Customisation) -> None:
     """KIWI's own elements: <package> in the shared image packages, <size> and format= on every
     <type>, and <users> for a named SSH user (no password: ``*`` is no valid hash)."""
@@ -153,18 +165,6 @@ def _add_verity_partition(image_type: ET.Element, size_mib: int | None) -> None:
         size_mib = int((size.text or "").strip()) * (1024 if size.get("unit", "M") == "G" else 1)
     image_type.set("spare_part", str(verity_hash_mib(size_mib)))
     image_type.set("spare_part_is_last", "true")
-
-
-def _add_uki_chain(destination: Path, overlay: Path) -> None:
-    """For each <preferences> whose <type> runs the UKI hook: the hook beside config.xml and its
-    image files in the KIWI profile overlay (``<description>/<profile>/``) of each of its profiles,
-    or in ``root/`` when the preferences name none; so no description carries a copy."""
-    for preferences in ET.parse(destination / "config.xml").getroot().iterfind("preferences"):
-        if not any(t.get("editbootinstall") == UKI_HOOK for t in preferences.iterfind("type")):
-            continue
-        shutil.copy2(overlay / UKI_HOOK, destination / UKI_HOOK)
-        for profile in (preferences.get("profiles") or "root").split(","):
-            shutil.copytree(overlay / UKI_ROOT, destination / profile.strip(), dirs_exist_ok=True)
 
 
 def _overlay_manifest(overlay_root: Path) -> dict[str, dict]:
