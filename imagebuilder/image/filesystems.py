@@ -1,7 +1,8 @@
 """Read-only access to the file systems inside the disk: ext4 and FAT, parsed here.
 
 Only the blocks a check asks for are read (superblock, group descriptor, inodes, extent trees,
-directories, file data), straight from the disk, so nothing is mounted, unpacked or written.
+directories, file data, extended attributes), straight from the disk, so nothing is mounted,
+unpacked or written.
 """
 
 from __future__ import annotations
