@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.build import container
-from imagebuilder.host import locks, runner, signals
+from imagebuilder.host import locks, requirements, runner, signals
 from imagebuilder.build.pipeline import BuildRequest
 from imagebuilder.build.compose import Customisation
 from imagebuilder.core.errors import Interrupted
@@ -142,3 +142,29 @@ def test_the_build_inside_reads_mirror_and_repositories_from_the_environment(tmp
     assert summary["settings"]["repo"]["value"] == ["https://u:***@r.example/x",
                                                     "https://r.example/rpm"]
     assert "pw" not in result.stdout
+
+
+def provisioned_packages() -> dict[str, set[str]]:
+    """The packages container-provision.sh installs into a builder, per package manager."""
+    words = container.PROVISION.read_text().replace("\\\n", " ").split()
+    found: dict[str, set[str]] = {}
+    for manager in ("apt-get", "zypper"):
+        start = next(i for i, word in enumerate(words) if word == manager
+                     and "install" in words[i + 1:i + 3])
+        end = next(i for i in range(start, len(words)) if words[i] in ("apt-get", "zypper", "python=python3")
+                   and i > start)
+        found[manager] = {word.strip('"') for word in words[start:end] if not word.startswith("-")}
+    return found
+
+
+def test_every_builder_gets_the_tools_a_build_and_its_uki_hook_run():
+    """A SUSE build runs in a Leap container, a debian one in Debian's: KIWI's disk tools, the
+    ESP fallback and what uki.sh runs on the build host (partitions, mounts, veritysetup) must be
+    provisioned in both, by the packages runner.TOOLS names."""
+    packages = provisioned_packages()
+    tools = (requirements.DISK_TOOLS + requirements.ESP_FALLBACK_TOOLS + requirements.UKI_TOOLS
+             + requirements.VERITY_TOOLS)
+    missing = [(tool, manager) for tool in tools for manager, package in
+               (("apt-get", runner.TOOLS[tool].debian), ("zypper", runner.TOOLS[tool].suse))
+               if package not in packages[manager]]
+    assert missing == []

@@ -241,6 +241,8 @@ def preflight(request: BuildRequest, out_dir: Path, host: HostFacts) -> None:
     require_writable_dir(request.cache_dir, f"--cache-dir {request.cache_dir}")
     requirements.require("build", context=requirements.Context(host, build_dir=out_dir.parent,
                                                                target=request.target))
+    if request.target.chosen.boots_uki:
+        requirements.require("build:uki", context=requirements.Context(host, target=request.target))
     if request.custom.root == VERITY:
         requirements.require("build:verity", context=requirements.Context(host, target=request.target))
 

@@ -293,7 +293,7 @@ SETTINGS = (
     Setting("--root", "root", "The root file system: verity (read-only, dm-verity; its root hash on the "
             "measured UKI command line; writes go to a tmpfs, nothing persists) or writable (an ext4 "
             "root the host can modify between boots).", click.Choice((VERITY, WRITABLE)), part=CUSTOM,
-            metavar="verity|writable", shown_default="verity on debian 13, else writable", recorded=True),
+            metavar="verity|writable", shown_default="verity on debian 13, leap 16.0 and sles 16.0, else writable", recorded=True),
     Setting("--progress", "progress_format", "How the build reports its phases on stderr: auto (a "
             "status line on a terminal, a line per phase otherwise) or json (one JSON object per "
             "event and line).", click.Choice(("auto", "json")), part=COMMAND, metavar="auto|json",
