@@ -63,10 +63,11 @@ def gce_tar(raw: Path, directory: Path, *tar_options: str, member: str = "disk.r
     return tar
 
 
-def fixed_vhd(raw: Path, directory: Path, options: str = "subformat=fixed,force_size") -> Path:
-    """``raw`` as a fixed VHD, written by qemu-img as KIWI's vhd-fixed format does."""
-    vhd = directory / f"{raw.stem}.{len(list(directory.glob('*.vhd')))}.vhd"
-    sh("qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", options, raw, vhd)
+def fixed_vhd(image: Path, directory: Path, options: str = "subformat=fixed,force_size", source: str = "raw") -> Path:
+    """``image`` (of qemu format ``source``) as a fixed VHD, written by qemu-img as KIWI's
+    vhd-fixed format does."""
+    vhd = directory / f"{image.stem}.{len(list(directory.glob('*.vhd')))}.vhd"
+    sh("qemu-img", "convert", "-f", source, "-O", "vpc", "-o", options, image, vhd)
     return vhd
 
 
