@@ -5,7 +5,6 @@ broken (or packed) in exactly its way.  The images are the validator's synthetic
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +147,11 @@ def _initrd_without(cloud: Cloud, driver: str) -> Callable[[Path, Path], Path]:
     return make
 
 
+def sparse_copy(raw: Path, copy: Path) -> Path:
+    sh("cp", "--sparse=always", raw, copy)
+    return copy
+
+
 def qcow2(raw: Path, image: Path) -> Path:
     sh("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, image)
     return image
@@ -172,7 +176,7 @@ CLOUD_BREAKAGES = [
     CloudBreakage("POSIX (pax) tar", GCP, lambda raw, work: gce_tar(raw, work, "--format=posix"),
                   {"gcp.tar-format": "fail"}, "not GNU tar headers: disk.raw: pax"),
     CloudBreakage("disk.raw not a whole number of GiB", GCP,
-                  lambda raw, work: gce_tar(grown_to(shutil.copy(raw, work / "big.raw"), GIB + 512 * MIB), work),
+                  lambda raw, work: gce_tar(grown_to(sparse_copy(raw, work / "big.raw"), GIB + 512 * MIB), work),
                   {"gcp.disk-size": "fail"}, "the raw disk: 1610612736 bytes (1.500 GiB, 1536.0 MiB), not a whole number of GiB"),
     CloudBreakage("a qcow2, not a tar", GCP, lambda raw, work: qcow2(raw, work / "image.qcow2"),
                   {"gcp.tar-members": "fail", "gcp.tar-format": "skip"},
