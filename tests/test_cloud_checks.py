@@ -20,7 +20,8 @@ from imagebuilder.validate import CHECKS, validate_image
 from tests.test_validate_checks import KERNEL, boot_file, cpio_gzip, ext4_edit, ext4_write, sh, statuses
 
 # Where each driver lives below the module tree (drivers/nvme/host/nvme.ko, ...).
-DRIVER_PATHS = {"virtio_blk": "block", "virtio_net": "net", "nvme": "nvme/host", "gve": "net/ethernet/google/gve",
+DRIVER_PATHS = {"virtio_blk": "block", "virtio_net": "net", "nvme": "nvme/host", "nvme_core": "nvme/host",
+                "gve": "net/ethernet/google/gve",
                 "hv_vmbus": "hv", "hv_storvsc": "scsi", "hv_netvsc": "net/hyperv"}
 
 
@@ -157,6 +158,16 @@ def qcow2(raw: Path, image: Path) -> Path:
     return image
 
 
+def _nvme_without_its_core(raw: Path, work: Path) -> Path:
+    """depmod's modules.dep says nvme needs nvme-core; the initrd carries nvme alone."""
+    copy = sparse_copy(raw, work / "copy.raw")
+    ext4_write(copy, f"/usr/lib/modules/{KERNEL}/modules.dep",
+               b"kernel/drivers/nvme/host/nvme.ko.xz: kernel/drivers/nvme/host/nvme-core.ko.xz\n"
+               b"kernel/drivers/nvme/host/nvme-core.ko.xz:\nkernel/drivers/net/ethernet/google/gve/gve.ko.xz:\n")
+    with_initrd_drivers(copy, ("virtio_blk", "virtio_net", "nvme", "gve"))
+    return packed(GCP, copy, work)
+
+
 def _footer_field(offset: int, value: bytes, checksum: bool = True) -> Callable[[Path, Path], Path]:
     def edit(footer: bytearray) -> None:
         footer[offset:offset + len(value)] = value
@@ -169,6 +180,9 @@ CURRENT_SIZE_AT = 48
 CLOUD_BREAKAGES = [
     CloudBreakage("gcp image without nvme in its initrd", GCP, _initrd_without(GCP, "nvme"),
                   {"gcp.initrd-drivers": "fail"}, "not in the initrd nor built into the kernel: nvme; gve in the initrd"),
+    CloudBreakage("gcp image with nvme but not nvme-core in its initrd", GCP, _nvme_without_its_core,
+                  {"gcp.initrd-drivers": "fail"},
+                  "not in the initrd nor built into the kernel: nvme (in the initrd without nvme_core, which it needs)"),
     CloudBreakage("disk.raw misnamed", GCP, lambda raw, work: gce_tar(raw, work, member="image.raw"),
                   {"gcp.tar-members": "fail"}, "unexpected member 'image.raw'; 0 members named disk.raw"),
     CloudBreakage("a file beside disk.raw", GCP, lambda raw, work: gce_tar(raw, work, beside=("notes.txt",)),
@@ -248,3 +262,13 @@ def test_validate_cloud_on_the_command_line_names_the_cloud(synthetic_image):
                                    "gcp.tar-members, gcp.tar-format, gcp.disk-size")
     document = CliRunner().invoke(cli.main, ["validate", str(synthetic_image), "--json"])
     assert document.exit_code == 0 and json.loads(document.stdout)["cloud"] == "qemu"
+
+
+def test_a_driver_with_what_it_needs_in_the_initrd_passes(synthetic_image, tmp_path):
+    raw = image_for(GCP, synthetic_image, tmp_path)
+    ext4_write(raw, f"/usr/lib/modules/{KERNEL}/modules.dep",
+               b"kernel/drivers/nvme/host/nvme.ko.xz: kernel/drivers/nvme/host/nvme-core.ko.xz\n")
+    assert drivers_check(raw).status == "fail"  # the initrd lacks nvme-core
+    with_initrd_drivers(raw, ("nvme", "nvme_core", "gve"))
+    check = drivers_check(raw)
+    assert (check.status, check.detail) == ("pass", "nvme in the initrd with nvme_core, gve in the initrd")

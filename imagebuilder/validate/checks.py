@@ -179,16 +179,31 @@ def _built_in(image: Inspection, driver: str) -> str | None:
         return f"built in ({option}=y)" if option and image.kernel_config.get(option) == "y" else None
 
 
+def _dependencies(image: Inspection, driver: str) -> list[str]:
+    """The modules ``driver`` needs loaded first (modules.dep); none known without the file."""
+    try:
+        return image.module_dependencies.get(driver, [])
+    except Unavailable:
+        return []
+
+
 def cloud_drivers(cloud: Cloud) -> Callable[[Inspection], Finding]:
     """The probe of ``cloud``'s initrd drivers: each in the initrd the loader hands the kernel
-    (the UKI's, else grub's) or built into the kernel; a module only in the root file system
-    comes too late, as the root is on the disk the driver reaches."""
+    (the UKI's, else grub's) with the modules it needs, or built into the kernel; a module only
+    in the root file system comes too late, as the root is on the disk the driver reaches."""
 
     def probe(image: Inspection) -> Finding:
         found: list[str] = []
         missing: list[str] = []
         for driver in cloud.initrd_drivers:
             where = "in the initrd" if driver in image.initrd_modules else _built_in(image, driver)
+            needs = _dependencies(image, driver) if where == "in the initrd" else []
+            lacking = [module for module in needs
+                       if module not in image.initrd_modules and not _built_in(image, module)]
+            if lacking:  # it would not load
+                where, driver = None, f"{driver} (in the initrd without {', '.join(lacking)}, which it needs)"
+            elif needs:
+                where = f"in the initrd with {' and '.join(needs)}"
             (found if where else missing).append(f"{driver} {where}" if where else driver)
         if missing:
             return Finding(False, f"not in the initrd nor built into the kernel: {', '.join(missing)}"

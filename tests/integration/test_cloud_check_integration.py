@@ -31,7 +31,7 @@ def test_validate_cloud_gcp_passes_the_gcp_image_and_reads_its_tar_as_gnu_tar_do
     evidence = {check["id"]: check["evidence"] for check in report["checks"]}
     listed = subprocess.run(["tar", "tvzf", image], capture_output=True, text=True, check=True).stdout.split()
     assert evidence["gcp.tar-members"] == f"members: disk.raw (GNU sparse file, gnu header, {listed[2]} bytes)"
-    assert evidence["gcp.initrd-drivers"] == "nvme in the initrd, gve in the initrd"
+    assert evidence["gcp.initrd-drivers"] == "nvme in the initrd with nvme_core and nvme_auth, gve in the initrd"
 
 
 def test_the_qemu_image_packed_as_a_gce_tar_is_failed_for_its_initrd(debian13_image, tmp_path):
