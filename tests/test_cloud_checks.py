@@ -125,7 +125,8 @@ def test_todays_qemu_image_packed_for_a_cloud_is_failed_for_the_drivers_its_init
     report = validate_image(packed(cloud, grown_to(raw, GIB) if cloud is GCP else raw, tmp_path), cloud=cloud)
     assert statuses(report) == {f"{cloud.name}.initrd-drivers": "fail"}
     failed = report.failed[0].detail
-    assert failed.startswith("not in the initrd nor built into the kernel: " + ", ".join(cloud.initrd_drivers))
+    assert failed == "the kernel cannot load: " + ", ".join(f"{driver} (neither in the initrd nor built in)"
+                                                            for driver in cloud.initrd_drivers)
     assert validate_image(synthetic_image).ok  # and still passes for QEMU
 
 
@@ -179,10 +180,11 @@ CURRENT_SIZE_AT = 48
 
 CLOUD_BREAKAGES = [
     CloudBreakage("gcp image without nvme in its initrd", GCP, _initrd_without(GCP, "nvme"),
-                  {"gcp.initrd-drivers": "fail"}, "not in the initrd nor built into the kernel: nvme; gve in the initrd"),
+                  {"gcp.initrd-drivers": "fail"},
+                  "the kernel cannot load: nvme (neither in the initrd nor built in); gve in the initrd"),
     CloudBreakage("gcp image with nvme but not nvme-core in its initrd", GCP, _nvme_without_its_core,
                   {"gcp.initrd-drivers": "fail"},
-                  "not in the initrd nor built into the kernel: nvme (in the initrd without nvme_core, which it needs)"),
+                  "the kernel cannot load: nvme (in the initrd without nvme_core, which it needs); gve in the initrd"),
     CloudBreakage("disk.raw misnamed", GCP, lambda raw, work: gce_tar(raw, work, member="image.raw"),
                   {"gcp.tar-members": "fail"}, "unexpected member 'image.raw'; 0 members named disk.raw"),
     CloudBreakage("a file beside disk.raw", GCP, lambda raw, work: gce_tar(raw, work, beside=("notes.txt",)),
@@ -196,7 +198,7 @@ CLOUD_BREAKAGES = [
                   {"gcp.tar-members": "fail", "gcp.tar-format": "skip"},
                   "not a gzipped tar: Google Cloud imports a .tar.gz holding disk.raw"),
     CloudBreakage("azure image without hv_storvsc in its initrd", AZURE, _initrd_without(AZURE, "hv_storvsc"),
-                  {"azure.initrd-drivers": "fail"}, "not in the initrd nor built into the kernel: hv_storvsc; "
+                  {"azure.initrd-drivers": "fail"}, "the kernel cannot load: hv_storvsc (neither in the initrd nor built in); "
                   "hv_vmbus in the initrd, hv_netvsc in the initrd"),
     # qemu-img without force_size rounds the size up to a CHS geometry: the disk grows past its
     # backup GPT and is no longer a whole number of MiB

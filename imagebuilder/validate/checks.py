@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.results import FAIL, INFO, WARN, Finding
-from ..distros.clouds import AZURE, GCP, QEMU, Cloud
+from ..distros.clouds import AZURE, GCP, GIB, MIB, QEMU, Cloud
 from ..image.cloudformats import GCE_DISK, VHD_FIXED, VHD_FOOTER_SIZE, GceTar, VhdFooter
 from ..image.disk import BIOS_BOOT_TYPE, ESP_TYPE, LINUX_ROOT_TYPES
 from ..image.inspection import MANIFEST_IN_IMAGE, Inspection, Unavailable
@@ -200,13 +200,14 @@ def cloud_drivers(cloud: Cloud) -> Callable[[Inspection], Finding]:
             needs = _dependencies(image, driver) if where == "in the initrd" else []
             lacking = [module for module in needs
                        if module not in image.initrd_modules and not _built_in(image, module)]
-            if lacking:  # it would not load
-                where, driver = None, f"{driver} (in the initrd without {', '.join(lacking)}, which it needs)"
-            elif needs:
-                where = f"in the initrd with {' and '.join(needs)}"
-            (found if where else missing).append(f"{driver} {where}" if where else driver)
+            if lacking:
+                missing.append(f"{driver} (in the initrd without {' and '.join(lacking)}, which it needs)")
+            elif where is None:
+                missing.append(f"{driver} (neither in the initrd nor built in)")
+            else:
+                found.append(f"{driver} {where}" + (f" with {' and '.join(needs)}" if needs else ""))
         if missing:
-            return Finding(False, f"not in the initrd nor built into the kernel: {', '.join(missing)}"
+            return Finding(False, f"the kernel cannot load: {', '.join(missing)}"
                            + (f"; {', '.join(found)}" if found else ""))
         return Finding(True, ", ".join(found))
 
@@ -248,14 +249,13 @@ def gce_tar_format(image: Inspection) -> Finding:
 
 
 def _size_in_units(size: int) -> str:
-    return f"{size} bytes ({size / 2**30:.3f} GiB, {size / 2**20:.1f} MiB)"
+    return f"{size} bytes ({size / GIB:.3f} GiB, {size / MIB:.1f} MiB)"
 
 
 def disk_size(cloud: Cloud) -> Callable[[Inspection], Finding]:
     """The probe of ``cloud``'s size rule: the disk's size (a VHD's: its footer's current size)
     a multiple of ``cloud.size_multiple``."""
-    unit = "GiB" if cloud.size_multiple == 2**30 else "MiB" if cloud.size_multiple == 2**20 else \
-        f"{cloud.size_multiple} bytes"
+    unit = {GIB: "GiB", MIB: "MiB"}.get(cloud.size_multiple, f"{cloud.size_multiple} bytes")
 
     def probe(image: Inspection) -> Finding:
         packing = image.disk.packing

@@ -42,7 +42,8 @@ def test_the_qemu_image_packed_as_a_gce_tar_is_failed_for_its_initrd(debian13_im
     raw.unlink()
     report = validate_image(tar, cloud=GCP)
     assert statuses(report) == {"gcp.initrd-drivers": "fail"}, json.dumps(report.to_dict(), indent=1)
-    assert report.failed[0].detail == "not in the initrd nor built into the kernel: nvme, gve"
+    assert report.failed[0].detail == ("the kernel cannot load: nvme (neither in the initrd nor built in), "
+                                       "gve (neither in the initrd nor built in)")
 
 
 def test_the_gcp_image_booted_on_an_emulated_nvme_controller_to_the_self_check(debian_gcp_build):
