@@ -137,8 +137,14 @@ DISK_NOT_BOOTABLE = ('BdsDxe: failed to load Boot0001 "UEFI Misc Device" from Pc
                      ": Not Found\r\n\r\niPXE 1.0.0 -- Open Source Network Boot Firmware\r\n")
 
 
+# What OVMF printed here for an NVMe disk (boot --cloud gcp) whose ESP has no loader.
+NVME_NOT_BOOTABLE = ('BdsDxe: failed to load Boot0001 "UEFI QEMU NVMe Ctrl tdx-image-disk0 1" from '
+                     "PciRoot(0x0)/Pci(0x1,0x0)/NVMe(0x1,00-00-00-00-00-00-00-00): Not Found\r\n")
+
+
 @pytest.mark.parametrize("console, expected, final", [
     (DISK_NOT_BOOTABLE, "no EFI boot loader on the disk", True),
+    (NVME_NOT_BOOTABLE, "no EFI boot loader on the disk", True),
     (UEFI_SHELL, "started its shell", True),
     ("Welcome to GRUB!\ngrub rescue> ", "rescue prompt", True),
     ("[ 3.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n", "kernel panicked", True),
@@ -267,7 +273,8 @@ def test_qemu_dies_with_a_killed_boot(qemu, image, tmp_path):
     runner = subprocess.Popen([sys.executable, "-c",
                                "import sys; from pathlib import Path; from imagebuilder.vm import boot; "
                                "boot.boot_image(Path(sys.argv[1]), accel='tcg', console_log=Path(sys.argv[2]))",
-                               str(image), str(tmp_path / "console.log")])
+                               str(image), str(tmp_path / "console.log")],
+                              env={**os.environ, "TMPDIR": str(tmp_path)})  # SIGKILL leaves its work directory
     try:
         for _ in range(200):  # until the fake QEMU has started
             if qemu.started or runner.poll() is not None:

@@ -5,7 +5,6 @@ broken (or packed) in exactly its way.  The images are the validator's synthetic
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ from imagebuilder.validate import CHECKS, validate_image
 from tests.test_validate_checks import KERNEL, boot_file, cpio_gzip, ext4_edit, ext4_write, sh, statuses
 
 # Where each driver lives below the module tree (drivers/nvme/host/nvme.ko, ...).
-DRIVER_PATHS = {"virtio_blk": "block", "virtio_net": "net", "nvme": "nvme/host", "gve": "net/ethernet/google/gve",
+DRIVER_PATHS = {"virtio_blk": "block", "virtio_net": "net", "nvme": "nvme/host", "nvme_core": "nvme/host",
+                "gve": "net/ethernet/google/gve",
                 "hv_vmbus": "hv", "hv_storvsc": "scsi", "hv_netvsc": "net/hyperv"}
 
 
@@ -63,10 +63,11 @@ def gce_tar(raw: Path, directory: Path, *tar_options: str, member: str = "disk.r
     return tar
 
 
-def fixed_vhd(raw: Path, directory: Path, options: str = "subformat=fixed,force_size") -> Path:
-    """``raw`` as a fixed VHD, written by qemu-img as KIWI's vhd-fixed format does."""
-    vhd = directory / f"{raw.stem}.{len(list(directory.glob('*.vhd')))}.vhd"
-    sh("qemu-img", "convert", "-f", "raw", "-O", "vpc", "-o", options, raw, vhd)
+def fixed_vhd(image: Path, directory: Path, options: str = "subformat=fixed,force_size", source: str = "raw") -> Path:
+    """``image`` (of qemu format ``source``) as a fixed VHD, written by qemu-img as KIWI's
+    vhd-fixed format does."""
+    vhd = directory / f"{image.stem}.{len(list(directory.glob('*.vhd')))}.vhd"
+    sh("qemu-img", "convert", "-f", source, "-O", "vpc", "-o", options, image, vhd)
     return vhd
 
 
@@ -124,7 +125,8 @@ def test_todays_qemu_image_packed_for_a_cloud_is_failed_for_the_drivers_its_init
     report = validate_image(packed(cloud, grown_to(raw, GIB) if cloud is GCP else raw, tmp_path), cloud=cloud)
     assert statuses(report) == {f"{cloud.name}.initrd-drivers": "fail"}
     failed = report.failed[0].detail
-    assert failed.startswith("not in the initrd nor built into the kernel: " + ", ".join(cloud.initrd_drivers))
+    assert failed == "the kernel cannot load: " + ", ".join(f"{driver} (neither in the initrd nor built in)"
+                                                            for driver in cloud.initrd_drivers)
     assert validate_image(synthetic_image).ok  # and still passes for QEMU
 
 
@@ -147,9 +149,24 @@ def _initrd_without(cloud: Cloud, driver: str) -> Callable[[Path, Path], Path]:
     return make
 
 
+def sparse_copy(raw: Path, copy: Path) -> Path:
+    sh("cp", "--sparse=always", raw, copy)
+    return copy
+
+
 def qcow2(raw: Path, image: Path) -> Path:
     sh("qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, image)
     return image
+
+
+def _nvme_without_its_core(raw: Path, work: Path) -> Path:
+    """depmod's modules.dep says nvme needs nvme-core; the initrd carries nvme alone."""
+    copy = sparse_copy(raw, work / "copy.raw")
+    ext4_write(copy, f"/usr/lib/modules/{KERNEL}/modules.dep",
+               b"kernel/drivers/nvme/host/nvme.ko.xz: kernel/drivers/nvme/host/nvme-core.ko.xz\n"
+               b"kernel/drivers/nvme/host/nvme-core.ko.xz:\nkernel/drivers/net/ethernet/google/gve/gve.ko.xz:\n")
+    with_initrd_drivers(copy, ("virtio_blk", "virtio_net", "nvme", "gve"))
+    return packed(GCP, copy, work)
 
 
 def _footer_field(offset: int, value: bytes, checksum: bool = True) -> Callable[[Path, Path], Path]:
@@ -163,7 +180,11 @@ CURRENT_SIZE_AT = 48
 
 CLOUD_BREAKAGES = [
     CloudBreakage("gcp image without nvme in its initrd", GCP, _initrd_without(GCP, "nvme"),
-                  {"gcp.initrd-drivers": "fail"}, "not in the initrd nor built into the kernel: nvme; gve in the initrd"),
+                  {"gcp.initrd-drivers": "fail"},
+                  "the kernel cannot load: nvme (neither in the initrd nor built in); gve in the initrd"),
+    CloudBreakage("gcp image with nvme but not nvme-core in its initrd", GCP, _nvme_without_its_core,
+                  {"gcp.initrd-drivers": "fail"},
+                  "the kernel cannot load: nvme (in the initrd without nvme_core, which it needs); gve in the initrd"),
     CloudBreakage("disk.raw misnamed", GCP, lambda raw, work: gce_tar(raw, work, member="image.raw"),
                   {"gcp.tar-members": "fail"}, "unexpected member 'image.raw'; 0 members named disk.raw"),
     CloudBreakage("a file beside disk.raw", GCP, lambda raw, work: gce_tar(raw, work, beside=("notes.txt",)),
@@ -171,13 +192,13 @@ CLOUD_BREAKAGES = [
     CloudBreakage("POSIX (pax) tar", GCP, lambda raw, work: gce_tar(raw, work, "--format=posix"),
                   {"gcp.tar-format": "fail"}, "not GNU tar headers: disk.raw: pax"),
     CloudBreakage("disk.raw not a whole number of GiB", GCP,
-                  lambda raw, work: gce_tar(grown_to(shutil.copy(raw, work / "big.raw"), GIB + 512 * MIB), work),
+                  lambda raw, work: gce_tar(grown_to(sparse_copy(raw, work / "big.raw"), GIB + 512 * MIB), work),
                   {"gcp.disk-size": "fail"}, "the raw disk: 1610612736 bytes (1.500 GiB, 1536.0 MiB), not a whole number of GiB"),
     CloudBreakage("a qcow2, not a tar", GCP, lambda raw, work: qcow2(raw, work / "image.qcow2"),
                   {"gcp.tar-members": "fail", "gcp.tar-format": "skip"},
                   "not a gzipped tar: Google Cloud imports a .tar.gz holding disk.raw"),
     CloudBreakage("azure image without hv_storvsc in its initrd", AZURE, _initrd_without(AZURE, "hv_storvsc"),
-                  {"azure.initrd-drivers": "fail"}, "not in the initrd nor built into the kernel: hv_storvsc; "
+                  {"azure.initrd-drivers": "fail"}, "the kernel cannot load: hv_storvsc (neither in the initrd nor built in); "
                   "hv_vmbus in the initrd, hv_netvsc in the initrd"),
     # qemu-img without force_size rounds the size up to a CHS geometry: the disk grows past its
     # backup GPT and is no longer a whole number of MiB
@@ -243,3 +264,13 @@ def test_validate_cloud_on_the_command_line_names_the_cloud(synthetic_image):
                                    "gcp.tar-members, gcp.tar-format, gcp.disk-size")
     document = CliRunner().invoke(cli.main, ["validate", str(synthetic_image), "--json"])
     assert document.exit_code == 0 and json.loads(document.stdout)["cloud"] == "qemu"
+
+
+def test_a_driver_with_what_it_needs_in_the_initrd_passes(synthetic_image, tmp_path):
+    raw = image_for(GCP, synthetic_image, tmp_path)
+    ext4_write(raw, f"/usr/lib/modules/{KERNEL}/modules.dep",
+               b"kernel/drivers/nvme/host/nvme.ko.xz: kernel/drivers/nvme/host/nvme-core.ko.xz\n")
+    assert drivers_check(raw).status == "fail"  # the initrd lacks nvme-core
+    with_initrd_drivers(raw, ("nvme", "nvme_core", "gve"))
+    check = drivers_check(raw)
+    assert (check.status, check.detail) == ("pass", "nvme in the initrd with nvme_core, gve in the initrd")

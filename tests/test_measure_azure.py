@@ -4,17 +4,10 @@ predicted, the firmware's unknown, the RTMRs not what an Azure verifier checks."
 
 from __future__ import annotations
 
-import json
-
-from click.testing import CliRunner
-
-from imagebuilder import cli
 from imagebuilder.measure import eventlog as ev
 from imagebuilder.measure.azure import AZURE_FIRMWARE, azure_registers
 from imagebuilder.measure.predict import FIRMWARE, Prediction, Step
-from tests.conftest import schema_errors
 from tests.test_measure import sha384
-from tests.test_uki_measure import CMDLINE, cpio_initrd, uki_disk, ukify
 
 SHIM, GRUB = "shim 15.8 (tpm.c)", "grub 2.12"
 STUB, KERNEL = "systemd-stub 257.13 (stub.c measure_sections)", "linux 6.12 EFI stub"
@@ -61,17 +54,3 @@ def test_what_is_unpredicted_for_every_firmware_stays_unknown_with_its_reason():
     status, value, _ = rows(prediction)["PCR 8"]
     assert (status, value) == ("unknown", None)
     assert "grub's script uses regexp" in next(row.why for row in azure_registers(prediction) if row.name == "PCR 8")
-
-
-def test_measure_cloud_azure_adds_the_view_to_the_document_and_gcp_is_not_offered(tmp_path):
-    disk = uki_disk(tmp_path, ukify(tmp_path, CMDLINE, cpio_initrd(tmp_path)))
-    result = CliRunner().invoke(cli.main, ["measure", str(disk), "--cloud", "azure", "--json"])
-    failure = json.loads(result.stdout)  # the test UKI's kernel is unknown: exit 1, its document
-    document = {key: value for key, value in failure.items() if key not in ("ok", "error", "exit_code")}
-    assert result.exit_code == 1 and schema_errors("measurements", document) == []
-    view = {row["register"]: row for row in document["cloud"]["registers"]}
-    assert document["cloud"]["name"] == "azure" and view["PCR 4"]["status"] == "unknown"
-    assert view["PCR 11"]["sha384"] == document["pcr_sha384"]["11"]
-    assert "cloud" not in json.loads(CliRunner().invoke(cli.main, ["measure", str(disk), "--json"]).stdout)
-    refused = CliRunner().invoke(cli.main, ["measure", str(disk), "--cloud", "gcp"])
-    assert refused.exit_code == 2 and "'gcp' is not one of 'qemu', 'azure'" in refused.output

@@ -17,13 +17,15 @@ import uuid
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from imagebuilder import cli
 from imagebuilder.host import firmware as fw
 from imagebuilder.host import virt
 from imagebuilder.measure import components
 from imagebuilder.measure.efi import GrubImage, PeImage
 from imagebuilder.measure.uki import Uki, literal_cpio, mangle_cmdline
-from tests.conftest import run_cli
+from tests.conftest import run_cli, schema_errors
 
 REFERENCE = Path(os.environ.get("TDX_IMAGE_REFERENCE_PACKAGES", "/var/cache/tdx-image/reference-packages"))
 EFI_DIR = "usr/lib/systemd/boot/efi"
@@ -410,3 +412,18 @@ def test_suse_16s_stub_version_with_its_git_suffix_is_read(tmp_path, version, mo
     else:
         assert stub_events == [] and document["pcr_sha384"]["11"] is None
         assert f"systemd-stub {version}" in json.dumps(document["unpredicted"])
+
+
+def test_measure_cloud_azure_adds_the_view_to_the_document_and_gcp_is_not_offered(uki_path, tmp_path):
+    """tests/test_measure_azure.py has the view's rules; here the verb on a UKI disk."""
+    disk = uki_disk(tmp_path, uki_path)
+    result = CliRunner().invoke(cli.main, ["measure", str(disk), "--cloud", "azure", "--json"])
+    failure = json.loads(result.stdout)  # the test UKI's kernel is unknown: exit 1, its document
+    document = {key: value for key, value in failure.items() if key not in ("ok", "error", "exit_code")}
+    assert result.exit_code == 1 and schema_errors("measurements", document) == []
+    view = {row["register"]: row for row in document["cloud"]["registers"]}
+    assert document["cloud"]["name"] == "azure" and view["PCR 4"]["status"] == "unknown"
+    assert view["PCR 11"]["sha384"] == document["pcr_sha384"]["11"]
+    assert "cloud" not in json.loads(CliRunner().invoke(cli.main, ["measure", str(disk), "--json"]).stdout)
+    refused = CliRunner().invoke(cli.main, ["measure", str(disk), "--cloud", "gcp"])
+    assert refused.exit_code == 2 and "'gcp' is not one of 'qemu', 'azure'" in refused.output

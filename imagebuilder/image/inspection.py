@@ -24,6 +24,11 @@ ESP_GRUB_CONFIG = "/EFI/BOOT/grub.cfg"
 ROOT_GRUB_CONFIGS = ("/boot/grub/grub.cfg", "/boot/grub2/grub.cfg")
 
 
+def _module_name(path: str) -> str:
+    """``nvme_core`` of ``kernel/drivers/nvme/host/nvme-core.ko.xz``: the kernel reads - as _."""
+    return path.rsplit("/", 1)[-1].split(".ko")[0].replace("-", "_")
+
+
 class Unavailable(Exception):
     """A fact a check needs could not be established; the message says why."""
 
@@ -206,7 +211,7 @@ class Inspection:
             except InitrdError as error:
                 raise Unavailable(f"initrd {path} cannot be read: {error}")
             marker = f"lib/modules/{self.kernel_version}/"
-            modules |= {member.rsplit("/", 1)[-1].split(".ko")[0].replace("-", "_") for member in members
+            modules |= {_module_name(member) for member in members
                         if marker in member and ".ko" in member}
         return modules
 
@@ -217,8 +222,20 @@ class Inspection:
         text = self.root.read(f"{self.module_tree}/modules.builtin")
         if text is None:
             raise Unavailable(f"no {self.module_tree}/modules.builtin")
-        return {line.rsplit("/", 1)[-1].removesuffix(".ko").replace("-", "_")
-                for line in text.decode(errors="replace").split()}
+        return {_module_name(line) for line in text.decode(errors="replace").split()}
+
+    @cached_property
+    def module_dependencies(self) -> dict[str, list[str]]:
+        """Module name -> the modules it needs loaded first, all of them (depmod writes the
+        closure into the module tree's ``modules.dep``: ``path: dependency paths``)."""
+        text = self.root.read(f"{self.module_tree}/modules.dep")
+        if text is None:
+            raise Unavailable(f"no {self.module_tree}/modules.dep")
+        dependencies = {}
+        for line in text.decode(errors="replace").splitlines():
+            module, _, needs = line.partition(":")
+            dependencies[_module_name(module)] = [_module_name(path) for path in needs.split()]
+        return dependencies
 
     def _initrds(self) -> list[tuple[str, bytes]]:
         if self.uki is not None:

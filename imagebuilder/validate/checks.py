@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..core.results import FAIL, INFO, WARN, Finding
-from ..distros.clouds import AZURE, GCP, QEMU, Cloud
+from ..distros.clouds import AZURE, GCP, GIB, MIB, QEMU, Cloud
 from ..image.cloudformats import GCE_DISK, VHD_FIXED, VHD_FOOTER_SIZE, GceTar, VhdFooter
 from ..image.disk import BIOS_BOOT_TYPE, ESP_TYPE, LINUX_ROOT_TYPES
 from ..image.inspection import MANIFEST_IN_IMAGE, Inspection, Unavailable
@@ -179,19 +179,35 @@ def _built_in(image: Inspection, driver: str) -> str | None:
         return f"built in ({option}=y)" if option and image.kernel_config.get(option) == "y" else None
 
 
+def _dependencies(image: Inspection, driver: str) -> list[str]:
+    """The modules ``driver`` needs loaded first (modules.dep); none known without the file."""
+    try:
+        return image.module_dependencies.get(driver, [])
+    except Unavailable:
+        return []
+
+
 def cloud_drivers(cloud: Cloud) -> Callable[[Inspection], Finding]:
     """The probe of ``cloud``'s initrd drivers: each in the initrd the loader hands the kernel
-    (the UKI's, else grub's) or built into the kernel; a module only in the root file system
-    comes too late, as the root is on the disk the driver reaches."""
+    (the UKI's, else grub's) with the modules it needs, or built into the kernel; a module only
+    in the root file system comes too late, as the root is on the disk the driver reaches."""
 
     def probe(image: Inspection) -> Finding:
         found: list[str] = []
         missing: list[str] = []
         for driver in cloud.initrd_drivers:
             where = "in the initrd" if driver in image.initrd_modules else _built_in(image, driver)
-            (found if where else missing).append(f"{driver} {where}" if where else driver)
+            needs = _dependencies(image, driver) if where == "in the initrd" else []
+            lacking = [module for module in needs
+                       if module not in image.initrd_modules and not _built_in(image, module)]
+            if lacking:
+                missing.append(f"{driver} (in the initrd without {' and '.join(lacking)}, which it needs)")
+            elif where is None:
+                missing.append(f"{driver} (neither in the initrd nor built in)")
+            else:
+                found.append(f"{driver} {where}" + (f" with {' and '.join(needs)}" if needs else ""))
         if missing:
-            return Finding(False, f"not in the initrd nor built into the kernel: {', '.join(missing)}"
+            return Finding(False, f"the kernel cannot load: {', '.join(missing)}"
                            + (f"; {', '.join(found)}" if found else ""))
         return Finding(True, ", ".join(found))
 
@@ -233,14 +249,13 @@ def gce_tar_format(image: Inspection) -> Finding:
 
 
 def _size_in_units(size: int) -> str:
-    return f"{size} bytes ({size / 2**30:.3f} GiB, {size / 2**20:.1f} MiB)"
+    return f"{size} bytes ({size / GIB:.3f} GiB, {size / MIB:.1f} MiB)"
 
 
 def disk_size(cloud: Cloud) -> Callable[[Inspection], Finding]:
     """The probe of ``cloud``'s size rule: the disk's size (a VHD's: its footer's current size)
     a multiple of ``cloud.size_multiple``."""
-    unit = "GiB" if cloud.size_multiple == 2**30 else "MiB" if cloud.size_multiple == 2**20 else \
-        f"{cloud.size_multiple} bytes"
+    unit = {GIB: "GiB", MIB: "MiB"}.get(cloud.size_multiple, f"{cloud.size_multiple} bytes")
 
     def probe(image: Inspection) -> Finding:
         packing = image.disk.packing

@@ -54,9 +54,10 @@ SWTPM_START_SECONDS = 10.0
 
 # What a console that does not reach the self-check shows, in order of precedence: (pattern,
 # reason, whether the boot can no longer succeed, so waiting longer is pointless).
-# OVMF names the virtio disk's boot entry "UEFI Misc Device".
+# OVMF names the virtio disk's boot entry "UEFI Misc Device", an NVMe disk's "UEFI QEMU NVMe
+# Ctrl SERIAL NAMESPACE".
 CONSOLE_DIAGNOSES = (
-    (r'failed to load Boot\w+ "UEFI Misc Device"', "the firmware found no EFI boot loader on the "
+    (r'failed to load Boot\w+ "UEFI (Misc Device|QEMU NVMe Ctrl)', "the firmware found no EFI boot loader on the "
      "disk (EFI system partition empty or without EFI/BOOT?)", True),
     (r"UEFI Interactive Shell", "the firmware found nothing to boot and started its shell", True),
     (r"No bootable option or device was found", "the firmware found no bootable device", True),
