@@ -10,9 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 3
 fi
 
-# What KIWI calls for a Debian disk image (binutils: strings), a verity root's hash tree
-# (cryptsetup-bin: veritysetup, run by debian's uki.sh), the ESP fallback (mtools), the
-# validator (qemu-utils, lz4) and its tests (e2fsprogs, mtools, cpio, compressors), the boot test (qemu, OVMF;
+# What KIWI calls for a Debian disk image (binutils: strings), the UKI chain's hook uki.sh
+# (cryptsetup-bin: veritysetup for a verity root; util-linux: lsblk, findmnt), the ESP fallback
+# (mtools), the validator (qemu-utils, lz4) and its tests (e2fsprogs, mtools, cpio, compressors), the boot test (qemu, OVMF;
 # swtpm for the measured boot of `boot --tpm`) and --container (podman with runc; mmdebstrap
 # makes the local Debian 12 container image).
 # openssh-client: the integration test that logs into a running image.

@@ -9,9 +9,27 @@
 # private apt configuration in a temporary directory; the host's apt state is not touched.
 # Usage: tests/fetch-reference-packages.sh [DIR]   (default /var/cache/tdx-image/reference-packages)
 # Tests that need a package skip when its directory is missing.
+# DIR is replaced package by package only when this script made it (its marker file is there, or
+# it holds nothing but this script's suite directories, as before the marker) or it is absent or
+# empty: a directory of someone else's is refused (exit 2), never overwritten.
 set -euo pipefail
 
 target=${1:-/var/cache/tdx-image/reference-packages}
+marker=.tdx-image-reference-packages
+ours() {
+    [ ! -e "$target" ] && return 0
+    [ -d "$target" ] && [ ! -L "$target" ] || return 1
+    [ -e "$target/$marker" ] && return 0
+    local entry
+    for entry in "$target"/* "$target"/.[!.]*; do
+        [ -e "$entry" ] || continue
+        case ${entry##*/} in trixie | bookworm) ;; *) return 1 ;; esac
+    done
+}
+if ! ours; then
+    echo "error: $target holds files this script did not write (no $marker in it); give an empty or new DIR" >&2
+    exit 2
+fi
 trixie_packages=(systemd-boot-efi systemd-ukify ovmf grub-efi-amd64-signed)
 bookworm_packages=(systemd-boot-efi grub-efi-amd64-signed shim-signed)
 
@@ -52,6 +70,7 @@ APT_CONFIG="$work/apt.conf" apt-get update -q -o APT::Sandbox::User=root >/dev/n
 (cd "$work/bookworm" && apt-get download -q -o APT::Sandbox::User=root "${bookworm_packages[@]}" >/dev/null)
 
 mkdir -p "$target"
+touch "$target/$marker"
 for suite in trixie bookworm; do
     for deb in "$work/$suite"/*.deb; do
         name=$(dpkg-deb -f "$deb" Package)

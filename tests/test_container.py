@@ -1,6 +1,7 @@
 """--container: the engine command a build runs, and its refusals.  The real run through
 podman with a locally made Debian 12 image is tests/integration/test_container.py."""
 
+import json
 import os
 import signal
 import threading
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from imagebuilder.build import container
-from imagebuilder.host import locks, runner, signals
+from imagebuilder.host import locks, requirements, runner, signals
 from imagebuilder.build.pipeline import BuildRequest
 from imagebuilder.build.compose import Customisation
 from imagebuilder.core.errors import Interrupted
@@ -51,7 +52,12 @@ def test_the_build_runs_inside_with_the_project_out_and_cache_mounted(tmp_path, 
                         mirror="https://rmt.example/repo")
     assert "--ltss" in container.engine_command("podman", "builder:tag", ltss, as_json=False)
     assert inner[inner.index("--out") + 1] == str(tmp_path / "out" / "leap")
-    assert inner[inner.index("--repo") + 1] == "http://r.example/x,bookworm,main contrib"
+    # The mirror and repositories (a URL may carry a login) go by name through the environment.
+    assert "--mirror" not in inner and "--repo" not in inner
+    assert {"TDX_IMAGE_MIRROR", "TDX_IMAGE_REPOS"} <= set(engine_part)
+    assert container.engine_environment(request) == {
+        "TDX_IMAGE_MIRROR": "https://mirror.example/opensuse",
+        "TDX_IMAGE_REPOS": "http://r.example/x,bookworm,main contrib"}
     # Who supplies the image and which builder made it are the outer build's.
     assert inner[inner.index("--supplier") + 1] == "Builders <b@example.org>"
     assert inner[inner.index("--builder-id") + 1] == "https://ci.example.org/run/7"
@@ -114,3 +120,51 @@ def test_a_signal_reaches_the_engine_as_sigint_and_its_exit_is_awaited(tmp_path,
     with signals.handled(), pytest.raises(Interrupted, match="the build in the container was stopped"):
         container.build_in_container(request, None, False, FakeHost())
     assert unwound.exists()
+
+
+def test_the_build_inside_reads_mirror_and_repositories_from_the_environment(tmp_path):
+    """What engine_environment hands the inner build parses back to the same request: a login in
+    a URL reaches the build without being on any command line."""
+    repos = [parse_repo_option("https://u:pw@r.example/x,bookworm,main contrib"),
+             parse_repo_option("https://r.example/rpm")]
+    request = BuildRequest(target=get_target("debian"), out_dir=tmp_path / "d",
+                           mirror="https://u:pw@mirror.example/debian", extra_repositories=repos)
+    environment = container.engine_environment(request)
+    command = container.engine_command("podman", "img", request, as_json=False)
+    assert not any("pw@" in word for word in command)
+
+    result = run_cli("summary", "debian", "--json", env={**os.environ, **environment})
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["settings"]["mirror"] == {"value": "https://u:***@mirror.example/debian",
+                                             "from": "environment"}
+    assert summary["settings"]["repo"]["value"] == ["https://u:***@r.example/x",
+                                                    "https://r.example/rpm"]
+    assert "pw" not in result.stdout
+
+
+def provisioned_packages() -> dict[str, set[str]]:
+    """The packages container-provision.sh installs into a builder, per package manager."""
+    words = container.PROVISION.read_text().replace("\\\n", " ").split()
+    found: dict[str, set[str]] = {}
+    for manager in ("apt-get", "zypper"):
+        start = next(i for i, word in enumerate(words) if word == manager
+                     and "install" in words[i + 1:i + 3])
+        end = next(i for i in range(start, len(words)) if words[i] in ("apt-get", "zypper", "python=python3")
+                   and i > start)
+        found[manager] = {word.strip('"') for word in words[start:end] if not word.startswith("-")}
+    return found
+
+
+def test_every_builder_gets_the_tools_a_build_and_its_uki_hook_run():
+    """A SUSE build runs in a Leap container, a debian one in Debian's: KIWI's disk tools, the
+    ESP fallback and what uki.sh runs on the build host (partitions, mounts, veritysetup) must be
+    provisioned in both, by the packages runner.TOOLS names."""
+    packages = provisioned_packages()
+    tools = (requirements.DISK_TOOLS + requirements.ESP_FALLBACK_TOOLS + requirements.UKI_TOOLS
+             + requirements.VERITY_TOOLS)
+    missing = [(tool, manager) for tool in tools for manager, package in
+               (("apt-get", runner.TOOLS[tool].debian), ("zypper", runner.TOOLS[tool].suse))
+               if package not in packages[manager]]
+    assert missing == []

@@ -197,3 +197,20 @@ def test_kiwis_bootstrap_apt_get_runs_while_another_process_holds_the_hosts_dpkg
     assert without_shim.returncode != 0 and "lock" in without_shim.stderr  # the defect, as it was
     assert with_shim.returncode == 0, with_shim.stderr
     assert (tmp_path / "t" / "build/image-root/var/lib/dpkg/lock-frontend").exists()
+
+
+def test_only_the_credentials_files_kiwi_writes_for_this_build_are_removed(tmp_path):
+    cache = tmp_path / "cache"
+    zypper, apt = cache / "zypper" / "credentials", cache / "apt-get" / "auth.conf.d"
+    apt.mkdir(parents=True)
+    (apt / "trixie.conf").write_text("machine m login u password p\n")
+    (apt / "someone-else.conf").write_text("machine other login u password p\n")
+    kiwi.seal_repository_credentials(cache, ["trixie", "trixie-security"])
+    assert zypper.stat().st_mode & 0o777 == 0o700
+    (zypper / "kiwiRepoCredentials").write_text("username=u\npassword=p\n")
+    (zypper / "SCCcredentials").write_text("username=u\npassword=p\n")
+
+    kiwi.remove_repository_credentials(cache, ["trixie", "trixie-security"])
+
+    assert sorted(p.name for p in (*zypper.iterdir(), *apt.iterdir())) == [
+        "SCCcredentials", "someone-else.conf"]

@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from imagebuilder.build import pipeline
+from imagebuilder.build.pipeline import BuildRequest
+from imagebuilder.distros.targets import get_target
 from imagebuilder.host import requirements, runner
 from imagebuilder.commands import doctor
 from imagebuilder.core.errors import HostError
@@ -65,7 +68,8 @@ def test_install_hints_name_the_packages_of_the_hosts_distribution():
         assert runner.install_hint(*tools, family=family) == hint
         assert FakeHost(family=family).install_hint(*tools) == hint
     every_tool = (requirements.DISK_TOOLS + requirements.APT_TOOLS + requirements.ESP_FALLBACK_TOOLS
-                  + requirements.QEMU_TOOLS + ("swtpm",))
+                  + requirements.UKI_TOOLS + requirements.VERITY_TOOLS + requirements.QEMU_TOOLS
+                  + ("swtpm",))
     assert [tool for tool in every_tool if tool not in runner.TOOLS] == []  # the one table
 
 
@@ -98,3 +102,17 @@ def test_the_table_shows_the_hints_of_what_did_not_pass_only():
     text = out.getvalue()
     assert "why GPT" not in text
     assert all(line in text for line in ("kiwi: install it", "vfat: mtools", "disk.esp: why ESP"))
+
+
+@pytest.mark.parametrize("name, release, stops", [
+    ("leap", "16.0", True), ("debian", "13", True), ("leap", "15.6", False), ("debian", "12", False)])
+def test_a_uki_build_needs_the_hooks_partition_tools_on_the_build_host(tmp_path, name, release, stops):
+    request = BuildRequest(target=get_target(name, release), out_dir=tmp_path / "out",
+                           cache_dir=tmp_path / "cache")
+    request.cache_dir.mkdir()
+    host = FakeHost(missing={"findmnt"})
+    if stops:
+        with pytest.raises(HostError, match="findmnt is not installed"):
+            pipeline.preflight(request, request.out_dir, host)
+    else:
+        pipeline.preflight(request, request.out_dir, host)

@@ -37,9 +37,10 @@ def test_debian_13_is_a_row_with_its_own_profile_suites_and_root_default():
 
 
 def test_root_verity_where_the_chain_cannot_measure_it_is_refused_in_one_line():
-    result = run_cli("build", "leap", "--root", "verity", "--dry-run")
+    result = run_cli("build", "leap", "--release", "15.6", "--root", "verity", "--dry-run")
     assert result.returncode == 2
-    assert error_line(result).startswith("error: --root verity is not available for leap 16.0")
+    assert error_line(result).startswith("error: --root verity is not available for leap 15.6")
+    assert error_line(result).endswith("built for: debian 13, leap 16.0, sles 16.0)")
 
 
 def test_the_dry_run_of_debian_13_builds_the_trixie_profile_from_trixie_suites():

@@ -98,6 +98,14 @@ def test_the_readable_summary_names_settings_and_sources(project):
     assert "would build: tdx-guest-debian-13.x86_64-13.0.0.qcow2" in result.output
 
 
+def test_a_summary_never_shows_a_password_in_a_url(project):
+    args = ["summary", "debian", "--mirror", "https://u:s3cret@mirror.example/debian",
+            "--repo", "https://u:s3cret@r.example/x,bookworm,main"]
+    for output in (CliRunner().invoke(main, args).output,
+                   CliRunner().invoke(main, [*args, "--json"]).stdout):
+        assert "s3cret" not in output and "u:***@mirror.example/debian" in output
+
+
 @pytest.mark.parametrize("config, args, fragment", [
     ('bogus = 1\n', [], "unknown setting 'bogus'"),
     ('json = true\n', [], "unknown setting 'json'"),  # how to print is not a build setting
@@ -176,6 +184,10 @@ def test_one_list_makes_the_options_the_config_keys_and_the_recorded_inputs(proj
     recorded = settings.recorded(BuildRequest(target=get_target("debian"), out_dir=project / "o"))
     assert set(recorded) == {s.field for s in settings.SETTINGS if s.recorded}
     assert set(recorded) <= set(schema_inputs["required"])
+    # A login in the mirror's URL is recorded as *** (build.json and the provenance take these).
+    with_login = BuildRequest(target=get_target("debian"), out_dir=project / "o",
+                              mirror="https://u:s3cret@mirror.example/debian")
+    assert settings.recorded(with_login)["mirror"] == "https://u:***@mirror.example/debian"
 
 
 def test_the_boot_timeout_has_one_default_and_an_option(project):

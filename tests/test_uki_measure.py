@@ -44,10 +44,11 @@ def reference(suite: str, package: str, path: str) -> Path:
     return found
 
 
-def ukify(work: Path, cmdline: str, initrd: bytes = INITRD) -> Path:
-    """A UKI built by ukify 257 with the real 257 stub; .linux is a PE (systemd-boot)."""
+def ukify(work: Path, cmdline: str, initrd: bytes = INITRD, stub: Path | None = None) -> Path:
+    """A UKI built by ukify 257 with the real 257 stub (or ``stub``); .linux is a PE
+    (systemd-boot)."""
     tool = reference("trixie", "systemd-ukify", "usr/bin/ukify")
-    stub = reference("trixie", "systemd-boot-efi", f"{EFI_DIR}/linuxx64.efi.stub")
+    stub = stub or reference("trixie", "systemd-boot-efi", f"{EFI_DIR}/linuxx64.efi.stub")
     kernel = reference("trixie", "systemd-boot-efi", f"{EFI_DIR}/systemd-bootx64.efi")
     python = shutil.which("python3", path="/usr/bin")
     if python is None or subprocess.run([python, "-c", "import pefile"]).returncode:
@@ -167,6 +168,7 @@ def bzimage(version: bytes) -> bytes:
 
 @pytest.mark.parametrize("version, in_td", [
     (b"6.12.117+deb13-amd64 (debian-kernel@lists.debian.org) #1 SMP", True),
+    (b"6.12.0-160000.5-default (geeko@buildhost) #1 SMP PREEMPT_DYNAMIC", True),  # SUSE 16's form
     (b"6.1.0-40-amd64 (debian-kernel@lists.debian.org) #1 SMP", None)])
 def test_the_kernel_version_comes_from_the_boot_protocol_header(version, in_td):
     component = components.linux(bzimage(version))
@@ -375,6 +377,41 @@ def test_a_uki_with_credentials_beside_it_is_unpredicted(uki_path, tmp_path):
     assert "/loader/credentials exists on the ESP" in document["unpredicted"]["pcr 12"]
     # an addon would be loaded (PCR 4) too; the firmware's part before the UKI is still known
     assert document["pcr_sha384"]["4"] is None and document["pcr_sha384"]["5"] is not None
+
+
+def versioned_stub(work: Path, version: str) -> Path:
+    """The real 257 stub with its .sdmagic saying ``version`` (binutils' objcopy: the longer
+    section is re-added after the last one, where a stub's own build would have it)."""
+    stub = reference("trixie", "systemd-boot-efi", f"{EFI_DIR}/linuxx64.efi.stub")
+    magic, changed = work / "sdmagic", work / "stub.efi"
+    magic.write_bytes(f"#### LoaderInfo: systemd-stub {version} ####".encode())
+    last = max(int(line.split()[3], 16) for line in subprocess.run(
+        ["objdump", "-h", stub], capture_output=True, text=True, check=True).stdout.splitlines()
+        if line.split()[:1] and line.split()[0].isdigit())
+    subprocess.run(["objcopy", "--remove-section", ".sdmagic", "--add-section", f".sdmagic={magic}",
+                    "--set-section-flags", ".sdmagic=contents,alloc,load,readonly,data",
+                    "--change-section-address", f".sdmagic={last + 0x1000:#x}", stub, changed],
+                   check=True, capture_output=True)
+    return changed
+
+
+@pytest.mark.parametrize("version, modelled", [
+    ("257.9+suse.23.gc139debf2c", True),  # openSUSE:Factory's systemd 257.9 (its tarball's name)
+    ("258.1+suse.4.g1e9dbf558f", False)])
+def test_suse_16s_stub_version_with_its_git_suffix_is_read(tmp_path, version, modelled):
+    """SUSE builds systemd with -Dversion-tag=%{version}%{?archive_version} (openSUSE systemd.spec),
+    so its stub says e.g. 257.9+suse.23.gc139debf2c: a 257 is predicted, another major is null."""
+    uki_path = ukify(tmp_path, CMDLINE, cpio_initrd(tmp_path), stub=versioned_stub(tmp_path, version))
+    assert Uki(uki_path.read_bytes(), "suse.efi").stub.version == version
+    document = json.loads(run_cli("measure", uki_disk(tmp_path, uki_path), "--json").stdout)
+    stub_events = [e for e in document["events"] if e["pcr"] == 11 and not e["after_boot"]]
+    if modelled:
+        assert len(stub_events) == 12 and all(e["by"].startswith(f"systemd-stub {version} ")
+                                              and e["in_td"] for e in stub_events)
+        assert document["pcr_sha384"]["11"] is not None
+    else:
+        assert stub_events == [] and document["pcr_sha384"]["11"] is None
+        assert f"systemd-stub {version}" in json.dumps(document["unpredicted"])
 
 
 def test_measure_cloud_azure_adds_the_view_to_the_document_and_gcp_is_not_offered(uki_path, tmp_path):

@@ -31,6 +31,7 @@ MANIFEST_IN_IMAGE = "/usr/lib/tdx-image/overlay-manifest.json"
 MiB = 2**20
 BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
 MS_BASIC_DATA = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
+SELINUX_CONFIG = "/etc/selinux/config"
 
 
 def sh(*args: str | Path, stdin: bytes | None = None, cwd: Path | None = None) -> bytes:
@@ -206,6 +207,10 @@ BREAKAGES = [
     Breakage("password in a repository URL",
              lambda raw: ext4_write(raw, "/etc/zypp/repos.d/updates.repo", b"[updates]\nbaseurl=https://builder:secret@mirror.invalid/repo\n"),
              {"secure.repo-credentials": "fail"}),
+    # SUSE 16 enables SELinux; KIWI labels the root at build time (a verity root stays as built)
+    Breakage("SELinux enforcing on a root without labels",
+             lambda raw: ext4_write(raw, SELINUX_CONFIG, b"SELINUX=enforcing\nSELINUXTYPE=targeted\n"),
+             {"root.selinux-labels": "fail"}),
     Breakage("apt proxy left",
              lambda raw: ext4_write(raw, "/etc/apt/apt.conf.d/90proxy", b'Acquire::http::Proxy "http://proxy.build.invalid:3128";\n'),
              {"secure.proxy": "fail"}),
@@ -351,6 +356,34 @@ def test_reports_match_the_shipped_schema_which_refuses_what_the_code_does_not_w
 @pytest.mark.parametrize("breakage", BREAKAGES, ids=[breakage.name for breakage in BREAKAGES])
 def test_breakage_is_seen_by_its_check(synthetic_image, breakage, tmp_path):
     assert_breakage_seen(synthetic_image, breakage, tmp_path)
+
+
+def label_root(raw: Path, context: str) -> list[str]:
+    """security.selinux on / and everything directly in / and /etc, as debugfs sets it (setfiles
+    would on a built image); the paths labelled."""
+    paths = ["/"]
+    for directory in ("/", "/etc"):
+        listing = sh("debugfs", "-R", f"ls -p {directory}", root_device(raw)).decode()
+        names = [line.split("/")[5] for line in listing.splitlines() if line.count("/") >= 6]
+        paths += [f"{directory.rstrip('/')}/{name}" for name in names if name not in (".", "..")]
+    debugfs_write(raw, *(f"ea_set {path} security.selinux {context}" for path in paths))
+    return paths
+
+
+def test_a_labelled_selinux_root_passes_and_one_unlabeled_t_file_fails_it(synthetic_image, tmp_path):
+    raw = tmp_path / "selinux.raw"
+    sh("cp", "--sparse=always", synthetic_image, raw)
+    ext4_write(raw, SELINUX_CONFIG, b"SELINUX=enforcing\nSELINUXTYPE=targeted\n")
+    labelled = label_root(raw, "system_u:object_r:etc_t:s0")
+    report = validate_image(raw)
+    assert statuses(report) == {}, json.dumps(report.to_dict(), indent=1)
+    evidence = {check.id: check.detail for check in report.checks}["root.selinux-labels"]
+    assert evidence == f"SELINUX=enforcing: {len(set(labelled))} files in / and /etc labelled"
+    debugfs_write(raw, "ea_set /etc/passwd security.selinux system_u:object_r:unlabeled_t:s0")
+    report = validate_image(raw)
+    assert statuses(report) == {"root.selinux-labels": "fail"}
+    assert {check.id: check.detail for check in report.checks}["root.selinux-labels"].endswith(
+        "no SELinux label on /etc/passwd")
 
 
 # ---- the sealed chain: a UKI on the ESP and a dm-verity root ----------------------------------

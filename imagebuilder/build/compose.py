@@ -27,6 +27,9 @@ from ..core.inputs import read_text
 from ..distros.clouds import GIB, MIB, QEMU, Cloud, get_cloud
 
 MANIFEST_PATH = "usr/lib/tdx-image/overlay-manifest.json"
+# The UKI chain (a description's <type editbootinstall="uki.sh">) is the overlay's: the disk hook
+# beside config.sh, and the image files only that chain wants (its dracut and fstab settings).
+UKI_HOOK, UKI_ROOT = "uki.sh", "uki-root"
 SSH_KEY_MAX_BYTES = 256 * 1024  # an authorized_keys file of a few hundred keys
 SSH_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519@", "sk-ecdsa-sha2-")
 # A cloud's files in the composed root.  dracut installs add_drivers beside the descriptions'
@@ -51,7 +54,7 @@ class Customisation:
     ssh_key: Path | None = None
     ssh_user: str = "root"
     # "verity": a partition for a dm-verity hash tree, which the description's editbootinstall
-    # hook (debian's uki.sh) fills and whose root hash it puts on the UKI's command line;
+    # hook (the overlay's uki.sh) fills and whose root hash it puts on the UKI's command line;
     # "writable" or None: the description's plain root (distros.targets says which a release has).
     root: str | None = None
     cloud: str = QEMU.name  # where the image runs (distros/clouds.py); qemu changes nothing
@@ -76,6 +79,7 @@ def compose(description: Path, overlay: Path, destination: Path,
             custom: Customisation = Customisation()) -> Composition:
     """Write the composed description to ``destination`` (which must not exist)."""
     shutil.copytree(description, destination, symlinks=True)
+    _add_uki_chain(destination, overlay)
     overlay_root = overlay / "root"
     files = _overlay_manifest(overlay_root)
     shutil.copytree(overlay_root, destination / "root", symlinks=True, dirs_exist_ok=True)
@@ -113,6 +117,18 @@ def described_format(config_xml: Path) -> str:
         raise InputError(f"{config_xml} has no <preferences><type>",
                          "a KIWI description names the image type it builds")
     return image_type.get("format", "raw")
+
+
+def _add_uki_chain(destination: Path, overlay: Path) -> None:
+    """For each <preferences> whose <type> runs the UKI hook: the hook beside config.xml and its
+    image files in the KIWI profile overlay (``<description>/<profile>/``) of each of its profiles,
+    or in ``root/`` when the preferences name none; so no description carries a copy."""
+    for preferences in ET.parse(destination / "config.xml").getroot().iterfind("preferences"):
+        if not any(t.get("editbootinstall") == UKI_HOOK for t in preferences.iterfind("type")):
+            continue
+        shutil.copy2(overlay / UKI_HOOK, destination / UKI_HOOK)
+        for profile in (preferences.get("profiles") or "root").split(","):
+            shutil.copytree(overlay / UKI_ROOT, destination / profile.strip(), dirs_exist_ok=True)
 
 
 def _customise_config_xml(config_xml: Path, custom: Customisation) -> None:

@@ -169,20 +169,19 @@ def engine_command(engine_path: str, image: str, request: BuildRequest, as_json:
         # container's own zypper configuration.
         command += ["--volume", f"/etc/zypp:{HOST_ZYPP_MOUNT}/etc/zypp:ro",
                     "--env", f"{ZYPP_ROOT_ENV}={HOST_ZYPP_MOUNT}"]
-    for name in ("TDX_IMAGE_REPO_USER", "TDX_IMAGE_REPO_PASSWORD"):
-        if os.environ.get(name):
-            command += ["--env", name]  # the value comes from this environment, never argv
+    # Values that may carry a login travel by name: the engine copies them from its own
+    # environment (engine_environment), so they are never on a command line.
+    carried = engine_environment(request)
+    for name in ("TDX_IMAGE_REPO_USER", "TDX_IMAGE_REPO_PASSWORD", *carried):
+        if name in carried or os.environ.get(name):
+            command += ["--env", name]
     inner = [VENV_PYTHON, "-m", "imagebuilder", "build", request.target.name,
              "--release", request.target.chosen.name, "--out", str(out_dir),
              "--cache-dir", str(cache_dir)]
     if request.force:
         inner += ["--force"]
-    if request.mirror:
-        inner += ["--mirror", request.mirror]
     if request.ltss:
         inner.append("--ltss")
-    for repo in request.extra_repositories:
-        inner += ["--repo", _repo_option(repo)]
     if request.credentials_file:
         inner += ["--credentials", str(Path(request.credentials_file).resolve())]
     for key in request.signing_keys:
@@ -199,6 +198,17 @@ def engine_command(engine_path: str, image: str, request: BuildRequest, as_json:
     if progress_format != "auto":
         inner += ["--progress", progress_format]
     return command + [image] + inner
+
+
+def engine_environment(request: BuildRequest) -> dict[str, str]:
+    """The mirror and extra repositories for the build inside, as the environment variables its
+    --mirror and --repo read (a URL may carry a login)."""
+    environment = {}
+    if request.mirror:
+        environment["TDX_IMAGE_MIRROR"] = request.mirror
+    if request.extra_repositories:
+        environment["TDX_IMAGE_REPOS"] = "\n".join(map(_repo_option, request.extra_repositories))
+    return environment
 
 
 def build_in_container(request: BuildRequest, container_image: str | None, as_json: bool, host: HostFacts,
@@ -226,6 +236,7 @@ def build_in_container(request: BuildRequest, container_image: str | None, as_js
         # A signal reaches the engine as SIGINT; it forwards it to the build, which releases its
         # mounts: leaving the block waits for that, as long as the grace.
         with runner.Process(engine_command(engine_path, image, request, as_json, progress_format),
+                            env={**runner.environment(), **engine_environment(request)},
                             forward=signal.SIGINT, grace=STOP_GRACE) as process:
             returncode = process.wait()
     except KeyboardInterrupt:

@@ -61,7 +61,7 @@ STOP_GRACE = 120
 # download methods run as the unprivileged _apt user), and tdx-image passes no credentials to
 # apt repositories.
 ZYPPER_CREDENTIALS_DIR = Path("zypper") / "credentials"
-CREDENTIALS_DIRS = (ZYPPER_CREDENTIALS_DIR, Path("apt-get") / "auth.conf.d")
+APT_CREDENTIALS_DIR = Path("apt-get") / "auth.conf.d"
 
 
 @dataclass
@@ -138,29 +138,33 @@ class KiwiInvocation:
                 link.symlink_to(HOSTSHIM)
 
 
-def seal_repository_credentials(cache_dir: Path) -> None:
+def seal_repository_credentials(cache_dir: Path, aliases: Sequence[str]) -> None:
     """Before KIWI runs: the directory KIWI's zypper writes credentials to exists and is root's
-    alone (0700, whatever the umask made of an earlier one), and KIWI's credentials directories
-    hold nothing a killed build left."""
+    alone (0700, whatever the umask made of an earlier one), and holds no credentials file a
+    killed build left."""
     directory = cache_dir / ZYPPER_CREDENTIALS_DIR
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    remove_repository_credentials(cache_dir)
+    remove_repository_credentials(cache_dir, aliases)
 
 
-def remove_repository_credentials(cache_dir: Path) -> None:
-    """Remove what KIWI wrote into its credentials directories of the shared cache.
+def repository_credentials_files(cache_dir: Path, aliases: Sequence[str]) -> list[Path]:
+    """The files KIWI writes credentials to for this build's repositories (named by their
+    aliases): zypper's default credentials file (kiwi/system/uri.py ``credentials_file_name``;
+    tdx-image never names another with ``?credentials=``) and apt's ``<alias>.conf``."""
+    return [cache_dir / ZYPPER_CREDENTIALS_DIR / "kiwiRepoCredentials",
+            *(cache_dir / APT_CREDENTIALS_DIR / f"{alias}.conf" for alias in aliases)]
 
-    Called while this build holds the package cache (locks.lock_cache), so another build's files
-    are never touched: the directories hold only credentials files KIWI wrote for this build.
+
+def remove_repository_credentials(cache_dir: Path, aliases: Sequence[str]) -> None:
+    """Remove the credentials files KIWI may have written for this build's repositories.
+
+    Called while this build holds the package cache (locks.lock_cache), so no other tdx-image
+    build is using them; other files in KIWI's credentials directories are not ours and stay.
     """
-    for relative in CREDENTIALS_DIRS:
-        directory = cache_dir / relative
-        if not directory.is_dir() or directory.is_symlink():
-            continue
-        for entry in directory.iterdir():
-            if entry.is_file() or entry.is_symlink():
-                entry.unlink()
+    for path in repository_credentials_files(cache_dir, aliases):
+        if not path.parent.is_symlink() and (path.is_file() or path.is_symlink()):
+            path.unlink()
 
 
 def execute(build: KiwiInvocation, log_path: Path, on_phase: Callable[[str], None],

@@ -257,6 +257,8 @@ def preflight(request: BuildRequest, out_dir: Path, host: HostFacts) -> None:
     require_writable_dir(request.cache_dir, f"--cache-dir {request.cache_dir}")
     requirements.require("build", context=requirements.Context(host, build_dir=out_dir.parent,
                                                                target=request.target))
+    if request.target.chosen.boots_uki:
+        requirements.require("build:uki", context=requirements.Context(host, target=request.target))
     if request.custom.root == VERITY:
         requirements.require("build:verity", context=requirements.Context(host, target=request.target))
 
@@ -410,23 +412,24 @@ def _package_cache(context: BuildContext) -> Iterator[Callable[[], None]]:
     """Hold the package cache; a wait for another build's package manager is a phase of its own.
 
     Yields the call that hands the cache on.  KIWI's zypper leaves the repository password in
-    the cache (kiwi.CREDENTIALS_DIRS): it is removed whenever this build lets go of the
+    the cache (kiwi.repository_credentials_files): it is removed whenever this build lets go of the
     cache — when KIWI is done with the package manager, or on failure or signal — and never
     after, when the file may be the next build's.
     """
     cache_dir = context.request.cache_dir
+    aliases = [repository.alias for repository in context.request.repositories]
     with ExitStack() as waiting:
         lock = locks.lock_cache(cache_dir, lambda message: waiting.enter_context(
             context.phase("wait for the package cache", message)))
 
     def hand_on() -> None:
         if lock.held:
-            kiwi.remove_repository_credentials(cache_dir)
+            kiwi.remove_repository_credentials(cache_dir, aliases)
             lock.release()
 
     with lock:
         try:
-            kiwi.seal_repository_credentials(cache_dir)
+            kiwi.seal_repository_credentials(cache_dir, aliases)
             yield hand_on
         finally:
             with signals.deferred():

@@ -22,6 +22,7 @@ from ..core.defaults import DEFAULT_BOOT_TIMEOUT_S, DEFAULT_CACHE_DIR
 from .compose import VERITY, WRITABLE, Customisation
 from .sbom import parse_supplier
 from ..core.inputs import Seconds, UserPath, read_text
+from ..core.redact import url_passwords
 from ..distros.clouds import CLOUDS, QEMU
 from ..distros.repos import check_url, parse_repo_option
 from ..distros.targets import TARGETS, Target
@@ -58,6 +59,8 @@ class RepositoryOption(click.ParamType):
     """``URL`` (rpm-md) or ``URL,SUITE[,COMPONENTS]`` (apt), to a Repository."""
 
     name = "repository"
+    # TDX_IMAGE_REPOS holds one value per line (a value may hold spaces: 'main contrib').
+    envvar_list_splitter = "\n"
 
     def convert(self, value, param, ctx):
         return value if not isinstance(value, str) else parse_repo_option(value)
@@ -237,12 +240,14 @@ SETTINGS = (
             UserPath(file_okay=False, path_type=Path), metavar="DIR", shown_default="out/TARGET"),
     Setting("--mirror", "mirror", "Base URL of the distribution's repositories (Debian: the "
             "archive, its -security twin is used too; Leap: a download.opensuse.org mirror; SLES: "
-            "an RMT/SMT or SCC base).", MirrorURL(), metavar="URL", recorded=True,
+            "an RMT/SMT or SCC base).  Or set TDX_IMAGE_MIRROR, which keeps a login in the URL off "
+            "the command line.", MirrorURL(), metavar="URL", recorded=True, envvar="TDX_IMAGE_MIRROR",
             shown_default="Debian from the host's apt sources, Leap download.opensuse.org, SLES "
             "the registered host's repositories"),
     Setting("--repo", "extra_repositories", "Add a repository: URL alone is rpm-md; with SUITE it "
-            "is an apt repository (repeatable).", RepositoryOption(),
-            metavar="URL[,SUITE[,COMPONENTS]]", multiple=True),
+            "is an apt repository (repeatable).  Or set TDX_IMAGE_REPOS, one value per line.",
+            RepositoryOption(), metavar="URL[,SUITE[,COMPONENTS]]", multiple=True,
+            envvar="TDX_IMAGE_REPOS"),
     Setting("--credentials", "credentials_file", "Repository credentials file (username=/password= "
             "lines, as SUSEConnect's SCCcredentials, mode 0600); or set TDX_IMAGE_REPO_USER and "
             "TDX_IMAGE_REPO_PASSWORD.", FILE, metavar="FILE"),
@@ -294,7 +299,7 @@ SETTINGS = (
     Setting("--root", "root", "The root file system: verity (read-only, dm-verity; its root hash on the "
             "measured UKI command line; writes go to a tmpfs, nothing persists) or writable (an ext4 "
             "root the host can modify between boots).", click.Choice((VERITY, WRITABLE)), part=CUSTOM,
-            metavar="verity|writable", shown_default="verity on debian 13, else writable", recorded=True),
+            metavar="verity|writable", shown_default="verity on debian 13, leap 16.0 and sles 16.0, else writable", recorded=True),
     Setting("--progress", "progress_format", "How the build reports its phases on stderr: auto (a "
             "status line on a terminal, a line per phase otherwise) or json (one JSON object per "
             "event and line).", click.Choice(("auto", "json")), part=COMMAND, metavar="auto|json",
@@ -333,9 +338,12 @@ def plain(value):
 
 
 def recorded(request) -> dict:
-    """build.json's inputs from ``request`` (a BuildRequest): each recorded setting's value."""
-    return {s.field: plain(getattr(request.custom if s.part == CUSTOM else request, s.field))
-            for s in SETTINGS if s.recorded}
+    """build.json's and the provenance's inputs from ``request`` (a BuildRequest): each recorded
+    setting's value, a password in a URL (--mirror) shown as ***."""
+    values = {s.field: plain(getattr(request.custom if s.part == CUSTOM else request, s.field))
+              for s in SETTINGS if s.recorded}
+    return {field: url_passwords(value) if isinstance(value, str) else value
+            for field, value in values.items()}
 
 
 def arguments(custom: Customisation) -> list[str]:

@@ -27,8 +27,8 @@ from .context import pass_host
 REPOSITORY_TIMEOUT = 10.0
 # The purposes each section reports, and what a requirement not met counts as there.
 SECTIONS = {
-    "build": {"build": FAIL, "build:apt": WARN, "build:zypper": WARN, "build:verity": WARN, "container": WARN,
-              "boot": WARN, "boot:uefi": WARN, "boot:tpm": WARN},
+    "build": {"build": FAIL, "build:apt": WARN, "build:zypper": WARN, "build:uki": WARN, "build:verity": WARN,
+              "container": WARN, "boot": WARN, "boot:uefi": WARN, "boot:tpm": WARN},
     "tdx": {"tdx": FAIL, "kvm": FAIL},
 }
 

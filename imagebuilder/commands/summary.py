@@ -17,6 +17,7 @@ from rich.table import Table
 from ..build.pipeline import BuildRequest, compose_description
 from ..build.compose import described_format
 from ..core.errors import CredentialsError, RepositoryError
+from ..core.redact import url_passwords
 from ..build import provenance, sbom, settings
 from ..build.staging import kiwi_image_file, published_image_file
 from ..distros.clouds import get_cloud
@@ -40,14 +41,17 @@ def plan(request: BuildRequest, values: dict, sources: dict[str, str]) -> dict:
     version = image.findtext("preferences/version")
     repositories, credentials, refusal = [], None, None
     try:
-        repositories = [repository.url for repository in request.repositories]
+        repositories = [repository.shown_url for repository in request.repositories]
         credentials = "given" if request.credentials() else "not needed"
     except (RepositoryError, CredentialsError) as error:  # what the build would stop at
         refusal = str(error)
-    # Values as the build takes them: defaults resolved, customisations as applied.
+    # Values as the build takes them: defaults resolved, customisations as applied, passwords in
+    # URLs shown as ***.
     resolved = {"out_dir": request.out_dir, "release": target.chosen.name,
                 "cache_dir": request.cache_dir,
-                "extra_repositories": [repository.url for repository in request.extra_repositories]}
+                "mirror": url_passwords(request.mirror) if request.mirror else None,
+                "extra_repositories": [repository.shown_url
+                                       for repository in request.extra_repositories]}
     return {
         "target": {"name": target.name, "title": target.title, "profile": target.profile,
                    "release": target.chosen.name},

@@ -51,6 +51,12 @@ class Release:
     # command line: the UKI chain), the default first.
     root_modes: tuple[str, ...] = ("writable",)
 
+    @property
+    def boots_uki(self) -> bool:
+        """Its boot chain is the UKI made by the disk hook overlays/tdx/uki.sh, the chain that can
+        seal the root."""
+        return "verity" in self.root_modes
+
     def end_of_life_warning(self, today: date | None = None) -> str | None:
         """One line saying this release gets no more fixes, or None while it does."""
         if self.supported_until is None or (today or date.today()) <= self.supported_until:
@@ -248,8 +254,11 @@ DEBIAN_BUILDER_IMAGE = "localhost/tdx-image-debian:12"
 # 2026-04-30; SLES 15 SP5 general support ended 2024-12-31 and SP6 2025-12-31 (LTSS three
 # years more: https://www.suse.com/c/sles-15-sp6-ltss-2026-support-gap).  15 SP7 is the last
 # SLE 15 service pack and still in general support.
+# The UKI chain's (debian 13, SUSE 16: overlays/tdx/uki.sh) roots: sealed by default, or writable.
+UKI_ROOT_MODES = ("verity", "writable")
 LEAP_RELEASES = (
-    Release("16.0", "openSUSE Leap 16.0", "16.0.0", LEAP_IMAGE.format("16.0"), "Leap16", 16),
+    Release("16.0", "openSUSE Leap 16.0", "16.0.0", LEAP_IMAGE.format("16.0"), "Leap16", 16,
+            root_modes=UKI_ROOT_MODES),
     Release("15.6", "openSUSE Leap 15.6", "15.6.0", LEAP_IMAGE.format("15.6"), "Leap15", 15,
             date(2026, 4, 30), "leap --release 16.0"),
     Release("15.5", "openSUSE Leap 15.5", "15.5.0", LEAP_IMAGE.format("15.5"), "Leap15", 15,
@@ -257,7 +266,7 @@ LEAP_RELEASES = (
 )
 SLES_RELEASES = (
     Release("16.0", "SUSE Linux Enterprise Server 16.0", "16.0.0", SLES_BUILDER_16,
-            "SLES16", 16),
+            "SLES16", 16, root_modes=UKI_ROOT_MODES),
     Release("15-SP7", "SUSE Linux Enterprise Server 15 SP7", "15.7.0",
             SLES_BUILDER_15, "SLES15", 15),
     Release("15-SP6", "SUSE Linux Enterprise Server 15 SP6", "15.6.0",
@@ -274,7 +283,7 @@ TARGETS = {
         Target("debian", "debian", _debian_repositories, "apt", (
             Release("13", "Debian 13 (trixie), kernel 6.12, a UKI started by systemd-stub",
                     "13.0.0", DEBIAN_BUILDER_IMAGE, codename="trixie", profile="trixie",
-                    root_modes=("verity", "writable")),
+                    root_modes=UKI_ROOT_MODES),
             Release("12", "Debian 12 (bookworm), kernel 6.12 from bookworm-security", "12.0.0",
                     DEBIAN_BUILDER_IMAGE, codename="bookworm", profile="bookworm"),
         )),

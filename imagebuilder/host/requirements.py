@@ -6,7 +6,8 @@ HostError with the requirement's hint), by ``run --tdx`` and ``boot`` (everythin
 in one error), and by ``doctor``, which shows every requirement with the same words.
 
 ``needed_for`` names the purposes: ``build`` (every build), ``build:apt`` / ``build:zypper``
-(targets of that package manager), ``container`` (a build in the target's container), ``boot``
+(targets of that package manager), ``build:uki`` / ``build:verity`` (a release whose boot chain is
+the UKI, and one that seals its root), ``container`` (a build in the target's container), ``boot``
 (starting QEMU: the boot test, ``run --exec``), ``boot:uefi`` (a plain UEFI VM's firmware),
 ``boot:tpm`` (the software TPM), ``tdx`` (a trust domain), ``kvm`` (KVM acceleration).
 """
@@ -32,6 +33,10 @@ DISK_TOOLS = ("sgdisk", "mkfs.vfat", "mkfs.ext4", "rsync", "qemu-img", "losetup"
 APT_TOOLS = ("apt-get", "dpkg-deb")
 # What writes the EFI partition when the kernel cannot mount vfat (hostshim/esp-shim).
 ESP_FALLBACK_TOOLS = ("mcopy", "mdir", "mdeltree")
+# What the UKI chain's disk hook (overlays/tdx/uki.sh) runs on the build host besides DISK_TOOLS
+# to find the disk's partitions and their mounts; VERITY_TOOLS when it seals the root.
+UKI_TOOLS = ("lsblk", "findmnt")
+VERITY_TOOLS = ("veritysetup",)
 QEMU_TOOLS = (virt.QEMU, "qemu-img")
 LOOP_CONTROL = "/dev/loop-control"
 TD_HINT = "run tdx-image doctor on a TDX host"
@@ -192,8 +197,8 @@ REQUIREMENTS = (
     Requirement("kiwi", ("build",), kiwi, buildhost.KIWI_INSTALL),
     on_tools("host tools", ("build",), DISK_TOOLS),
     on_tools("apt tools (debian)", ("build:apt",), APT_TOOLS),
-    # The description's disk hook formats the hash tree on the host (debian's uki.sh).
-    on_tools("veritysetup (--root verity)", ("build:verity",), ("veritysetup",)),
+    on_tools("UKI disk hook tools", ("build:uki",), UKI_TOOLS),
+    on_tools("veritysetup (--root verity)", ("build:verity",), VERITY_TOOLS),
     Requirement("loop devices", ("build",), loop_devices, "modprobe loop"),
     Requirement("vfat (EFI partition)", ("build",), vfat,
                 lambda context: context.host.install_hint(*ESP_FALLBACK_TOOLS)),

@@ -1,7 +1,8 @@
 """Read-only access to the file systems inside the disk: ext4 and FAT, parsed here.
 
 Only the blocks a check asks for are read (superblock, group descriptor, inodes, extent trees,
-directories, file data), straight from the disk, so nothing is mounted, unpacked or written.
+directories, file data, extended attributes), straight from the disk, so nothing is mounted,
+unpacked or written.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ EXT4_MAGIC = 0xEF53
 EXT4_INCOMPAT_KNOWN = 0x0002 | 0x0004 | 0x0040 | 0x0080 | 0x0100 | 0x0200 | 0x2000 | 0x4000
 EXTENTS_FLAG, EXTENT_MAGIC = 0x80000, 0xF30A
 SYMLINK_DEPTH = 8
+# Extended attributes (linux fs/ext4/xattr.h): the magic before the entries in an inode's extra
+# space and in an xattr block, and the name prefix each entry's index stands for.
+XATTR_MAGIC = 0xEA020000
+XATTR_PREFIXES = {1: "user.", 2: "system.posix_acl_access", 3: "system.posix_acl_default",
+                  4: "trusted.", 6: "security.", 7: "system.", 8: "system.richacl"}
 
 
 class Ext4:
@@ -226,6 +232,38 @@ class Ext4:
             mode, size = self._mode_size(self._inode(number))
             entries[name] = Entry(name, mode, size)
         return entries
+
+    def xattrs(self, path: str) -> dict[str, bytes] | None:
+        """The extended attributes of what is at ``path`` (a symbolic link itself) by full name,
+        e.g. ``security.selinux``: those in the inode's extra space, then those in its xattr
+        block; None if nothing is there.  Values kept in an inode of their own are left out."""
+        found = self._resolve(path, follow_last=False)
+        if found is None:
+            return None
+        inode, attributes = found[1], {}
+        if self.inode_size > 128:
+            body = 0x80 + struct.unpack_from("<H", inode, 0x80)[0]  # after i_extra_isize
+            if body + 4 <= len(inode) and struct.unpack_from("<I", inode, body)[0] == XATTR_MAGIC:
+                entries = inode[body + 4:]  # value offsets count from the first entry
+                attributes.update(self._xattr_entries(entries, entries))
+        block = struct.unpack_from("<I", inode, 0x68)[0] | struct.unpack_from("<H", inode, 0x76)[0] << 32
+        if block:
+            data = self._block(block)
+            if struct.unpack_from("<I", data, 0)[0] == XATTR_MAGIC:
+                attributes.update(self._xattr_entries(data[32:], data))  # offsets from the block
+        return attributes
+
+    @staticmethod
+    def _xattr_entries(entries: bytes, values: bytes) -> dict[str, bytes]:
+        """ext4_xattr_entry records (16 bytes, the name, padded to 4) up to four zero bytes."""
+        found, position = {}, 0
+        while position + 16 <= len(entries) and entries[position:position + 4] != bytes(4):
+            name_length, index, offset, value_inode, size = struct.unpack_from("<BBHII", entries, position)
+            name = entries[position + 16:position + 16 + name_length].decode(errors="replace")
+            if not value_inode:
+                found[XATTR_PREFIXES.get(index, "") + name] = values[offset:offset + size]
+            position += (16 + name_length + 3) & ~3
+        return found
 
     def lookup(self, path: str) -> Entry | None:
         """What is at ``path`` itself (a symbolic link is not followed), or None."""

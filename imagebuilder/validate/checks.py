@@ -17,7 +17,7 @@ from ..distros.clouds import AZURE, GCP, GIB, MIB, QEMU, Cloud
 from ..image.cloudformats import GCE_DISK, VHD_FIXED, VHD_FOOTER_SIZE, GceTar, VhdFooter
 from ..image.disk import BIOS_BOOT_TYPE, ESP_TYPE, LINUX_ROOT_TYPES
 from ..image.inspection import MANIFEST_IN_IMAGE, Inspection, Unavailable
-from .sealing import uki_sections, verity_root, verity_root_read_only
+from .sealing import selinux_labels, uki_sections, verity_root, verity_root_read_only
 
 @dataclass(frozen=True)
 class Check:
@@ -405,6 +405,8 @@ CHECKS = (
           "measured command line: otherwise the TD stops at the first changed block it reads", verity_root),
     Check("root.verity-read-only", FAIL, "nothing may mount a verity root's partition writable: a write would change "
           "the data under the hash tree", verity_root_read_only),
+    Check("root.selinux-labels", FAIL, "with SELinux enabled, files need their labels from the build: a dm-verity "
+          "root cannot be relabelled at boot, and enforcing mode denies unlabelled files", selinux_labels),
     Check("kernel.tdx-guest", FAIL, "without CONFIG_INTEL_TDX_GUEST=y the kernel cannot run as a trust domain", tdx_guest_kernel),
     Check("kernel.attestation", WARN, "CONFIG_TDX_GUEST_DRIVER and CONFIG_TSM_REPORTS let the TD produce attestation quotes", attestation_drivers),
     Check("kernel.attestation-modules", FAIL, "an attestation driver the kernel builds as a module must be installed: SUSE splits modules over kernel-default, -extra and -optional", attestation_modules_installed),

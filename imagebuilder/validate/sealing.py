@@ -8,6 +8,8 @@ root's partition writable past the verity device.
 
 from __future__ import annotations
 
+import re
+
 from ..core.results import Finding
 from ..image.inspection import ESP_LOADER, Inspection
 from ..image.uki import REQUIRED_SECTIONS
@@ -97,3 +99,38 @@ def verity_root_read_only(image: Inspection) -> Finding:
     overlay = " under a tmpfs overlay" if arguments.get("systemd.volatile") == "overlay" else ""
     return Finding(True, f"root={VERITY_DEVICE} ro{overlay}; /etc/fstab mounts neither / nor {data.describe()}")
 
+
+
+SELINUX_CONFIG = "/etc/selinux/config"
+SELINUX_LABEL = "security.selinux"
+# What systemd and the first services open before anything could relabel: the root, its top
+# directories and everything directly in /etc.  A root labelled only in part elsewhere passes.
+SELINUX_SAMPLED = ("/", "/etc")
+# A file context as setfiles writes it (user:role:type:level, NUL-terminated); unlabeled_t is
+# what the kernel reports for a file without one.
+SELINUX_CONTEXT = re.compile(rb"[\w.-]+:[\w.-]+:(\w+)(:[\w.,:-]+)?\0?")
+
+
+def selinux_labels(image: Inspection) -> Finding:
+    """With SELinux enabled in the image (SUSE 16), its files carry their labels from the build:
+    a dm-verity root cannot be relabelled at boot, and in enforcing mode an unlabelled file is
+    denied to the services that need it."""
+    config = image.root.read(SELINUX_CONFIG)
+    mode = re.search(rb"^SELINUX=(\w+)", config or b"", re.MULTILINE)
+    if mode is None or mode.group(1) == b"disabled":
+        return Finding(True, f"SELinux not enabled by {SELINUX_CONFIG}: no labels needed")
+    paths = [*SELINUX_SAMPLED]
+    for directory in SELINUX_SAMPLED:
+        paths += [f"{directory.rstrip('/')}/{name}" for name in sorted(image.root.listdir(directory) or {})]
+    unlabelled = []
+    for path in dict.fromkeys(paths):
+        label = (image.root.xattrs(path) or {}).get(SELINUX_LABEL, b"")
+        context = SELINUX_CONTEXT.fullmatch(label)
+        if context is None or context.group(1) == b"unlabeled_t":
+            unlabelled.append(path)
+    sealed = " on a dm-verity root, which cannot be relabelled at boot" if _verity_partitions(image)[0] else ""
+    if unlabelled:
+        shown = ", ".join(unlabelled[:5]) + (f" and {len(unlabelled) - 5} more" if len(unlabelled) > 5 else "")
+        return Finding(False, f"SELINUX={mode.group(1).decode()}, but no SELinux label on {shown}{sealed}")
+    return Finding(True, f"SELINUX={mode.group(1).decode()}: {len(dict.fromkeys(paths))} files in / and /etc "
+                   f"labelled{sealed}")

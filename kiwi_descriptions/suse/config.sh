@@ -25,6 +25,15 @@ if rpm -q --quiet NetworkManager; then
 else
     systemctl enable wicked.service sshd.service
 fi
+# SELinux (SUSE 16): enforcing with the targeted policy, as SUSE's own images set it (openSUSE
+# kiwi-templates-Minimal config.sh).  KIWI labels every file at build time (the description's
+# comment says where); a dm-verity root cannot be relabelled at boot, so no autorelabel request
+# may stay behind (KIWI build-tests/x86/leap/test-image-disk-selinux config.sh).
+if [ -e /etc/selinux/config ]; then
+    sed -i -e 's|^SELINUX=.*|SELINUX=enforcing|' -e 's|^SELINUXTYPE=.*|SELINUXTYPE=targeted|' \
+        /etc/selinux/config
+    rm -f /.autorelabel
+fi
 # suseconnect-ng installs suseconnect-keepalive.timer (SUSE/connect-ng suseconnect-ng.spec,
 # %_unitdir): a daily call from every TD to SCC.  A guest registers when its owner says so.
 if [ -e /usr/lib/systemd/system/suseconnect-keepalive.timer ]; then

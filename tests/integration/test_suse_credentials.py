@@ -7,8 +7,6 @@ handles the credentials — up to `zypper addrepo`, which fails; the seam is the
 cache, the failed build's directory or beside --out holds the password.
 """
 
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
@@ -42,19 +40,9 @@ class SuseHost(HostFacts):
 
 
 @pytest.fixture
-def rmt():
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/repo"
-    server.shutdown()
+def rmt(repo_server):
+    """An RMT on loopback: the shared repository server answers every request below /ok/."""
+    return f"{repo_server}/ok/repo"
 
 
 def test_no_password_is_left_on_the_build_host(rmt, tmp_path, monkeypatch):

@@ -1,5 +1,7 @@
 #!/bin/bash
-# KIWI's editbootinstall hook of the trixie profile: seals the root and writes the boot chain.
+# KIWI's editbootinstall hook of the UKI chain (debian 13, leap/sles 16.0): seals the root and
+# writes the boot chain.  tdx-image's compose puts it into every description whose <type> names
+# it, with the chain's image files (uki-root/: the dracut modules of a verity root, fstab.script).
 #
 # KIWI runs it on the build host (not chrooted) in the image root, after the disk's partitions are
 # written: $1 is the disk file, $2 the root partition's device.  KIWI's profile settings are in the
@@ -62,15 +64,25 @@ else
     root_arguments="root=PARTUUID=$(partuuid "$root_device") rw"
 fi
 
+# The kernel as /boot/vmlinuz-VERSION: Debian's file; on SUSE 16 (usr-merged) kernel-default's
+# relative link to ../usr/lib/modules/VERSION/vmlinuz (its post script, kernel-source
+# rpm/post.sh), beside a /boot/vmlinuz link without a version, which the pattern skips.
 kernels=("$root_tree"/boot/vmlinuz-*)
 [ ${#kernels[@]} -eq 1 ] && [ -f "${kernels[0]}" ] || {
     echo "uki.sh: expected one kernel in /boot, found: ${kernels[*]}" >&2; exit 1; }
 version=${kernels[0]##*/vmlinuz-}
-# KIWI's dracut initrd: initramfs-VERSION.img (dracut's default name format).
-initrd=$(cd "$root_tree/boot" && ls -- initr*"$version"*)
+# KIWI's dracut initrd, named as the image's dracut names it (KIWI boot/image/base.py):
+# initramfs-VERSION.img upstream and on Debian, initrd-VERSION on SUSE.
+initrds=("$root_tree"/boot/initr*"-$version"*)
+[ ${#initrds[@]} -eq 1 ] && [ -f "${initrds[0]}" ] || {
+    echo "uki.sh: expected one initrd for $version in /boot, found: ${initrds[*]}" >&2; exit 1; }
+initrd=${initrds[0]##*/}
 
 uki=/var/tmp/tdx-image-uki.efi
 trap 'rm -f "$root_tree$uki"' EXIT
+# The image's ukify (Debian: systemd-ukify; SUSE: systemd-ukify, /usr/bin/ukify) takes the stub
+# from its default /usr/lib/systemd/boot/efi/linuxx64.efi.stub (Debian: systemd-boot-efi; SUSE:
+# systemd-boot), so the stub is the image's own systemd's.
 chroot "$root_tree" ukify build --linux "/boot/vmlinuz-$version" --initrd "/boot/$initrd" \
     --cmdline "$kernel_cmdline $root_arguments" --os-release @/etc/os-release --uname "$version" \
     --output "$uki"
