@@ -59,7 +59,8 @@ def azure_registers(prediction: Prediction) -> list[Register]:
         elif uki and index in (9, 12) and not prediction.secure_boot:
             row = Register(f"PCR {index}", UNKNOWN, None, made_by or ("systemd-stub",),
                            "with Secure Boot off systemd-stub 257 uses load options the firmware "
-                           "passes (PCR 12; the kernel stub's command line: PCR 9); whether "
+                           "passes (stub.c use_load_options; PCR 12, and the kernel stub's "
+                           "command line in PCR 9); whether "
                            "Azure's does is unknown (predicted with --secure-boot)")
         else:
             row = Register(f"PCR {index}", PREDICTED, prediction.pcr(index),
