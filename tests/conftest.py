@@ -155,6 +155,16 @@ def schema_errors(record: str, document: dict) -> list[str]:
             for error in validator.iter_errors(document)]
 
 
+def cyclonedx_errors(text: str):
+    """CycloneDX 1.6's strict schema validation of ``text``: None when it conforms.  The
+    validator is imported on first use: its import takes seconds, which every fast-suite worker
+    would pay while merely collecting the modules that use it."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    return JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
+
+
 def sbom_conformance(directory: Path, record: dict) -> dict[str, dict[str, list[str]]]:
     """What sbomcheck (ntia-conformance-checker) finds missing in a build's SBOMs, per standard:
     the requirements not met (warnings and optional ones aside) and the components missing each
