@@ -5,6 +5,7 @@ cloud's drivers, and build.json says what to run next (issue 19's build half).""
 import gzip
 import json
 import subprocess
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,9 @@ GNU_MAGIC = b"ustar  \0"  # GNU tar's header magic (POSIX ustar has "ustar\0" "0
 VHD_COOKIE, VHD_FIXED = b"conectix", 2  # Microsoft's VHD specification: the footer, disk type 2
 
 
-def initrd_modules(raw: Path) -> set[str]:
-    return Inspection(open_disk(raw)).initrd_modules
+def initrd_modules(image: Path) -> set[str]:
+    with closing(open_disk(image)) as disk:  # a tar's disk.raw is a temporary file until closed
+        return Inspection(disk).initrd_modules
 
 
 def test_the_gcp_image_is_a_gnu_tar_gz_holding_only_a_whole_gib_disk_raw(debian_gcp_build, tmp_path):

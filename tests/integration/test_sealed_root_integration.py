@@ -4,6 +4,7 @@ data on the root partition failing validation and the boot."""
 
 import json
 import subprocess
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,12 @@ TAMPERED_FILE = "/usr/lib/systemd/systemd"
 def test_the_default_debian_build_is_debian_13_with_a_uki_and_a_verity_root(debian13_build, debian13_image):
     record = json.loads((debian13_build / "build.json").read_text())
     assert (record["target"]["release"], record["inputs"]["root"]) == ("13", "verity")
-    image = Inspection(open_disk(debian13_image))
-    uki = image.uki
-    assert uki is not None and not uki.missing()
-    assert uki.os_release["VERSION_ID"] == "13" and uki.uname.startswith("6.12")
-    arguments = image.kernel_arguments
+    with closing(open_disk(debian13_image)) as disk:
+        image = Inspection(disk)
+        uki = image.uki
+        assert uki is not None and not uki.missing()
+        assert uki.os_release["VERSION_ID"] == "13" and uki.uname.startswith("6.12")
+        arguments = image.kernel_arguments
     assert arguments["root"] == "/dev/mapper/root" and arguments["systemd.volatile"] == "overlay"
     assert arguments["systemd.verity_root_options"] == "panic-on-corruption"
     assert image.kernel_config["CONFIG_INTEL_TDX_GUEST"] == "y" and "dm-verity" in image.initrd_modules
