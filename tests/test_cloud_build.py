@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from jsonschema import Draft202012Validator
 
-from imagebuilder.build import cloudcommands, publish, settings
+from imagebuilder.build import cloudcommands, provenance, publish, sbom, settings
 from imagebuilder.build.compose import (CLOUD_DRACUT_CONF, CLOUD_INIT_DATASOURCE, Customisation,
                                         compose)
 from imagebuilder.build.kiwicheck import check_description
@@ -238,3 +238,13 @@ def test_the_build_prints_the_next_steps_and_says_it_runs_none():
 def test_qemu_has_no_cloud_commands():
     assert cloudcommands.next_steps(QEMU, "x.qcow2", "13.0.0") == []
     assert set(CLOUDS) == {"qemu", "gcp", "azure"}
+
+
+@pytest.mark.parametrize("image", ["tdx-guest-debian-13.x86_64-13.0.0.tar.gz",
+                                   "tdx-guest-debian-13.x86_64-13.0.0.vhd",
+                                   "tdx-guest-debian-13.x86_64-13.0.0.qcow2"])
+def test_the_provenance_shares_the_sboms_name_whatever_the_images_suffix(image, tmp_path):
+    written = provenance.write(tmp_path / image, {})
+    assert written.name == "tdx-guest-debian-13.x86_64-13.0.0.provenance.json"
+    assert written.name.removesuffix(provenance.SUFFIX) + sbom.SUFFIXES["spdx"] == (
+        "tdx-guest-debian-13.x86_64-13.0.0.spdx.json")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..distros.repos import Repository
+from .staging import artifact_base
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -107,6 +108,6 @@ def _time(moment: datetime) -> str:
 
 def write(image: Path, statement_: dict) -> Path:
     """``<image>.provenance.json`` beside the image (image name without its format suffix)."""
-    destination = image.with_suffix(SUFFIX)
+    destination = image.parent / f"{artifact_base(image.name)}{SUFFIX}"
     destination.write_text(json.dumps(statement_, indent=2, sort_keys=True) + "\n")
     return destination

@@ -33,6 +33,13 @@ def published_image_file(kiwi_file: str, cloud: Cloud) -> str:
     return kiwi_file.rsplit(".", 1)[0] + suffix
 
 
+def artifact_base(image_file: str) -> str:
+    """``NAME.x86_64-VERSION``: the published image's name without its format suffix (a GCE
+    image's ``.tar.gz`` is one), which every file about the image (SBOMs, provenance) shares."""
+    return image_file.removesuffix(".tar.gz") if image_file.endswith(".tar.gz") else \
+        image_file.rsplit(".", 1)[0]
+
+
 @dataclass(frozen=True)
 class Staging:
     root: Path
