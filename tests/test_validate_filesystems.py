@@ -89,3 +89,21 @@ def test_fat_reads_long_and_short_names_case_insensitively(tmp_path, fat_bits):
     assert fat.read("/EFI/BOOT/a LONG name.cfg") == (tmp_path / "grub.cfg").read_bytes()
     assert fat.exists("/EFI/BOOT") and not fat.exists("/EFI/BOOT/MMX64.EFI")
     assert fat.read("/EFI") is None
+
+
+def test_a_sparse_raw_disk_reads_its_holes_as_zeros_and_its_data_as_written(tmp_path):
+    """RawDisk answers holes without reading them; every read equals the file's bytes."""
+    path = tmp_path / "sparse.raw"
+    with path.open("wb") as file:
+        file.truncate(8 * 2**20)
+        for offset, data in ((4096, b"first"), (3 * 2**20 + 1, b"middle"), (8 * 2**20 - 3, b"end")):
+            file.seek(offset)
+            file.write(data)
+    whole = path.read_bytes()
+    disk = RawDisk(path)
+    try:
+        for offset, length in ((0, 8 * 2**20), (4090, 20), (2**20, 2**20), (3 * 2**20, 4096),
+                               (8 * 2**20 - 10, 100), (8 * 2**20, 10)):
+            assert disk.read(offset, length) == whole[offset:offset + length], (offset, length)
+    finally:
+        disk.close()
