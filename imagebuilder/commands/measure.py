@@ -17,7 +17,7 @@ from ..distros.clouds import AZURE, QEMU, Cloud
 from ..measure.azure import PREDICTED, Register, azure_registers
 from ..measure.predict import PREDICTED_PCRS, PREDICTED_RTMRS, Prediction, predict
 from ..measure.reference import FORMATS, reference_values
-from ..measure.replay import CCEL
+from ..measure.replay import CCEL, EventLog
 from ..measure.tdvf import SINGLE_PASS, TdvfError, measure_firmware
 from ..verify.checks import Expected, read_log, verify
 from .context import cloud_option
@@ -128,13 +128,7 @@ def measure_command(image: Path | None, as_json: bool, show_events: bool, log_fi
         document["verifier"]["reference_values"] = reference_values(
             {"mrtd": firmware_report["mrtd"][SINGLE_PASS]["value"],
              **{f"rtmr{index}": prediction.rtmr(index) for index in PREDICTED_RTMRS}})
-    failure, log_matches = None, False
-    if log is not None:
-        verdict = verify(log, expected=Expected.from_measurements(document, str(image)))
-        if not verdict.ok:
-            failure = CheckFailed("the event log differs from the prediction: "
-                                  + "; ".join(verdict.problems()))
-        log_matches = verdict.ok
+    failure, log_matches = _compare_log(log, document, image) if log is not None else (None, False)
     if prediction.unpredicted and not failure:
         failure = CheckFailed(f"{image}: unpredicted: {', '.join(sorted(prediction.unpredicted))}",
                               "the events named above are outside what measure models")
@@ -146,24 +140,39 @@ def measure_command(image: Path | None, as_json: bool, show_events: bool, log_fi
     elif as_json:
         click.echo(json.dumps(document, indent=2))
     else:
-        console = Console()
-        if show_events:
-            for step in prediction.steps:
-                event, where = step.event, "TD" if step.in_td else "TPM only"
-                console.print(f"PCR {event.pcr:>2} {event.digest.hex()[:16]}… "
-                              f"{event.description.splitlines()[0]}  [{step.by}; {where}]",
-                              markup=False, highlight=False, soft_wrap=True)
-        render(prediction, console)
-        if azure is not None:
-            show_azure(azure, console)
-        if firmware_report:
-            show_firmware(firmware_report, console)
+        _show_text(prediction, show_events, azure, firmware_report)
     if log_matches and log is not None:
         registers = ("RTMR1 and RTMR2" if log.kind == CCEL
                      else f"PCR {', '.join(map(str, PREDICTED_PCRS))}")
         click.echo(f"{log_file}: every event of {registers} as predicted", err=True)
     if failure:
         raise failure
+
+
+def _compare_log(log: EventLog, document: dict, image: Path) -> tuple[CheckFailed | None, bool]:
+    """A real boot's event log against the prediction: the failure naming what differs (None
+    when every event is as predicted), and whether it matched."""
+    verdict = verify(log, expected=Expected.from_measurements(document, str(image)))
+    if verdict.ok:
+        return None, True
+    return CheckFailed("the event log differs from the prediction: "
+                       + "; ".join(verdict.problems())), False
+
+
+def _show_text(prediction: Prediction, show_events: bool, azure: list[Register] | None,
+               firmware_report: dict | None) -> None:
+    console = Console()
+    if show_events:
+        for step in prediction.steps:
+            event, where = step.event, "TD" if step.in_td else "TPM only"
+            console.print(f"PCR {event.pcr:>2} {event.digest.hex()[:16]}… "
+                          f"{event.description.splitlines()[0]}  [{step.by}; {where}]",
+                          markup=False, highlight=False, soft_wrap=True)
+    render(prediction, console)
+    if azure is not None:
+        show_azure(azure, console)
+    if firmware_report:
+        show_firmware(firmware_report, console)
 
 
 def measure_firmware_file(path: Path) -> dict:
