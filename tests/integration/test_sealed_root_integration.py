@@ -29,9 +29,9 @@ def test_the_default_debian_build_is_debian_13_with_a_uki_and_a_verity_root(debi
         assert uki is not None and not uki.missing()
         assert uki.os_release["VERSION_ID"] == "13" and uki.uname.startswith("6.12")
         arguments = image.kernel_arguments
-    assert arguments["root"] == "/dev/mapper/root" and arguments["systemd.volatile"] == "overlay"
-    assert arguments["systemd.verity_root_options"] == "panic-on-corruption"
-    assert image.kernel_config["CONFIG_INTEL_TDX_GUEST"] == "y" and "dm-verity" in image.initrd_modules
+        assert arguments["root"] == "/dev/mapper/root" and arguments["systemd.volatile"] == "overlay"
+        assert arguments["systemd.verity_root_options"] == "panic-on-corruption"
+        assert image.kernel_config["CONFIG_INTEL_TDX_GUEST"] == "y" and "dm_verity" in image.initrd_modules
     checks = {check["id"]: check for check in json.loads((debian13_build / "validation.json").read_text())["checks"]}
     assert checks["root.verity"]["status"] == "pass"
     assert f"root hash {arguments['roothash']} = roothash=" in checks["root.verity"]["evidence"]
