@@ -69,7 +69,7 @@ def test_plain_uefi_command_maps_firmware_and_keeps_the_variable_store_clean():
     drives = option_values(args, "-drive")
     assert "if=pflash,format=raw,readonly=on,file=/fw/CODE.fd" in drives
     assert "if=pflash,format=raw,snapshot=on,file=/fw/VARS.fd" in drives
-    assert option_values(args, "-accel") == ["tcg"]
+    assert option_values(args, "-accel") == ["tcg,thread=single"]
     assert "-cpu" not in args  # -cpu host exists only under KVM
     assert option_values(args, "-serial") == ["file:/logs/console"]
     assert "-no-reboot" in args and "-bios" not in args and "-object" not in args
