@@ -214,3 +214,16 @@ def test_only_the_credentials_files_kiwi_writes_for_this_build_are_removed(tmp_p
 
     assert sorted(p.name for p in (*zypper.iterdir(), *apt.iterdir())) == [
         "SCCcredentials", "someone-else.conf"]
+
+
+def test_credentials_behind_a_link_out_of_the_cache_are_left_alone(tmp_path):
+    """A --cache-dir whose zypper directory links elsewhere: the file there is not the cache's."""
+    elsewhere, cache = tmp_path / "elsewhere", tmp_path / "cache"
+    (elsewhere / "credentials").mkdir(parents=True)
+    (elsewhere / "credentials" / "kiwiRepoCredentials").write_text("the user's\n")
+    cache.mkdir()
+    (cache / "zypper").symlink_to(elsewhere)
+
+    kiwi.remove_repository_credentials(cache, ["trixie"])
+
+    assert (elsewhere / "credentials" / "kiwiRepoCredentials").read_text() == "the user's\n"

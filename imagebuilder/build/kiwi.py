@@ -163,7 +163,10 @@ def remove_repository_credentials(cache_dir: Path, aliases: Sequence[str]) -> No
     build is using them; other files in KIWI's credentials directories are not ours and stay.
     """
     for path in repository_credentials_files(cache_dir, aliases):
-        if not path.parent.is_symlink() and (path.is_file() or path.is_symlink()):
+        # Only below the cache itself: a directory on the way that is a link elsewhere (the
+        # user's --cache-dir may hold anything) leaves the file where it points alone.
+        inside = path.parent.resolve() == cache_dir.resolve() / path.parent.relative_to(cache_dir)
+        if inside and (path.is_file() or path.is_symlink()):
             path.unlink()
 
 
